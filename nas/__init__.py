@@ -1,0 +1,1 @@
+"""Everything after training: cost (FLOPs, latency), the weight-sharing oracle, search, export."""

@@ -1,0 +1,48 @@
+"""The registry of named search spaces: an explicit dict of builders."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable
+
+from search_spaces.mobilenet import mobilenet_v2_space
+from search_spaces.resnet import resnet_space
+from search_spaces.spec import SearchSpace
+
+SPACE_BUILDERS: dict[str, Callable[[], SearchSpace]] = {
+    "resnet18": lambda: resnet_space("resnet18", block="basic", depths=(2, 2, 2, 2)),
+    "resnet34": lambda: resnet_space("resnet34", block="basic", depths=(3, 4, 6, 3)),
+    "resnet50": lambda: resnet_space("resnet50", block="bottleneck", depths=(3, 4, 6, 3)),
+    "resnet18_cifar": lambda: resnet_space(
+        "resnet18_cifar", block="basic", depths=(2, 2, 2, 2), cifar_stem=True, default_resolution=32
+    ),
+    "resnet50_cifar": lambda: resnet_space(
+        "resnet50_cifar", block="bottleneck", depths=(3, 4, 6, 3), cifar_stem=True, default_resolution=32
+    ),
+    "mobilenet_v2": lambda: mobilenet_v2_space("mobilenet_v2"),
+    "mobilenet_v2_cifar": lambda: mobilenet_v2_space("mobilenet_v2_cifar", cifar=True, default_resolution=32),
+    # A few blocks for tests and smoke runs: the real build path at a size that runs in milliseconds.
+    "tiny": lambda: resnet_space(
+        "tiny",
+        block="basic",
+        depths=(1, 1),
+        stage_widths=(32, 64),
+        stem_width=32,
+        cifar_stem=True,
+        default_resolution=32,
+    ),
+}
+
+
+def list_spaces() -> list[str]:
+    return sorted(SPACE_BUILDERS)
+
+
+@lru_cache(maxsize=None)
+def get_space(name: str) -> SearchSpace:
+    """The search space called ``name``; raises ``KeyError`` listing the valid names."""
+    try:
+        builder = SPACE_BUILDERS[name]
+    except KeyError:
+        raise KeyError(f"unknown search space {name!r}; valid: {', '.join(list_spaces())}") from None
+    return builder()

@@ -1,0 +1,247 @@
+"""Search-space specifications: what can vary in a supernet, as plain frozen data.
+
+A :class:`SearchSpace` names every searchable layer by a stable name (the torchvision module path
+of the convolution whose output channels it sets), gives its maximum channels and width choices,
+states which widths are tied, and which blocks carry dynamic channel gates. It imports nothing of
+this project but :mod:`search_spaces.config`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+
+from search_spaces.config import ConfigError, SubnetConfig
+
+BlockKind = Literal["basic", "bottleneck", "inverted_residual"]
+Family = Literal["resnet", "mobilenet_v2"]
+
+DEFAULT_MULTIPLIERS: tuple[float, ...] = tuple(0.25 + i / 8 for i in range(7))  # 0.25 ... 1.0
+CHANNEL_DIVISOR = 8
+
+
+def round_channels(channels: float, divisor: int = CHANNEL_DIVISOR) -> int:
+    """Round to the nearest multiple of ``divisor``, never below ``divisor``."""
+    return max(divisor, int(channels + divisor / 2) // divisor * divisor)
+
+
+def width_choices_for(max_channels: int, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS) -> tuple[int, ...]:
+    """Distinct channel counts for ``max_channels`` scaled by each multiplier, ascending.
+
+    The largest choice is always ``max_channels`` itself, even when it is not a multiple of 8
+    (e.g. a 3-channel input or a 1000-way head never get here, but odd widths stay reachable).
+    """
+    choices = {min(round_channels(max_channels * m), max_channels) for m in multipliers}
+    choices.add(max_channels)
+    return tuple(sorted(choices))
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One searchable layer: its output channels are chosen from ``width_choices``."""
+
+    name: str
+    max_channels: int
+    width_choices: tuple[int, ...]
+
+    @property
+    def min_channels(self) -> int:
+        return self.width_choices[0]
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One residual block of the network.
+
+    ``inner_layers`` are the layers inside the block whose channels the residual path does not see
+    (ResNet ``conv1``/``conv2`` of a bottleneck, the MobileNetV2 expansion). A gated block masks
+    the channels of its first inner layer (Krishna et al. 2023): the first layer's outputs and the
+    next layer's inputs are pruned per input.
+    """
+
+    name: str
+    kind: BlockKind
+    stride: int
+    in_layer: str
+    inner_layers: tuple[str, ...]
+    out_layer: str
+    shortcut_layer: str | None
+    gated: bool
+    gate_hidden_channels: int
+    has_residual: bool
+
+    @property
+    def gated_layer(self) -> str:
+        return self.inner_layers[0]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A family's searchable layers, blocks, width ties and gate-threshold range.
+
+    ``ties`` lists groups of layers that must share one width (the residual path of a stage);
+    every layer belongs to exactly one *decision* (its tie group, or itself alone).
+    """
+
+    name: str
+    family: Family
+    stem_layer: str
+    stem_kernel: int
+    stem_stride: int
+    stem_max_pool: bool
+    blocks: tuple[BlockSpec, ...]
+    head_layer: str | None  # MobileNetV2's final 1x1 conv; None for ResNets
+    layers: tuple[LayerSpec, ...]
+    ties: tuple[tuple[str, ...], ...]
+    gate_threshold_range: tuple[float, float] = (0.1, 0.9)
+    default_resolution: int = 224
+    _by_name: dict[str, LayerSpec] = field(init=False, repr=False, compare=False)
+    _decision_of: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name = {layer.name: layer for layer in self.layers}
+        decision_of = {name: name for name in by_name}
+        for group in self.ties:
+            for name in group:
+                decision_of[name] = group[0]
+        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_decision_of", decision_of)
+
+    # -- lookups -----------------------------------------------------------------------------
+    def layer(self, name: str) -> LayerSpec:
+        return self._by_name[name]
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
+
+    @property
+    def gated_blocks(self) -> tuple[BlockSpec, ...]:
+        return tuple(block for block in self.blocks if block.gated)
+
+    @property
+    def decisions(self) -> dict[str, tuple[str, ...]]:
+        """Independent width decisions: representative layer name -> the layers it sets."""
+        groups: dict[str, list[str]] = {}
+        for name in self.layer_names:
+            groups.setdefault(self._decision_of[name], []).append(name)
+        return {key: tuple(names) for key, names in groups.items()}
+
+    @property
+    def num_subnets(self) -> int:
+        """Number of distinct width configurations (gate thresholds are continuous, not counted)."""
+        return math.prod(len(self.layer(key).width_choices) for key in self.decisions)
+
+    # -- configs -----------------------------------------------------------------------------
+    def config(
+        self,
+        channels: Mapping[str, int],
+        gate_thresholds: Mapping[str, float] | None = None,
+        resolution: int | None = None,
+    ) -> SubnetConfig:
+        """Build and validate a config of this space."""
+        cfg = SubnetConfig(
+            space=self.name,
+            channels=dict(channels),
+            gate_thresholds=None if gate_thresholds is None else dict(gate_thresholds),
+            resolution=self.default_resolution if resolution is None else resolution,
+        )
+        self.validate(cfg)
+        return cfg
+
+    def from_decisions(
+        self,
+        widths: Mapping[str, int],
+        gate_thresholds: Mapping[str, float] | float | None = None,
+        resolution: int | None = None,
+    ) -> SubnetConfig:
+        """Config from one width per decision (tie groups expanded); a float threshold applies to all gates."""
+        unknown = set(widths) - set(self.decisions)
+        if unknown:
+            raise ConfigError(f"widths: unknown decision(s) {sorted(unknown)}; expected {sorted(self.decisions)}")
+        channels = {name: widths[self._decision_of[name]] for name in self.layer_names}
+        if isinstance(gate_thresholds, (int, float)) and not isinstance(gate_thresholds, bool):
+            gate_thresholds = {block.name: float(gate_thresholds) for block in self.gated_blocks}
+        return self.config(channels, gate_thresholds, resolution)
+
+    def max_config(self, gate_threshold: float | None = None) -> SubnetConfig:
+        return self.from_decisions({k: self.layer(k).width_choices[-1] for k in self.decisions}, gate_threshold)
+
+    def min_config(self, gate_threshold: float | None = None) -> SubnetConfig:
+        return self.from_decisions({k: self.layer(k).width_choices[0] for k in self.decisions}, gate_threshold)
+
+    def uniform_config(self, multiplier: float, gate_threshold: float | None = None) -> SubnetConfig:
+        """Every layer at the width choice nearest to ``multiplier`` times its maximum."""
+        if not 0.0 < multiplier <= 1.0:
+            raise ConfigError(f"multiplier: {multiplier} is out of range; expected 0 < multiplier <= 1")
+        widths = {}
+        for key in self.decisions:
+            spec = self.layer(key)
+            target = spec.max_channels * multiplier
+            widths[key] = min(spec.width_choices, key=lambda c: (abs(c - target), c))
+        return self.from_decisions(widths, gate_threshold)
+
+    def sample(
+        self,
+        rng: np.random.Generator,
+        *,
+        gates: bool = False,
+        min_multiplier: float = 0.0,
+    ) -> SubnetConfig:
+        """A uniformly random width per decision (choices below ``min_multiplier`` excluded).
+
+        With ``gates=True`` each gated block gets a threshold uniform in the space's range.
+        """
+        widths = {}
+        for key in self.decisions:
+            spec = self.layer(key)
+            allowed = [c for c in spec.width_choices if c >= spec.max_channels * min_multiplier - 1e-9]
+            allowed = allowed or [spec.max_channels]
+            widths[key] = int(allowed[rng.integers(len(allowed))])
+        thresholds = None
+        if gates and self.gated_blocks:
+            low, high = self.gate_threshold_range
+            thresholds = {block.name: float(rng.uniform(low, high)) for block in self.gated_blocks}
+        return self.from_decisions(widths, thresholds)
+
+    def validate(self, cfg: SubnetConfig) -> None:
+        """Raise :class:`ConfigError` naming the offending field if ``cfg`` is not in this space."""
+        if cfg.space != self.name:
+            raise ConfigError(f"space: config is for {cfg.space!r}, expected {self.name!r}")
+        unknown = sorted(set(cfg.channels) - set(self.layer_names))
+        if unknown:
+            raise ConfigError(f"channels[{unknown[0]!r}]: unknown layer; valid layers: {list(self.layer_names)}")
+        missing = [name for name in self.layer_names if name not in cfg.channels]
+        if missing:
+            raise ConfigError(f"channels[{missing[0]!r}]: missing; every searchable layer needs a width")
+        for name, channels in cfg.channels.items():
+            choices = self.layer(name).width_choices
+            if channels not in choices:
+                raise ConfigError(f"channels[{name!r}]: {channels} is not a width choice; allowed: {list(choices)}")
+        for group in self.ties:
+            widths = {cfg.channels[name] for name in group}
+            if len(widths) > 1:
+                detail = ", ".join(f"{name}={cfg.channels[name]}" for name in group)
+                raise ConfigError(f"channels[{group[-1]!r}]: tied widths differ ({detail}); a tie group shares one width")
+        if cfg.gate_thresholds is not None:
+            gated = [block.name for block in self.gated_blocks]
+            unknown = sorted(set(cfg.gate_thresholds) - set(gated))
+            if unknown:
+                raise ConfigError(f"gate_thresholds[{unknown[0]!r}]: not a gated block; gated blocks: {gated}")
+            missing = [name for name in gated if name not in cfg.gate_thresholds]
+            if missing:
+                raise ConfigError(f"gate_thresholds[{missing[0]!r}]: missing; give every gated block a threshold or use null")
+            low, high = self.gate_threshold_range
+            for name, threshold in cfg.gate_thresholds.items():
+                if not low <= threshold <= high:
+                    raise ConfigError(f"gate_thresholds[{name!r}]: {threshold} is out of range; allowed: [{low}, {high}]")
+
+    def narrow(self, channels: Mapping[str, int]) -> SearchSpace:
+        """A space whose maximum is ``channels`` (any positive counts): the shape of an extracted network."""
+        layers = tuple(
+            LayerSpec(layer.name, int(channels[layer.name]), (int(channels[layer.name]),)) for layer in self.layers
+        )
+        return replace(self, layers=layers)
