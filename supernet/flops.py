@@ -12,9 +12,15 @@ import logging
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
+import warnings
+
 import torch
-from fvcore.nn import FlopCountAnalysis
 from torch import nn
+
+with warnings.catch_warnings():
+    # fvcore scripts a helper at import time, which torch 2.9+ flags as deprecated; harmless here.
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
 
 FLOP_CONVENTION = "fvcore FLOPs: one multiply-add = one flop"
 
