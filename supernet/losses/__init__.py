@@ -1,0 +1,32 @@
+"""Loss functions for self-supervised slimmable supernets: pure functions of tensors, one concern
+per file. Which terms a training step uses, and their weights, is the training step's business."""
+
+from __future__ import annotations
+
+from supernet.losses.budget import (
+    BUDGET_LOSS_WEIGHT,
+    DENSITY_ANNEALING_RATE,
+    density_bound_loss,
+    density_bounds,
+    flops_budget_loss,
+)
+from supernet.losses.distill import SLIMCLR_KD_TEMPERATURE, SLIMCLR_KD_WEIGHT, logit_distillation
+from supernet.losses.infonce import contrastive_logits, info_nce
+from supernet.losses.regression import byol_loss, negative_cosine
+from supernet.losses.weighting import size_weights
+
+__all__ = [
+    "BUDGET_LOSS_WEIGHT",
+    "DENSITY_ANNEALING_RATE",
+    "SLIMCLR_KD_TEMPERATURE",
+    "SLIMCLR_KD_WEIGHT",
+    "byol_loss",
+    "contrastive_logits",
+    "density_bound_loss",
+    "density_bounds",
+    "flops_budget_loss",
+    "info_nce",
+    "logit_distillation",
+    "negative_cosine",
+    "size_weights",
+]
