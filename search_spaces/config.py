@@ -86,6 +86,11 @@ class SubnetConfig:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SubnetConfig) and self.key() == other.key()
 
+    def __reduce__(self) -> tuple:
+        # mappingproxy fields do not pickle; rebuild from plain dicts (copy, deepcopy, pickle)
+        d = self.to_dict()
+        return (SubnetConfig, (d["space"], d["channels"], d["gate_thresholds"], d["resolution"]))
+
     def with_gates(self, gate_thresholds: Mapping[str, float] | None) -> SubnetConfig:
         return SubnetConfig(self.space, dict(self.channels), gate_thresholds, self.resolution)
 

@@ -170,8 +170,10 @@ class SearchSpace:
     def max_config(self, gate_threshold: float | None = None) -> SubnetConfig:
         return self.from_decisions({k: self.layer(k).width_choices[-1] for k in self.decisions}, gate_threshold)
 
-    def min_config(self, gate_threshold: float | None = None) -> SubnetConfig:
-        return self.from_decisions({k: self.layer(k).width_choices[0] for k in self.decisions}, gate_threshold)
+    def min_config(self, gate_threshold: float | None = None, *, min_multiplier: float = 0.0) -> SubnetConfig:
+        """Every layer at its smallest width choice of at least ``min_multiplier`` times its maximum."""
+        widths = {k: self._allowed_widths(k, min_multiplier)[0] for k in self.decisions}
+        return self.from_decisions(widths, gate_threshold)
 
     def uniform_config(self, multiplier: float, gate_threshold: float | None = None) -> SubnetConfig:
         """Every layer at the width choice nearest to ``multiplier`` times its maximum."""
@@ -197,15 +199,18 @@ class SearchSpace:
         """
         widths = {}
         for key in self.decisions:
-            spec = self.layer(key)
-            allowed = [c for c in spec.width_choices if c >= spec.max_channels * min_multiplier - 1e-9]
-            allowed = allowed or [spec.max_channels]
+            allowed = self._allowed_widths(key, min_multiplier)
             widths[key] = int(allowed[rng.integers(len(allowed))])
         thresholds = None
         if gates and self.gated_blocks:
             low, high = self.gate_threshold_range
             thresholds = {block.name: float(rng.uniform(low, high)) for block in self.gated_blocks}
         return self.from_decisions(widths, thresholds)
+
+    def _allowed_widths(self, decision: str, min_multiplier: float) -> tuple[int, ...]:
+        spec = self.layer(decision)
+        allowed = tuple(c for c in spec.width_choices if c >= spec.max_channels * min_multiplier - 1e-9)
+        return allowed or (spec.max_channels,)
 
     def validate(self, cfg: SubnetConfig) -> None:
         """Raise :class:`ConfigError` naming the offending field if ``cfg`` is not in this space."""

@@ -1,0 +1,61 @@
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``), and finding the newest one.
+
+A checkpoint is a dict of tensors and plain Python values only, so ``torch.load(...,
+weights_only=True)`` reads it without unpickling code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FORMAT = "slimnas-supernet/1"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or not a supernet checkpoint of this tool."""
+
+
+def atomic_save(payload: dict[str, Any], path: str | Path) -> None:
+    """Write ``payload`` to ``path`` so that readers see the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a supernet checkpoint; raises :class:`CheckpointError` with one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint: {path} does not exist; expected a {CHECKPOINT_NAME} written by supernet.train")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated, corrupt, or carrying pickled code: all refused the same way
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint: {path} is not a readable supernet checkpoint ({reason[:160]}); "
+            "expected a file written by supernet.train"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint: {path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    return payload
+
+
+def find_latest_checkpoint(root: str | Path = ".") -> Path | None:
+    """The most recently written ``checkpoint.pt`` below ``root`` (None if there is none)."""
+    candidates = [p for p in Path(root).rglob(CHECKPOINT_NAME) if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None

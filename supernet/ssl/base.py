@@ -1,0 +1,126 @@
+"""What every self-supervised method of the slimmable supernet shares.
+
+A method owns the student (the supernet encoder plus its heads), an EMA teacher at full width
+(US3L: the temporally consistent target every sub-network regresses), and the losses. The training
+loop owns the schedules: it calls :meth:`teacher_targets` once per step, then :meth:`full_width_loss`
+at full width and :meth:`subnet_loss` at each sampled sub-network, then
+:meth:`update_teacher` with the momentum of the step.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from supernet.heads import MLPHead
+from supernet.losses import negative_cosine
+from supernet.models import SuperNet
+
+PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class SSLMethod(nn.Module):
+    """Student encoder + projector + US3L auxiliary predictor, EMA teacher, cross-view losses.
+
+    ``views``: list of image batches, the ``num_global`` global crops first (SSLight multi-crop:
+    local crops only ever predict global targets). Loss terms are returned as named dicts.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        encoder: SuperNet,
+        *,
+        proj_hidden_dim: int,
+        proj_dim: int,
+        pred_hidden_dim: int,
+        num_global: int = 2,
+        global_global_weight: float = 1.0,
+        global_local_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        encoder.set_max()
+        self.encoder = encoder
+        self.projector = MLPHead(encoder.feature_dim, proj_hidden_dim, proj_dim)
+        # US3L: sub-networks regress the teacher through their own head, so the full network's
+        # predictor is not pulled toward what small networks can produce.
+        self.aux_predictor = MLPHead(proj_dim, pred_hidden_dim, proj_dim)
+        self.teacher_encoder = copy.deepcopy(encoder)
+        self.teacher_projector = copy.deepcopy(self.projector)
+        for param in self.teacher_parameters():
+            param.requires_grad_(False)
+        self.num_global = num_global
+        self.global_global_weight = global_global_weight
+        self.global_local_weight = global_local_weight
+
+    # -- teacher -------------------------------------------------------------------------------
+    def teacher_parameters(self) -> list[nn.Parameter]:
+        return [*self.teacher_encoder.parameters(), *self.teacher_projector.parameters()]
+
+    def student_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self.teacher_encoder), (self.projector, self.teacher_projector)]
+
+    @torch.no_grad()
+    def teacher_targets(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The teacher's full-width outputs (B, proj_dim) for each global view; computed once per step."""
+        self.teacher_encoder.set_max()
+        return [self.teacher_projector(self.teacher_encoder(view)) for view in views[: self.num_global]]
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- momentum * teacher + (1 - momentum) * student; buffers (BN statistics) copied."""
+        for student, teacher in self.student_pairs():
+            student_params = list(student.parameters())
+            teacher_params = list(teacher.parameters())
+            torch._foreach_mul_(teacher_params, momentum)
+            torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+            for student_buffer, teacher_buffer in zip(student.buffers(), teacher.buffers()):
+                teacher_buffer.copy_(student_buffer)
+
+    def after_step(self, targets: list[torch.Tensor]) -> None:
+        """Hook after the optimizer step (MoCo enqueues the teacher keys)."""
+
+    # -- losses ----------------------------------------------------------------------------------
+    def project(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Student projections (B, proj_dim) of every view at the encoder's active config."""
+        return [self.projector(self.encoder(view)) for view in views]
+
+    def cross_view(self, outputs: list[torch.Tensor], targets: list[torch.Tensor], pair_loss: PairLoss) -> torch.Tensor:
+        """Loss of each view's output against the targets of the *other* global views.
+
+        Global-global pairs and local-global pairs are averaged separately and mixed with the
+        SSLight weights (0.4 / 0.6); with no local views the global-global mean is the loss.
+        """
+        global_terms, local_terms = [], []
+        for i, output in enumerate(outputs):
+            for j, target in enumerate(targets):
+                if i == j:
+                    continue
+                (global_terms if i < self.num_global else local_terms).append(pair_loss(output, target))
+        global_loss = torch.stack(global_terms).mean()
+        if not local_terms:
+            return global_loss
+        local_loss = torch.stack(local_terms).mean()
+        return self.global_global_weight * global_loss + self.global_local_weight * local_loss
+
+    def full_width_loss(
+        self, views: list[torch.Tensor], targets: list[torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Loss terms of the full-width student and a cache the sub-network losses may use."""
+        raise NotImplementedError
+
+    def subnet_loss(
+        self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """US3L: the active sub-network regresses the teacher's full-width output via the auxiliary head."""
+        outputs = [self.aux_predictor(z) for z in self.project(views)]
+        return {"distill": self.cross_view(outputs, targets, negative_cosine)}
+
+    def embedding_std(self, projections: torch.Tensor) -> float:
+        """Mean per-dimension std of L2-normalised projections; ~1/sqrt(D) when healthy, ~0 when collapsed."""
+        normalized = nn.functional.normalize(projections.detach().float(), dim=1)
+        return float(normalized.std(dim=0).mean())

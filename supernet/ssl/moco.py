@@ -1,0 +1,95 @@
+"""MoCo v2 (Chen et al. 2020) for the slimmable supernet: InfoNCE against a queue of teacher keys.
+
+Sub-networks regress the teacher through the US3L auxiliary head; with
+``online_distillation=True`` they add SlimCLR's online distillation instead: 0.5 * InfoNCE +
+0.5 * KD of their contrastive logits toward the full network's (T = 5).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from supernet.losses import SLIMCLR_KD_WEIGHT, contrastive_logits, info_nce, logit_distillation
+from supernet.models import SuperNet
+from supernet.ssl.base import SSLMethod
+
+
+class MoCoV2(SSLMethod):
+    """Queue of ``queue_size`` L2-normalised teacher keys (a buffer, so checkpoints carry it)."""
+
+    name = "moco"
+
+    def __init__(
+        self,
+        encoder: SuperNet,
+        *,
+        proj_hidden_dim: int,
+        proj_dim: int,
+        pred_hidden_dim: int,
+        temperature: float = 0.2,
+        queue_size: int = 4096,
+        online_distillation: bool = False,
+        distill_temperature: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(encoder, proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim, pred_hidden_dim=pred_hidden_dim, **kwargs)
+        self.temperature = temperature
+        self.online_distillation = online_distillation
+        self.distill_temperature = distill_temperature
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim, generator=generator), dim=1))
+        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+
+    def _logits(self, projections: list[torch.Tensor], targets: list[torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
+        """(view index, logits (B, 1+K)) for every global-target pair of different views."""
+        pairs = []
+        for i, z in enumerate(projections):
+            for j, key in enumerate(targets):
+                if i != j:
+                    logits = contrastive_logits(F.normalize(z, dim=1), F.normalize(key, dim=1), self.queue, self.temperature)
+                    pairs.append((i, logits))
+        return pairs
+
+    def _mix(self, terms: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        global_terms = [t for i, t in terms if i < self.num_global]
+        local_terms = [t for i, t in terms if i >= self.num_global]
+        loss = torch.stack(global_terms).mean()
+        if local_terms:
+            loss = self.global_global_weight * loss + self.global_local_weight * torch.stack(local_terms).mean()
+        return loss
+
+    def full_width_loss(
+        self, views: list[torch.Tensor], targets: list[torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        projections = self.project(views)
+        logits = self._logits(projections, targets)
+        loss = self._mix([(i, info_nce(lg)) for i, lg in logits])
+        return {"infonce": loss}, {"projections": projections, "logits": [lg.detach() for _, lg in logits]}
+
+    def subnet_loss(
+        self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        if not self.online_distillation:
+            return super().subnet_loss(views, targets, cache)
+        logits = self._logits(self.project(views), targets)
+        contrastive = self._mix([(i, info_nce(lg)) for i, lg in logits])
+        distill = self._mix(
+            [(i, logit_distillation(lg, teacher, self.distill_temperature)) for (i, lg), teacher in zip(logits, cache["logits"])]
+        )
+        return {"infonce": (1 - SLIMCLR_KD_WEIGHT) * contrastive, "kd": SLIMCLR_KD_WEIGHT * distill}
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Replace the oldest queue entries with ``keys`` (B, D) (normalised here)."""
+        keys = F.normalize(keys.float(), dim=1)
+        size = self.queue.shape[0]
+        pointer = int(self.queue_pointer)
+        index = (torch.arange(keys.shape[0], device=keys.device) + pointer) % size
+        self.queue[index] = keys[: size]
+        self.queue_pointer.fill_((pointer + keys.shape[0]) % size)
+
+    def after_step(self, targets: list[torch.Tensor]) -> None:
+        self.enqueue(targets[0])
