@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from nas.latency import Latency, cuda_available, measure_latency
+
+
+def conv_net(channels: int) -> nn.Sequential:
+    """Two 3x3 convs; the second costs channels**2, so 4x the channels is 16x its FLOPs."""
+    return nn.Sequential(
+        nn.Conv2d(3, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.ReLU(),
+    )
+
+
+class Recorder(nn.Module):
+    """Remembers which batch it saw (by its first value) and whether it ran in training mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+        self.training_flags: list[bool] = []
+        self.inference_flags: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(float(x.flatten()[0]))
+        self.training_flags.append(self.training)
+        self.inference_flags.append(torch.is_inference_mode_enabled())
+        return x
+
+
+class SleepsForInput(nn.Module):
+    """An input-dependent network: sleeps as many seconds as the batch's first value."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(float(x.flatten()[0]))
+        return x
+
+
+def test_cpu_measurement_is_recorded() -> None:
+    latency = measure_latency(conv_net(8), torch.randn(4, 3, 16, 16), warmup=1, repeats=5, threads=1)
+    assert latency.seconds > 0
+    assert latency.batch_size == 4
+    assert latency.repeats == 5
+    assert latency.method == "perf_counter"
+    assert latency.device.startswith("cpu") and "(1 thread)" in latency.device
+    assert json.loads(json.dumps(latency.to_dict())) == latency.to_dict()
+    assert "batch 4" in str(latency)
+
+
+def test_more_compute_measures_slower() -> None:
+    inputs = torch.randn(8, 3, 32, 32)
+    small = measure_latency(conv_net(8), inputs, warmup=2, repeats=9, threads=1)
+    large = measure_latency(conv_net(32), inputs, warmup=2, repeats=9, threads=1)  # 16x the second conv
+    assert large.seconds > 2 * small.seconds
+
+
+def test_thread_count_restored_and_training_mode_restored() -> None:
+    before = torch.get_num_threads()
+    model = conv_net(4).train()
+    measure_latency(model, torch.randn(1, 3, 8, 8), warmup=0, repeats=2, threads=1)
+    assert torch.get_num_threads() == before
+    assert model.training
+
+
+def test_thread_count_restored_after_error() -> None:
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        measure_latency(nn.Conv2d(5, 5, 1), torch.randn(1, 3, 8, 8), warmup=0, repeats=1, threads=1)
+    assert torch.get_num_threads() == before
+
+
+def test_runs_in_eval_and_inference_mode_cycling_inputs() -> None:
+    model = Recorder().train()
+    batches = [torch.full((2, 3), float(i)) for i in range(3)]
+    latency = measure_latency(model, batches, warmup=1, repeats=6)
+    assert model.seen == [0.0, 0.0, 1.0, 2.0, 0.0, 1.0, 2.0]  # 1 warm-up, then 6 timed, cycled
+    assert not any(model.training_flags)
+    assert all(model.inference_flags)
+    assert latency.batch_size == 2
+
+
+def test_median_over_inputs_of_a_gated_network() -> None:
+    # Two cheap inputs and one expensive one: the median is a cheap forward, the mean would not be.
+    batches = [torch.full((1, 1), 0.001), torch.full((1, 1), 0.001), torch.full((1, 1), 0.05)]
+    latency = measure_latency(SleepsForInput(), batches, warmup=0, repeats=3)
+    assert 0.001 <= latency.seconds < 0.03
+
+
+@pytest.mark.parametrize(
+    ("inputs", "kwargs", "match"),
+    [
+        ([], {}, "empty"),
+        ([torch.zeros(1, 3), torch.zeros(2, 3)], {}, "batch size"),
+        (torch.zeros(1, 3), {"repeats": 0}, "repeats"),
+        (torch.zeros(1, 3), {"warmup": -1}, "warmup"),
+        (torch.zeros(1, 3), {"threads": 0}, "threads"),
+        (torch.zeros(1, 3), {"device": "meta"}, "not supported"),
+    ],
+)
+def test_rejects_bad_arguments(inputs: object, kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        measure_latency(nn.Identity(), inputs, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the message when CUDA is absent")
+def test_cuda_requested_without_cuda() -> None:
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        measure_latency(nn.Identity(), torch.zeros(1, 3), device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_events() -> None:
+    inputs = torch.randn(8, 3, 32, 32)
+    small = measure_latency(conv_net(8), inputs, device="cuda", warmup=3, repeats=10)
+    large = measure_latency(conv_net(256), inputs, device="cuda", warmup=3, repeats=10)
+    assert isinstance(small, Latency)
+    assert small.method == "cuda_events"
+    assert small.device.startswith("cuda:0 ")
+    assert small.batch_size == 8
+    assert 0 < small.seconds < 1.0
+    assert large.seconds > small.seconds
