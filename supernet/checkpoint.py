@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from supernet.models import SuperNet
 
 CHECKPOINT_FORMAT = "slimnas-supernet/1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -59,3 +62,27 @@ def find_latest_checkpoint(root: str | Path = ".") -> Path | None:
     """The most recently written ``checkpoint.pt`` below ``root`` (None if there is none)."""
     candidates = [p for p in Path(root).rglob(CHECKPOINT_NAME) if p.is_file()]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def load_supernet(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[SuperNet, dict[str, Any]]:
+    """The trained supernet (student encoder) of a training checkpoint, and the checkpoint itself."""
+    from search_spaces import get_space
+    from supernet.models import build_supernet
+
+    payload = load_checkpoint(path, map_location=map_location)
+    try:
+        space = get_space(str(payload.get("space")))
+    except KeyError as error:
+        raise CheckpointError(f"checkpoint: {path} names {error.args[0]}") from None
+    network = build_supernet(space, with_gates=bool(payload.get("with_gates", True)))
+    prefix = "encoder."
+    state = {name[len(prefix):]: tensor for name, tensor in payload.get("method", {}).items() if name.startswith(prefix)}
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint: {path} does not hold a {space.name} supernet ({first[:160]}); "
+            "expected a checkpoint written by supernet.train for this search space"
+        ) from None
+    return network, payload

@@ -353,3 +353,14 @@ def load_image_data(
 
 
 __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "DataError", "ImageData", "Transformed", "load_image_data"]
+
+
+def label_of(dataset: Dataset, index: int) -> int:
+    """Label of item ``index`` of a split, read without decoding the image where the pool allows."""
+    if isinstance(dataset, Subset):
+        base, base_index = dataset.dataset, dataset.indices[index]
+        if hasattr(base, "labels"):
+            return int(base.labels[base_index])
+        if hasattr(base, "samples"):
+            return int(base.samples[base_index][1])
+    return int(dataset[index][1])

@@ -10,7 +10,7 @@ Supernet API (Once-for-All's vocabulary): ``set_active(cfg)``, ``set_max()``, ``
 
 from __future__ import annotations
 
-from typing import Iterator, Literal, Mapping
+from typing import Iterator, Literal
 
 import numpy as np
 import torch

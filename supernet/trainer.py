@@ -30,14 +30,14 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from search_spaces import SearchSpace, SubnetConfig, get_space
 from supernet.bn import recalibrate_bn
 from supernet.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, CheckpointError, atomic_save, load_checkpoint
-from supernet.data import ImageData, Transformed, load_image_data
-from supernet.evaluation import embed, knn_accuracy
+from supernet.data import ImageData, load_image_data
+from supernet.evaluation import EvalData, knn_score, prepare_eval_data
 from supernet.flops import count_flops, static_flops
 from supernet.group_reg import apply_group_decay
 from supernet.losses import density_bound_loss, density_bounds, flops_budget_loss, size_weights
@@ -45,7 +45,7 @@ from supernet.models import SuperNet, build_supernet
 from supernet.optim import build_optimizer, parameter_groups
 from supernet.schedules import ema_momentum, group_alpha, min_width_multiplier, warmup_cosine_lr
 from supernet.ssl import SSLMethod, get_method
-from supernet.views import build_views, eval_transform
+from supernet.views import build_views
 
 
 class SetupError(ValueError):
@@ -151,6 +151,7 @@ class Run:
     stop_step: int  # where this invocation stops (max_steps caps it; schedules are unchanged)
     flops: FlopsReference | None
     lr: float
+    eval_data: EvalData | None = None  # kNN monitoring images, drawn once
     step: int = 0
 
     @property
@@ -302,42 +303,20 @@ def _check_collapse(run: Run, projections: torch.Tensor) -> None:
 @torch.no_grad()
 def monitor_knn(run: Run) -> dict[str, float]:
     """kNN top-1 on the held-out split of the max, middle and min widths, BN recalibrated."""
-    cfg = run.cfg
-    transform = eval_transform(cfg.data.resolution)
-    train_eval = Transformed(run.data.train, transform)
-    rng = np.random.default_rng(cfg.seed)
-    bank_index: list[int] = []
-    for index in rng.permutation(len(train_eval)).tolist():
-        if _label(run.data.train, index) >= 0:  # STL-10's unlabeled images (label -1) cannot vote
-            bank_index.append(index)
-            if len(bank_index) == cfg.knn.bank_size:
-                break
-    bank = DataLoader(Subset(train_eval, bank_index), batch_size=cfg.knn.batch_size)
-    queries = DataLoader(Transformed(run.data.holdout, transform), batch_size=cfg.knn.batch_size)
-    results = {}
+    cfg, data = run.cfg, run.eval_data
+    assert data is not None
     configs = {"max": run.space.max_config(), "mid": run.space.uniform_config(0.5), "min": run.space.min_config()}
     was_training = run.method.training
+    results = {}
     for label, subnet in configs.items():
         network = run.encoder.extract(subnet).to(run.device)
-        recalibrate_bn(network, train_eval, cfg.knn.calibration_images, batch_size=cfg.knn.batch_size, seed=cfg.seed)
-        bank_features, bank_labels = embed(network, bank, device=run.device)
-        query_features, query_labels = embed(network, queries, device=run.device)
-        results[label] = knn_accuracy(bank_features, bank_labels, query_features, query_labels,
-                                      num_classes=run.data.num_classes, k=cfg.knn.k, temperature=cfg.knn.temperature)
+        recalibrate_bn(network, data.calibration, len(data.calibration), batch_size=cfg.knn.batch_size, seed=cfg.seed,
+                       device=run.device)
+        results[label] = knn_score(network, data, k=cfg.knn.k, temperature=cfg.knn.temperature,
+                                   batch_size=cfg.knn.batch_size, device=run.device)
     run.method.train(was_training)
     run.encoder.set_max()
     return results
-
-
-def _label(dataset: Dataset, index: int) -> int:
-    """Label of item ``index`` without decoding its image where the dataset allows it."""
-    if isinstance(dataset, Subset):
-        base, base_index = dataset.dataset, dataset.indices[index]
-        if hasattr(base, "labels"):
-            return int(base.labels[base_index])
-        if hasattr(base, "samples"):
-            return int(base.samples[base_index][1])
-    return int(dataset[index][1])
 
 
 # -- setup, checkpoints ---------------------------------------------------------------------------
@@ -385,7 +364,12 @@ def _setup(cfg: DictConfig) -> Run:
     lr = cfg.optim.lr * cfg.batch_size / 256  # linear scaling rule (Goyal et al. 2017)
     optimizer = build_optimizer(cfg.optim.name, groups, lr=lr, momentum=cfg.optim.momentum)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 autocast needs no loss scaling
-    run = Run(cfg, out_dir, device, space, data, method, optimizer, scaler, steps_per_epoch, total_steps, stop_step, flops, lr)
+    eval_data = None
+    if cfg.knn.enabled:
+        eval_data = prepare_eval_data(data, resolution=cfg.data.resolution, calibration_images=cfg.knn.calibration_images,
+                                      bank_size=cfg.knn.bank_size, seed=cfg.seed)
+    run = Run(cfg, out_dir, device, space, data, method, optimizer, scaler, steps_per_epoch, total_steps, stop_step, flops,
+              lr, eval_data)
     if cfg.resume and checkpoint_path.exists():
         _restore(run, load_checkpoint(checkpoint_path, map_location=device))
         print(f"resumed {checkpoint_path} at step {run.step}/{total_steps}")

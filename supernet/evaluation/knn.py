@@ -6,11 +6,14 @@ defaults k = 20, T = 0.07.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from supernet.evaluation.data import EvalData
 
 
 @torch.no_grad()
@@ -61,3 +64,22 @@ def knn_accuracy(
     """Top-1 accuracy in [0, 1] of :func:`knn_predict`."""
     predicted = knn_predict(bank, bank_labels, queries, num_classes=num_classes, k=k, temperature=temperature)
     return float((predicted == query_labels).float().mean())
+
+
+@torch.no_grad()
+def embed_tensor(model: nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Features (N, D) of an in-memory image tensor, model in eval mode."""
+    model.eval()
+    return torch.cat([model(images[s : s + batch_size].to(device)).float().cpu() for s in range(0, len(images), batch_size)])
+
+
+def knn_score(
+    network: nn.Module, data: EvalData, *, k: int = 20, temperature: float = 0.07, batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> float:
+    """kNN top-1 in [0, 1] of ``network``'s features: ``data.bank`` votes for ``data.val``."""
+    device = torch.device(device)
+    bank = embed_tensor(network, data.bank, batch_size=batch_size, device=device)
+    val = embed_tensor(network, data.val, batch_size=batch_size, device=device)
+    return knn_accuracy(bank, data.bank_labels, val, data.val_labels, num_classes=data.num_classes, k=k,
+                        temperature=temperature)
