@@ -42,11 +42,15 @@ class Oracle:
         self.device = torch.device(device)
         self._cache: dict[SubnetConfig, float] = {}
 
+    def recalibrate(self, network: nn.Module) -> nn.Module:
+        """Re-estimate ``network``'s BatchNorm statistics on all calibration images (in place)."""
+        return recalibrate_bn(network, self.data.calibration, len(self.data.calibration), batch_size=self.batch_size,
+                              seed=self.seed, device=self.device)
+
     def subnet(self, cfg: SubnetConfig) -> SuperNet:
         """The extracted sub-network with BatchNorm recalibrated on the calibration images."""
         network = self.supernet.extract(cfg).to(self.device)
-        recalibrate_bn(network, self.data.calibration, len(self.data.calibration), batch_size=self.batch_size,
-                       seed=self.seed, device=self.device)
+        self.recalibrate(network)
         return network
 
     def score(self, network: nn.Module) -> float:

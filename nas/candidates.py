@@ -1,0 +1,164 @@
+"""Scoring one candidate sub-network: its costs first, its accuracy only if it fits the budgets.
+
+Costs (cached per config with the result): fvcore FLOPs of the extracted network (one
+multiply-add = one flop; gates counted with every channel kept), effective FLOPs with gates on
+(mean over calibration images of the per-input FLOPs), parameters, and latency measured on the
+device. A candidate over a budget never pays for BN recalibration or the kNN evaluation, except
+that a gated candidate needs recalibrated gates before its effective FLOPs can be known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+import torch
+
+from nas.latency import measure_latency
+from nas.oracle import Oracle
+from search_spaces import SearchSpace, SubnetConfig
+from supernet.flops import count_flops, count_params, effective_flops
+from supernet.models import SuperNet
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    batch_size: int = 1
+    warmup: int = 5
+    repeats: int = 20
+    threads: int | None = 1  # CPU thread count, fixed so figures compare; null = torch's default
+
+
+@dataclass
+class CandidateResult:
+    """Everything measured for one config; ``accuracy`` is None when a budget ruled it out first."""
+
+    config: dict[str, Any]
+    flops: int  # static (gates counted, every channel kept)
+    effective_flops: float  # mean per input with gates on; equals flops when gates are off
+    params: int
+    latency: dict[str, Any] | None = None  # nas.latency.Latency.to_dict()
+    accuracy: float | None = None
+    violations: dict[str, float] = field(default_factory=dict)  # cost - budget per budget; <= 0 is feasible
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0 for v in self.violations.values())
+
+    def cost(self, objective: str) -> float:
+        if objective == "latency":
+            assert self.latency is not None
+            return float(self.latency["seconds"])
+        return float(self.effective_flops)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CandidateEvaluator:
+    """Measures candidates of one supernet against FLOP and/or latency budgets (either may be None)."""
+
+    def __init__(
+        self,
+        supernet: SuperNet,
+        oracle: Oracle,
+        *,
+        flops_budget: float | None,
+        latency_budget: float | None,
+        latency: LatencySettings,
+        effective_flops_images: int = 256,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.supernet, self.oracle = supernet, oracle
+        self.flops_budget, self.latency_budget = flops_budget, latency_budget
+        self.latency_settings = latency
+        self.effective_flops_images = effective_flops_images
+        self.device = torch.device(device)
+        self.resolution = oracle.data.resolution
+        self._cache: dict[SubnetConfig, CandidateResult] = {}
+
+    def remember(self, result: CandidateResult) -> None:
+        self._cache[SubnetConfig.from_dict(result.config)] = result
+
+    def evaluate(self, cfg: SubnetConfig) -> CandidateResult:
+        if cfg not in self._cache:
+            self._cache[cfg] = self._evaluate(cfg)
+        return self._cache[cfg]
+
+    def _evaluate(self, cfg: SubnetConfig) -> CandidateResult:
+        network = self.supernet.extract(cfg).to(self.device).eval()
+        flops = count_flops(network, self.resolution)
+        result = CandidateResult(cfg.to_dict(), flops, float(flops), count_params(network))
+        if not cfg.gated and self._over("flops", result.flops, result):
+            return result
+        if not cfg.gated and self.latency_budget is not None:  # static latency: BN values do not matter
+            result.latency = self.measure_latency(network, cfg)
+            if self._over("latency", result.latency["seconds"], result):
+                return result
+        self.oracle.recalibrate(network)
+        if cfg.gated:
+            calibration = self.oracle.data.calibration[: self.effective_flops_images]
+            batches = calibration.split(self.oracle.batch_size)
+            result.effective_flops = effective_flops(network, [b.to(self.device) for b in batches], resolution=self.resolution)
+            if self._over("flops", result.effective_flops, result):
+                return result
+        if result.latency is None:
+            result.latency = self.measure_latency(network, cfg)
+            if self._over("latency", result.latency["seconds"], result):
+                return result
+        result.accuracy = self.oracle.accuracy(cfg, network)
+        return result
+
+    def _over(self, kind: str, cost: float, result: CandidateResult) -> bool:
+        budget = self.flops_budget if kind == "flops" else self.latency_budget
+        if budget is None:
+            return False
+        result.violations[kind] = float(cost - budget)
+        return cost > budget
+
+    def measure_latency(self, network: SuperNet, cfg: SubnetConfig) -> dict[str, Any]:
+        """Median latency on the device; a gated network runs gathered at batch 1 over real images."""
+        settings = self.latency_settings
+        batch = settings.batch_size
+        if cfg.gated and batch == 1:
+            network.set_gate_mode("gathered")
+        images = self.oracle.data.calibration
+        inputs = [images[i : i + batch] for i in range(0, min(len(images), 8 * batch), batch)]
+        inputs = [x for x in inputs if x.shape[0] == batch] or [torch.zeros(batch, 3, self.resolution, self.resolution)]
+        try:
+            measured = measure_latency(network, inputs, device=self.device, warmup=settings.warmup,
+                                       repeats=settings.repeats, threads=settings.threads if self.device.type == "cpu" else None)
+        finally:
+            network.set_gate_mode("masked")
+        return measured.to_dict()
+
+
+# -- Optuna <-> SubnetConfig ----------------------------------------------------------------------
+def suggest_config(trial: optuna.Trial, space: SearchSpace, *, gates_available: bool) -> SubnetConfig:
+    """A config from the trial: one width per independent decision (ties respected), gates optional.
+
+    Widths are suggested as an ordinal index into the layer's ``width_choices`` (``width.<layer>``)
+    so samplers see their order; ``gates`` switches gates on, then ``threshold.<block>`` per block.
+    """
+    widths = {}
+    for key in space.decisions:
+        choices = space.layer(key).width_choices
+        widths[key] = choices[trial.suggest_int(f"width.{key}", 0, len(choices) - 1)]
+    thresholds = None
+    if gates_available and space.gated_blocks and trial.suggest_categorical("gates", [False, True]):
+        low, high = space.gate_threshold_range
+        thresholds = {block.name: trial.suggest_float(f"threshold.{block.name}", low, high) for block in space.gated_blocks}
+    return space.from_decisions(widths, thresholds)
+
+
+def config_params(cfg: SubnetConfig, space: SearchSpace, *, gates_available: bool) -> dict[str, Any]:
+    """The trial parameters that :func:`suggest_config` turns into ``cfg`` (for ``enqueue_trial``)."""
+    params: dict[str, Any] = {
+        f"width.{key}": space.layer(key).width_choices.index(cfg.channels[key]) for key in space.decisions
+    }
+    if gates_available and space.gated_blocks:
+        params["gates"] = cfg.gated
+        if cfg.gate_thresholds is not None:
+            params.update({f"threshold.{name}": value for name, value in cfg.gate_thresholds.items()})
+    return params

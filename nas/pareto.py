@@ -1,0 +1,133 @@
+"""Pareto front of accuracy (up) vs cost (down), and the search's output files.
+
+Outputs (atomic writes): ``pareto.json`` and ``pareto.csv`` (front members with config, accuracy,
+FLOPs, effective FLOPs, parameters, latency with device and batch size), ``pareto.png`` (every
+trial, the front, the budget line), ``best.json`` (the most accurate feasible config).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from nas.budget import format_cost
+
+FLOP_NOTE = "FLOPs are fvcore's: one multiply-add = one flop"
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """(accuracy, cost): ``a`` is no worse in both and better in one."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+def pareto_front(records: Sequence[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
+    """Feasible, evaluated records that no other such record dominates, by ascending cost."""
+    points = [(r, (r["accuracy"], cost_of(r, objective))) for r in records if is_candidate(r)]
+    front = [r for r, p in points if not any(dominates(q, p) for _, q in points)]
+    unique: dict[str, dict[str, Any]] = {}
+    for record in sorted(front, key=lambda r: (cost_of(r, objective), -r["accuracy"], r["trial"])):
+        unique.setdefault(json.dumps(record["config"], sort_keys=True), record)  # a config found twice counts once
+    return list(unique.values())
+
+
+def is_candidate(record: dict[str, Any]) -> bool:
+    return record.get("accuracy") is not None and all(v <= 0 for v in record.get("violations", {}).values())
+
+
+def cost_of(record: dict[str, Any], objective: str) -> float:
+    return float(record["latency"]["seconds"]) if objective == "latency" else float(record["effective_flops"])
+
+
+def best_record(records: Sequence[dict[str, Any]], objective: str) -> dict[str, Any] | None:
+    """The most accurate feasible record (ties: the cheaper)."""
+    candidates = [r for r in records if is_candidate(r)]
+    return min(candidates, key=lambda r: (-r["accuracy"], cost_of(r, objective)), default=None)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(
+    out_dir: Path,
+    records: Sequence[dict[str, Any]],
+    *,
+    objective: str,
+    budgets: dict[str, float],
+    meta: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Write pareto.json/.csv/.png and best.json; return the front and the best record."""
+    front = pareto_front(records, objective)
+    best = best_record(records, objective)
+    header = {**meta, "objective": objective, "budgets": budgets, "flop_convention": FLOP_NOTE}
+    atomic_write_text(out_dir / "pareto.json", json.dumps({**header, "front": front}, indent=2))
+    atomic_write_text(out_dir / "pareto.csv", _csv(front))
+    if best is not None:
+        atomic_write_text(out_dir / "best.json", json.dumps({**header, **best}, indent=2))
+    _plot(out_dir / "pareto.png", records, front, objective=objective, budgets=budgets, title=str(meta.get("study", "")))
+    return front, best
+
+
+def _csv(front: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["trial", "accuracy", "flops", "effective_flops", "params", "latency_s", "latency_device",
+                     "latency_batch_size", "gated", "config"])
+    for r in front:
+        latency = r.get("latency") or {}
+        writer.writerow([r["trial"], f"{r['accuracy']:.6f}", r["flops"], f"{r['effective_flops']:.0f}", r["params"],
+                         latency.get("seconds", ""), latency.get("device", ""), latency.get("batch_size", ""),
+                         r["config"]["gate_thresholds"] is not None, json.dumps(r["config"], sort_keys=True)])
+    return buffer.getvalue()
+
+
+def _plot(path: Path, records: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], *, objective: str,
+          budgets: dict[str, float], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scale, unit = (1e3, "latency (ms)") if objective == "latency" else (1e-6, "FLOPs (M, fvcore: 1 multiply-add = 1 flop)")
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    evaluated = [r for r in records if r.get("accuracy") is not None]
+    infeasible = [r for r in records if r.get("accuracy") is None and (r.get("latency") or objective == "flops")]
+    if evaluated:
+        axes.scatter([cost_of(r, objective) * scale for r in evaluated], [r["accuracy"] * 100 for r in evaluated],
+                     s=14, c="tab:blue", alpha=0.6, label="evaluated trials")
+    if infeasible:
+        axes.scatter([cost_of(r, objective) * scale for r in infeasible], [0] * len(infeasible), marker="x", s=14,
+                     c="tab:gray", label="over budget (not evaluated)")
+    if front:
+        axes.plot([cost_of(r, objective) * scale for r in front], [r["accuracy"] * 100 for r in front], "o-",
+                  c="tab:red", label="Pareto front", drawstyle="steps-post")
+    budget = budgets.get(objective)
+    if budget is not None:
+        axes.axvline(budget * scale, ls="--", c="black", label=f"budget {format_cost(objective, budget)}")  # type: ignore[arg-type]
+    axes.set_xlabel(unit)
+    axes.set_ylabel("kNN top-1 (%)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "wb") as file:
+        file.write(buffer.getvalue())
+    os.replace(temporary, path)
