@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from typing import Callable
 
@@ -40,9 +41,24 @@ def list_spaces() -> list[str]:
 
 @lru_cache(maxsize=None)
 def get_space(name: str) -> SearchSpace:
-    """The search space called ``name``; raises ``KeyError`` listing the valid names."""
+    """The search space called ``name``; raises ``KeyError`` listing the valid names.
+
+    ``"<space>@<multiplier>"`` (e.g. ``"resnet18_cifar@0.5"``) is the one fixed network of that
+    space at a uniform width: the baseline a one-shot supernet is compared with.
+    """
+    base, _, multiplier = name.partition("@")
     try:
-        builder = SPACE_BUILDERS[name]
+        builder = SPACE_BUILDERS[base]
     except KeyError:
-        raise KeyError(f"unknown search space {name!r}; valid: {', '.join(list_spaces())}") from None
-    return builder()
+        raise KeyError(f"unknown search space {name!r}; valid: {', '.join(list_spaces())} "
+                       "(or <space>@<width multiplier>)") from None
+    space = builder()
+    if not multiplier:
+        return space
+    try:
+        value = float(multiplier)
+    except ValueError:
+        raise KeyError(f"unknown search space {name!r}: {multiplier!r} is not a width multiplier in (0, 1]") from None
+    if not 0.0 < value <= 1.0:
+        raise KeyError(f"unknown search space {name!r}: {multiplier!r} is not a width multiplier in (0, 1]")
+    return replace(space.narrow(space.uniform_config(value).channels), name=name)
