@@ -246,7 +246,9 @@ class InvertedResidual(GatedBlock):
         else:
             expand, depthwise, project, project_bn = self.conv
             out = expand(x) * mask[:, :, None, None]
-            out = depthwise(out)
+            # mask again after the depthwise conv: its BN turns a zeroed channel into a constant that
+            # would still reach the projection, while the gathered path drops the channel entirely
+            out = depthwise(out) * mask[:, :, None, None]
             kernel = depthwise[0].kernel_size
             per_channel = _spatial(x) * (x.shape[1] + BN_FLOPS_PER_ELEMENT) + _spatial(out) * (
                 kernel[0] * kernel[1] + BN_FLOPS_PER_ELEMENT + project.active_out

@@ -31,7 +31,9 @@ def gumbel_sigmoid_straight_through(
     uniform = uniform.clamp(1e-6, 1.0 - 1e-6)
     soft = torch.sigmoid((logits + torch.log(uniform) - torch.log1p(-uniform)) / temperature)
     hard = (soft >= 0.5).to(soft.dtype)
-    return hard + soft - soft.detach()
+    # (soft - soft.detach()) is exactly 0, so the value is exactly hard; `hard + soft - soft` is not
+    # (1 + s - s rounds to 1 - 2**-24 for some s in float32)
+    return hard + (soft - soft.detach())
 
 
 class ChannelGate(nn.Module):
