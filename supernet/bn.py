@@ -46,6 +46,8 @@ def recalibrate_bn(
     try:
         for images in _batches(data, num_images, batch_size=batch_size, seed=seed):
             images = images[: num_images - seen].to(device, non_blocking=True)
+            if images.shape[0] == 1 and seen > 0:
+                break  # a trailing batch of one has no batch statistics (a gate's 1x1 BN would fail on it)
             model(images)
             seen += images.shape[0]
             if seen >= num_images:

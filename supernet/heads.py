@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from supernet.ops import DynamicLinear
+from supernet.ops import DynamicBatchNorm1d, DynamicLinear
 
 
 class MLPHead(nn.Sequential):
@@ -17,7 +17,7 @@ class MLPHead(nn.Sequential):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__(
             DynamicLinear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
+            DynamicBatchNorm1d(hidden_dim),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim),
         )

@@ -72,9 +72,7 @@ class SuperNet(nn.Module):
 
     def set_active(self, cfg: SubnetConfig) -> None:
         """Run as the sub-network ``cfg`` from now on (validated against this supernet's space)."""
-        self.space.validate(cfg)
-        if cfg.gate_thresholds is not None and not self.with_gates:
-            raise ValueError("gate_thresholds: this network was built without gates; use gate_thresholds=null")
+        self._check(cfg)
         for layer_name, conv in self._bindings:
             conv.active_out = cfg.channels[layer_name]
         blocks = dict(self.named_modules())
@@ -85,6 +83,11 @@ class SuperNet(nn.Module):
             if block.gate is not None:
                 block.gate.fc2.active_out = cfg.channels[spec.gated_layer]
         self.active_config = cfg
+
+    def _check(self, cfg: SubnetConfig) -> None:
+        self.space.validate(cfg)
+        if cfg.gate_thresholds is not None and not self.with_gates:
+            raise ValueError("gate_thresholds: this network was built without gates; use gate_thresholds=null")
 
     def set_max(self) -> SubnetConfig:
         cfg = self.space.max_config()
@@ -131,7 +134,7 @@ class SuperNet(nn.Module):
         Its outputs equal this supernet's at ``set_active(cfg)``; it has gates only if ``cfg``
         has gate thresholds.
         """
-        self.space.validate(cfg)
+        self._check(cfg)
         narrow = self.space.narrow(cfg.channels)
         network = type(self)(narrow, num_classes=self.num_classes, with_gates=cfg.gated)
         source = self.state_dict()

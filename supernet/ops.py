@@ -45,31 +45,81 @@ class DynamicConv2d(nn.Conv2d):
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
 
+def _dynamic_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm over the first ``x.shape[1]`` channels of ``bn``'s parameters and statistics."""
+    channels = x.shape[1]
+    factor = 0.0
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        # momentum=None: cumulative moving average, as nn.BatchNorm does
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    running_mean = None if bn.running_mean is None else bn.running_mean[:channels]
+    running_var = None if bn.running_var is None else bn.running_var[:channels]
+    weight = None if bn.weight is None else bn.weight[:channels]
+    bias = None if bn.bias is None else bn.bias[:channels]
+    if bn.training and getattr(bn, "sync_across_ranks", False):
+        return _synced_batch_norm(x, running_mean, running_var, weight, bias, factor, bn.eps)
+    use_batch_stats = bn.training or running_mean is None
+    return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, bn.eps)
+
+
+def _synced_batch_norm(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    factor: float,
+    eps: float,
+) -> torch.Tensor:
+    """Training BatchNorm whose batch statistics span every data-parallel rank (SyncBN, as BYOL uses).
+
+    Per-channel sums and sums of squares are all-reduced with autograd-aware collectives, so the
+    result and its gradients equal one process normalising the whole global batch.
+    """
+    from torch.distributed.nn.functional import all_reduce
+
+    channels = x.shape[1]
+    dims = [0, *range(2, x.dim())]
+    values = x.float()
+    count = values.new_full((1,), values.numel() // channels)
+    totals = all_reduce(torch.cat([values.sum(dims), (values * values).sum(dims), count]))
+    total_count = totals[-1]
+    mean = totals[:channels] / total_count
+    var = (totals[channels : 2 * channels] / total_count - mean * mean).clamp_min(0.0)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+            unbiased = var.detach() * total_count / (total_count - 1).clamp_min(1.0)
+            running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
+    shape = (1, channels) + (1,) * (x.dim() - 2)
+    out = (values - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+    if weight is not None:
+        out = out * weight.view(shape) + bias.view(shape)
+    return out.to(x.dtype)
+
+
 class DynamicBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` over the first ``C'`` channels of its parameters and running statistics.
 
     Running statistics are shared by all widths (US-Nets recalibrates them per sub-network after
     training, see :func:`supernet.bn.recalibrate_bn`); updates write into the active prefix only.
+    ``sync_across_ranks = True`` (set by data-parallel training) takes batch statistics over all ranks.
     """
 
+    sync_across_ranks = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.shape[1]
-        factor = 0.0
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            # momentum=None: cumulative moving average, as nn.BatchNorm2d does
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        use_batch_stats = self.training or self.running_mean is None
-        return F.batch_norm(
-            x,
-            None if self.running_mean is None else self.running_mean[:channels],
-            None if self.running_var is None else self.running_var[:channels],
-            None if self.weight is None else self.weight[:channels],
-            None if self.bias is None else self.bias[:channels],
-            use_batch_stats,
-            factor,
-            self.eps,
-        )
+        return _dynamic_batch_norm(self, x)
+
+
+class DynamicBatchNorm1d(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` counterpart of :class:`DynamicBatchNorm2d` (projection heads)."""
+
+    sync_across_ranks = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _dynamic_batch_norm(self, x)
 
 
 class DynamicLinear(nn.Linear):

@@ -10,6 +10,7 @@ Examples::
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -32,7 +33,8 @@ def main(cfg: DictConfig) -> None:
         message = error.args[0] if error.args else str(error)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
-    print(f"done: {out_dir}/checkpoint.pt")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: {out_dir}/checkpoint.pt")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ from search_spaces import SearchSpace, SubnetConfig, get_space
 from supernet.bn import recalibrate_bn
 from supernet.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, CheckpointError, atomic_save, load_checkpoint
 from supernet.data import ImageData, load_image_data
+from supernet.distributed import (
+    DistEnv, all_gather_rows, average_gradients, barrier, gather_digests, init_distributed, shutdown, sync_batch_norms,
+)
 from supernet.evaluation import EvalData, knn_score, prepare_eval_data
 from supernet.flops import count_flops, static_flops
 from supernet.group_reg import apply_group_decay
@@ -113,13 +116,21 @@ class ViewDataset(Dataset):
 
 
 class EpochSampler(Sampler[int]):
-    """Seeded permutation of epoch ``epoch``, from batch ``start_batch`` on, as encoded indices."""
+    """Seeded permutation of epoch ``epoch``, from batch ``start_batch`` on, as encoded indices.
 
-    def __init__(self, size: int, *, seed: int, epoch: int, batch_size: int, start_batch: int = 0) -> None:
+    ``batch_size`` is the global batch; rank ``rank`` of ``world_size`` takes every
+    ``world_size``-th image of each global batch, so the union over ranks is the one-process batch.
+    """
+
+    def __init__(
+        self, size: int, *, seed: int, epoch: int, batch_size: int, start_batch: int = 0, rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.size, self.epoch, self.batch_size = size, epoch, batch_size
         order_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
         order = torch.randperm(size, generator=torch.Generator().manual_seed(order_seed))
-        self.order = order[start_batch * batch_size : (size // batch_size) * batch_size]
+        order = order[start_batch * batch_size : (size // batch_size) * batch_size]
+        self.order = order.view(-1, batch_size)[:, rank::world_size].reshape(-1)
 
     def __iter__(self) -> Iterator[int]:
         offset = self.epoch * self.size
@@ -152,6 +163,7 @@ class Run:
     flops: FlopsReference | None
     lr: float
     eval_data: EvalData | None = None  # kNN monitoring images, drawn once
+    dist: DistEnv = DistEnv()
     step: int = 0
 
     @property
@@ -166,14 +178,15 @@ def train(cfg: DictConfig) -> Path:
     train_set = ViewDataset(run.data.train, build_views(cfg.views.name, cfg.data.resolution, **_view_kwargs(cfg))[0], seed=cfg.seed)
     while run.step < run.stop_step:
         epoch, start_batch = divmod(run.step, run.steps_per_epoch)
-        sampler = EpochSampler(len(train_set), seed=cfg.seed, epoch=epoch, batch_size=cfg.batch_size, start_batch=start_batch)
+        sampler = EpochSampler(len(train_set), seed=cfg.seed, epoch=epoch, batch_size=cfg.batch_size, start_batch=start_batch,
+                               rank=run.dist.rank, world_size=run.dist.world_size)
         # The loader's own generator keeps worker seeding off the global RNG (Gumbel noise), so
         # where a run resumes does not shift the noise stream.
         loader = DataLoader(
-            train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, num_workers=cfg.data.num_workers,
+            train_set, batch_size=cfg.batch_size // run.dist.world_size, sampler=sampler, drop_last=True, num_workers=cfg.data.num_workers,
             pin_memory=run.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed + epoch),
         )
-        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False,
+        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and run.dist.is_main), leave=False,
                         initial=start_batch, total=run.steps_per_epoch, file=sys.stdout)
         started, images_seen = time.perf_counter(), 0
         for views in progress:
@@ -182,10 +195,10 @@ def train(cfg: DictConfig) -> Path:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             terms = train_step(run, views)
             run.step += 1
-            images_seen += views[0].shape[0]
+            images_seen += views[0].shape[0] * run.dist.world_size
             throughput = images_seen / max(time.perf_counter() - started, 1e-9)
             progress.set_postfix(loss=f"{terms['loss']:.3f}", lr=f"{terms['lr']:.3g}", img_s=f"{throughput:.0f}")
-            if run.step % cfg.log_every_steps == 0 or run.step == run.stop_step:
+            if run.dist.is_main and (run.step % cfg.log_every_steps == 0 or run.step == run.stop_step):
                 _append_jsonl(log_path, {"kind": "step", "step": run.step, "epoch": epoch, "images_per_s": throughput, **terms})
             if cfg.checkpoint_every_steps and run.step % cfg.checkpoint_every_steps == 0:
                 save_checkpoint(run)
@@ -194,12 +207,20 @@ def train(cfg: DictConfig) -> Path:
         progress.close()
         if run.step % run.steps_per_epoch == 0 or run.step == run.stop_step:
             record: dict[str, Any] = {"kind": "epoch", "step": run.step, "epoch": epoch + 1}
-            if cfg.knn.enabled:
+            if cfg.knn.enabled and run.dist.is_main:
                 with torch.random.fork_rng(devices=[]):  # monitoring must not shift the training RNG
                     record["knn"] = monitor_knn(run)
                 print(f"epoch {epoch + 1}: kNN top-1 " + ", ".join(f"{k} {v:.2%}" for k, v in record["knn"].items()))
-            _append_jsonl(log_path, record)
+            if run.dist.is_main:
+                _append_jsonl(log_path, record)
             save_checkpoint(run)
+    digests = gather_digests(run.method, run.dist)
+    if run.dist.enabled:
+        if run.dist.is_main:
+            (run.out_dir / "replicas.json").write_text(json.dumps({"step": run.step, "parameter_sha256": digests}, indent=2))
+        if len(set(digests)) != 1:
+            raise TrainingStopped(f"replicas diverged: parameter digests differ across ranks at step {run.step}")
+    shutdown(run.dist)
     return run.out_dir
 
 
@@ -240,6 +261,7 @@ def train_step(run: Run, views: list[torch.Tensor]) -> dict[str, float]:
         total += _gated_pass(run, views, targets, cache, logged)
     encoder.set_max()
     _check_collapse(run, cache["projections"][0])
+    average_gradients(method, run.dist)
     run.scaler.unscale_(run.optimizer)
     alpha = group_alpha(run.step, run.total_steps, max_alpha=cfg.regularization.max_alpha,
                         ramp_fraction=cfg.regularization.alpha_ramp_fraction)
@@ -249,7 +271,7 @@ def train_step(run: Run, views: list[torch.Tensor]) -> dict[str, float]:
     run.scaler.update()
     momentum = ema_momentum(run.step, run.total_steps, base=cfg.ssl.base_momentum)
     method.update_teacher(momentum)
-    method.after_step(targets)
+    method.after_step(targets, gather=lambda rows: all_gather_rows(rows, run.dist))
     return {"loss": total, **logged, "lr": lr, "ema_momentum": momentum, "group_alpha": alpha,
             "min_width": min(sizes), "num_subnets": float(len(plan))}
 
@@ -327,8 +349,14 @@ def _setup(cfg: DictConfig) -> Run:
         raise CheckpointError(
             f"out_dir: {out_dir} already holds a checkpoint; pass resume=true to continue it or out_dir=<new folder>"
         )
+    dist_env = init_distributed(cfg.device)
+    if cfg.batch_size % dist_env.world_size:
+        raise SetupError(f"batch_size: the global batch {cfg.batch_size} does not split over {dist_env.world_size} "
+                         "processes; use a multiple of the process count")
     device = _device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    if device.type == "cuda" and dist_env.enabled:
+        device = torch.device("cuda", dist_env.local_rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     try:
         space = get_space(cfg.model.space)
     except KeyError as error:
@@ -351,6 +379,8 @@ def _setup(cfg: DictConfig) -> Run:
         method_kwargs.update(temperature=cfg.ssl.temperature, queue_size=cfg.ssl.queue_size,
                              online_distillation=cfg.ssl.online_distillation)
     method = get_method(cfg.ssl.name)(encoder, **method_kwargs).to(device)
+    if dist_env.enabled:
+        sync_batch_norms(method)
     if device.type == "cuda" and cfg.channels_last:
         method.to(memory_format=torch.channels_last)
     flops = None
@@ -369,17 +399,23 @@ def _setup(cfg: DictConfig) -> Run:
         eval_data = prepare_eval_data(data, resolution=cfg.data.resolution, calibration_images=cfg.knn.calibration_images,
                                       bank_size=cfg.knn.bank_size, seed=cfg.seed)
     run = Run(cfg, out_dir, device, space, data, method, optimizer, scaler, steps_per_epoch, total_steps, stop_step, flops,
-              lr, eval_data)
+              lr, eval_data, dist_env)
     if cfg.resume and checkpoint_path.exists():
         _restore(run, load_checkpoint(checkpoint_path, map_location=device))
         print(f"resumed {checkpoint_path} at step {run.step}/{total_steps}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (out_dir / "run_info.json").write_text(json.dumps(run_info(device), indent=2))
+    if dist_env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (out_dir / "run_info.json").write_text(json.dumps({**run_info(device), "world_size": dist_env.world_size}, indent=2))
+    barrier(dist_env)
     return run
 
 
 def save_checkpoint(run: Run) -> None:
+    """Atomic checkpoint by rank 0; the other ranks wait so nobody runs ahead of a checkpoint."""
+    if not run.dist.is_main:
+        barrier(run.dist)
+        return
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": package_version(),
@@ -396,6 +432,7 @@ def save_checkpoint(run: Run) -> None:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
     atomic_save(payload, run.out_dir / CHECKPOINT_NAME)
+    barrier(run.dist)
 
 
 def _restore(run: Run, payload: dict[str, Any]) -> None:

@@ -81,8 +81,8 @@ class SSLMethod(nn.Module):
             for student_buffer, teacher_buffer in zip(student.buffers(), teacher.buffers()):
                 teacher_buffer.copy_(student_buffer)
 
-    def after_step(self, targets: list[torch.Tensor]) -> None:
-        """Hook after the optimizer step (MoCo enqueues the teacher keys)."""
+    def after_step(self, targets: list[torch.Tensor], gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
+        """Hook after the optimizer step; ``gather`` concatenates a tensor over data-parallel ranks."""
 
     # -- losses ----------------------------------------------------------------------------------
     def project(self, views: list[torch.Tensor]) -> list[torch.Tensor]:

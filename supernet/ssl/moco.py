@@ -7,7 +7,7 @@ Sub-networks regress the teacher through the US3L auxiliary head; with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -91,5 +91,6 @@ class MoCoV2(SSLMethod):
         self.queue[index] = keys[: size]
         self.queue_pointer.fill_((pointer + keys.shape[0]) % size)
 
-    def after_step(self, targets: list[torch.Tensor]) -> None:
-        self.enqueue(targets[0])
+    def after_step(self, targets: list[torch.Tensor], gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
+        """Enqueue the teacher keys of the first view from every rank, so all queues stay equal."""
+        self.enqueue(gather(targets[0]))
