@@ -8,12 +8,16 @@ results are cached per config.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from search_spaces import SubnetConfig
 from supernet.bn import recalibrate_bn
-from supernet.evaluation import EvalData, knn_score
+from supernet.data import load_image_data
+from supernet.evaluation import EvalData, knn_score, prepare_eval_data
 from supernet.models import SuperNet
 
 
@@ -67,3 +71,39 @@ class Oracle:
     def remember(self, cfg: SubnetConfig, accuracy: float) -> None:
         """Seed the cache (e.g. from a resumed study's finished trials)."""
         self._cache[cfg] = accuracy
+
+
+# -- building the oracle of a checkpoint ----------------------------------------------------------
+def trained_data_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The data settings a checkpoint was trained with (its ``config.data``) plus its ``seed``."""
+    config = payload.get("config", {})
+    return {**config.get("data", {}), "seed": int(config.get("seed", 0))}
+
+
+def build_eval_data(trained: Mapping[str, Any], settings: Any, *, default_resolution: int) -> EvalData:
+    """Calibration, bank and validation images as the search draws them.
+
+    ``trained``: :func:`trained_data_settings` of the checkpoint; ``settings``: the search settings
+    (``settings.data`` overrides the trained data set, ``settings.oracle`` sizes and seeds the
+    splits). The resolution is the one the supernet was trained at.
+    """
+    data_name = settings.data.name or trained.get("name", "mnist_embedded")
+    root = settings.data.root if settings.data.root is not None else trained.get("root")
+    holdout = settings.data.holdout_size or trained.get("holdout_size", 1000)
+    data = load_image_data(data_name, root=root, max_images=trained.get("max_images"), holdout_size=holdout,
+                           download=settings.data.download, seed=int(trained.get("seed", 0)))
+    resolution = int(trained.get("resolution", default_resolution))
+    oracle = settings.oracle
+    return prepare_eval_data(data, resolution=resolution, calibration_images=oracle.calibration_images,
+                             bank_size=oracle.bank_size, val_size=oracle.val_size, seed=oracle.seed)
+
+
+def build_oracle(supernet: SuperNet, payload: Mapping[str, Any], settings: Any, device: torch.device | str) -> Oracle:
+    """The oracle ``nas.search`` scores with, for a supernet loaded from checkpoint ``payload``.
+
+    ``settings``: the OmegaConf settings of configs/search.yaml (``.data`` and ``.oracle`` are read).
+    """
+    data = build_eval_data(trained_data_settings(payload), settings, default_resolution=supernet.space.default_resolution)
+    oracle = settings.oracle
+    return Oracle(supernet, data, k=oracle.k, temperature=oracle.temperature, batch_size=oracle.batch_size,
+                  seed=oracle.seed, device=device)

@@ -25,12 +25,11 @@ from tqdm import tqdm
 
 from nas.budget import Budget, BudgetError, check_budget_against, format_cost, parse_budget
 from nas.candidates import CandidateEvaluator, CandidateResult, LatencySettings, config_params, suggest_config
-from nas.oracle import Oracle
+from nas.oracle import build_oracle
 from nas.pareto import FLOP_NOTE, cost_of, write_outputs
 from search_spaces import SearchSpace, SubnetConfig
 from supernet.checkpoint import CheckpointError, find_latest_checkpoint, load_supernet
-from supernet.data import DataError, load_image_data
-from supernet.evaluation import prepare_eval_data
+from supernet.data import DataError
 from supernet.models import SuperNet
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "search.yaml"
@@ -69,11 +68,21 @@ class LatencyOverrides:
     threads: Optional[int] = 1
 
 
+# Read by nas.evaluate only: the linear probe on frozen features (supernet.evaluation.linear).
+@dataclass
+class ProbeSettings:
+    epochs: int = 100
+    lr: float = 1.0
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
 @dataclass
 class SearchSettings:
     data: DataOverrides = field(default_factory=DataOverrides)
     oracle: OracleSettings = field(default_factory=OracleSettings)
     latency: LatencyOverrides = field(default_factory=LatencyOverrides)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
     effective_flops_images: int = 256
     population_size: int = 24
 
@@ -264,20 +273,7 @@ def _claim_study(study: optuna.Study, identity: dict[str, Any]) -> None:
 
 def _build_evaluator(supernet: SuperNet, payload: dict[str, Any], request: SearchRequest, device: torch.device) -> CandidateEvaluator:
     settings = request.settings
-    trained = payload.get("config", {}).get("data", {})
-    data_name = settings.data.name or trained.get("name", "mnist_embedded")
-    root = settings.data.root if settings.data.root is not None else trained.get("root")
-    holdout = settings.data.holdout_size or trained.get("holdout_size", 1000)
-    seed = int(payload.get("config", {}).get("seed", 0))
-    data = load_image_data(data_name, root=root, max_images=trained.get("max_images"), holdout_size=holdout,
-                           download=settings.data.download, seed=seed)
-    resolution = int(trained.get("resolution", supernet.space.default_resolution))
-    oracle_settings = settings.oracle
-    eval_data = prepare_eval_data(data, resolution=resolution, calibration_images=oracle_settings.calibration_images,
-                                  bank_size=oracle_settings.bank_size, val_size=oracle_settings.val_size,
-                                  seed=oracle_settings.seed)
-    oracle = Oracle(supernet, eval_data, k=oracle_settings.k, temperature=oracle_settings.temperature,
-                    batch_size=oracle_settings.batch_size, seed=oracle_settings.seed, device=device)
+    oracle = build_oracle(supernet, payload, settings, device)
     latency = LatencySettings(**OmegaConf.to_container(settings.latency))  # type: ignore[arg-type]
     return CandidateEvaluator(
         supernet, oracle, flops_budget=request.flops_budget.value if request.flops_budget else None,

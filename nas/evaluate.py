@@ -1,0 +1,187 @@
+"""``python -m nas.evaluate``: the frozen-feature accuracies a paper reports, for one sub-network.
+
+Two evaluations of the same frozen, pooled features (no augmentation):
+
+* weighted kNN top-1 (cosine, k = 20, T = 0.07; Wu et al. 2018, as in DINO): the labeled training
+  images (the oracle's bank) vote for each held-out image;
+* linear probe top-1: a logistic-regression head fitted on the same labeled training images
+  (features standardised with their mean and standard deviation, full-batch L-BFGS, L2 on the
+  weights; :func:`supernet.evaluation.linear_probe`) and scored on the held-out split.
+
+The sub-network is an export directory (``--export DIR``: rebuilt from ``subnet.json`` and
+``weights.pt``, whose BatchNorm statistics were recalibrated at export, so no checkpoint is needed)
+or a config (``--config JSON [--checkpoint CKPT]``: extracted from the supernet and recalibrated as
+the search does it). Data: the data set the supernet was trained on, split and sized by the
+``data.*`` and ``oracle.*`` settings of configs/search.yaml; the probe by ``probe.*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas.export import ExportError, load_exported, source_from_config
+from nas.oracle import build_eval_data, build_oracle
+from nas.search import SearchError, _device, load_settings
+from search_spaces import ConfigError, SubnetConfig, get_space
+from supernet.checkpoint import CheckpointError, find_latest_checkpoint, load_supernet
+from supernet.data import DataError
+from supernet.evaluation import EvalData, embed_tensor, knn_accuracy, linear_probe
+from supernet.flops import count_flops, count_params, effective_flops
+from supernet.models import SuperNet
+
+FLOP_CONVENTION = "fvcore: one multiply-add = one flop"
+
+
+@dataclass
+class EvaluateRequest:
+    export_dir: Path | None
+    config: Path | None
+    checkpoint: Path | None
+    device: str
+    settings: Any
+
+
+def evaluate(request: EvaluateRequest) -> dict[str, Any]:
+    """kNN and linear-probe top-1 (in [0, 1]), FLOPs and parameters of the requested sub-network."""
+    device = _device(request.device)
+    settings = request.settings
+    if request.export_dir is not None:
+        network, record = load_exported(request.export_dir)
+        cfg = network.source_config
+        assert cfg is not None
+        trained = record.get("data") or {}
+        data = build_eval_data(trained, settings, default_resolution=get_space(cfg.space).default_resolution)
+        network = network.to(device).eval()
+        source = {"export": str(request.export_dir)}
+    else:
+        assert request.config is not None
+        cfg = source_from_config(request.config).config
+        checkpoint = request.checkpoint or find_latest_checkpoint(".")
+        if checkpoint is None:
+            raise SearchError("--checkpoint: no checkpoint.pt under the current directory; pass --checkpoint PATH")
+        network, data = _extract(cfg, Path(checkpoint), request.config, settings, device)
+        source = {"config": str(request.config), "checkpoint": str(Path(checkpoint).resolve())}
+    return {**evaluate_network(network, cfg, data, settings, device), "source": source}
+
+
+def _extract(cfg: SubnetConfig, checkpoint: Path, where: Path, settings: Any,
+             device: torch.device) -> tuple[SuperNet, EvalData]:
+    supernet, payload = load_supernet(checkpoint, map_location="cpu")
+    supernet = supernet.to(device).eval()
+    try:
+        supernet.space.validate(cfg)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    if cfg.gated and not supernet.with_gates:
+        raise ConfigError(f"{where}: gate_thresholds: the supernet in {checkpoint} was trained without gates; "
+                          "use gate_thresholds null")
+    oracle = build_oracle(supernet, payload, settings, device)
+    return oracle.subnet(cfg).eval(), oracle.data
+
+
+def evaluate_network(network: SuperNet, cfg: SubnetConfig, data: EvalData, settings: Any,
+                     device: torch.device) -> dict[str, Any]:
+    """Both frozen-feature accuracies of a ready (recalibrated, eval-mode) network, with its costs."""
+    oracle, probe = settings.oracle, settings.probe
+    network.set_gate_mode("masked")  # batched embedding; gathered mode is batch 1 only
+    bank = embed_tensor(network, data.bank, batch_size=oracle.batch_size, device=device)
+    val = embed_tensor(network, data.val, batch_size=oracle.batch_size, device=device)
+    knn = knn_accuracy(bank, data.bank_labels, val, data.val_labels, num_classes=data.num_classes, k=oracle.k,
+                       temperature=oracle.temperature)
+    probe_top1 = linear_probe(bank, data.bank_labels, val, data.val_labels, num_classes=data.num_classes,
+                              epochs=probe.epochs, lr=probe.lr, weight_decay=probe.weight_decay, seed=probe.seed)
+    flops = count_flops(network, data.resolution)
+    effective = float(flops)
+    if cfg.gated:
+        calibration = data.calibration[: settings.effective_flops_images]
+        effective = effective_flops(network, [b.to(device) for b in calibration.split(oracle.batch_size)],
+                                    resolution=data.resolution)
+    return {
+        "knn": knn,
+        "linear_probe": probe_top1,
+        "config": cfg.to_dict(),
+        "flops": flops,
+        "effective_flops": effective,
+        "params": count_params(network),
+        "resolution": data.resolution,
+        "flop_convention": FLOP_CONVENTION,
+        "protocol": {
+            "features": f"pooled, frozen, {bank.shape[1]} dimensions",
+            "train_images": int(bank.shape[0]),
+            "test_images": int(val.shape[0]),
+            "num_classes": data.num_classes,
+            "knn": {"k": oracle.k, "temperature": oracle.temperature, "similarity": "cosine"},
+            "linear_probe": {"optimizer": "full-batch L-BFGS", "features": "standardised (train mean and std)",
+                             "epochs": probe.epochs, "lr": probe.lr, "weight_decay": probe.weight_decay,
+                             "seed": probe.seed},
+        },
+    }
+
+
+# -- command line ----------------------------------------------------------------------------------
+def print_table(result: dict[str, Any]) -> None:
+    cfg, protocol = result["config"], result["protocol"]
+    where = result["source"].get("export") or result["source"].get("config")
+    print(f"{cfg['space']} sub-network (gates {'on' if cfg['gate_thresholds'] else 'off'}) at {result['resolution']} px, "
+          f"from {where}")
+    rows = [
+        (f"kNN top-1 (k={protocol['knn']['k']}, T={protocol['knn']['temperature']})", f"{result['knn']:.2%}"),
+        (f"linear probe top-1 (L-BFGS, {protocol['linear_probe']['epochs']} iterations)", f"{result['linear_probe']:.2%}"),
+        ("FLOPs (fvcore: one multiply-add = one flop)", f"{result['flops'] / 1e6:.2f} M"),
+        ("effective FLOPs (gates on, mean per image)", f"{result['effective_flops'] / 1e6:.2f} M"),
+        ("parameters", f"{result['params'] / 1e6:.3f} M"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value:>10}")
+    print(f"  trained on {protocol['train_images']} labeled training images, scored on {protocol['test_images']} "
+          f"held-out images ({protocol['num_classes']} classes)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m nas.evaluate",
+        description="kNN and linear-probe top-1 on frozen features of an exported sub-network (or a config), with "
+        "its FLOPs (fvcore: one multiply-add = one flop) and parameters.",
+        epilog="Extra key=value arguments override configs/search.yaml: data.* (data set), oracle.bank_size (labeled "
+        "training images), oracle.val_size, oracle.k, oracle.temperature, probe.epochs, probe.lr, probe.weight_decay.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--export", type=Path, metavar="DIR", help="a directory written by python -m nas.export")
+    source.add_argument("--config", type=Path, metavar="JSON", help="a SubnetConfig JSON file (with --checkpoint)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="with --config: the supernet checkpoint (default: the newest checkpoint.pt under the "
+                        "current directory)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)  # key=value overrides may sit between options
+    try:
+        if args.export is not None and args.checkpoint is not None:
+            raise SearchError("--checkpoint: an export directory holds its own weights; use --checkpoint with --config")
+        request = EvaluateRequest(export_dir=args.export, config=args.config, checkpoint=args.checkpoint,
+                                  device=args.device, settings=load_settings(args.overrides))
+        result = evaluate(request)
+    except (ExportError, ConfigError, SearchError, CheckpointError, DataError) as error:
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
