@@ -137,6 +137,9 @@ def search(request: SearchRequest) -> dict[str, Any]:
     sampler = build_sampler(request.sampler, seed=request.seed, population_size=settings.population_size)
     study = optuna.create_study(storage=storage, study_name=study_name, directions=["maximize", "minimize"],
                                 sampler=sampler, load_if_exists=True)
+    held = len(study.get_trials(deepcopy=False))
+    if held:  # resuming: a sampler seeded as before would propose again the trials it already proposed
+        study.sampler = build_sampler(request.sampler, seed=request.seed + held, population_size=settings.population_size)
     identity = {"checkpoint": str(Path(request.checkpoint).resolve()), "checkpoint_step": int(payload["step"]),
                 "space": space.name, "objective": request.objective, "budgets": budgets, "resolution": resolution}
     _claim_study(study, identity)
@@ -144,8 +147,14 @@ def search(request: SearchRequest) -> dict[str, Any]:
     for record in records:
         evaluator.remember(CandidateResult(**{k: record[k] for k in CandidateResult.__dataclass_fields__}))
     gates_available = supernet.with_gates
+    # Optuna's skip_if_exists also counts failed trials, so a seed whose run was interrupted would never
+    # be tried again; only finished, running or queued trials make a seed redundant.
+    alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    queued = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False, states=alive)]
     for cfg in seed_configs(space, evaluator, budgets.get("flops"), resolution):
-        study.enqueue_trial(config_params(cfg, space, gates_available=gates_available), skip_if_exists=True)
+        params = config_params(cfg, space, gates_available=gates_available)
+        if params not in queued:
+            study.enqueue_trial(params)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         cfg = suggest_config(trial, space, gates_available=gates_available)
@@ -388,7 +397,8 @@ def request_from_args(args: argparse.Namespace) -> SearchRequest:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # intermixed: key=value overrides may sit between options (parse_args takes only the first run of them)
+    args = build_parser().parse_intermixed_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         summary = search(request_from_args(args))
