@@ -24,8 +24,19 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or not a supernet checkpoint of this tool."""
 
 
-def atomic_save(payload: dict[str, Any], path: str | Path) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old file or the complete new one."""
+def previous_path(path: str | Path) -> Path:
+    """Where :func:`atomic_save` keeps the checkpoint it replaced (``checkpoint.prev.pt``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def atomic_save(payload: dict[str, Any], path: str | Path, *, keep_previous: bool = False) -> None:
+    """Write ``payload`` to ``path`` so that readers see the old file or the complete new one.
+
+    The new file is written and fsynced beside the target, then renamed over it. With
+    ``keep_previous`` the file it replaces is first renamed to :func:`previous_path`, so one good
+    checkpoint survives even if the newest is later damaged.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -34,6 +45,8 @@ def atomic_save(payload: dict[str, Any], path: str | Path) -> None:
             torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -44,15 +57,20 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     """Load and check a supernet checkpoint; raises :class:`CheckpointError` with one clear line."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint: {path} does not exist; expected a {CHECKPOINT_NAME} written by supernet.train")
+        hint = ""
+        if previous_path(path).is_file():
+            hint = f" (the previous checkpoint {previous_path(path)} is intact: rename it to {path.name} to resume from it)"
+        raise CheckpointError(
+            f"checkpoint: {path} does not exist; expected a {CHECKPOINT_NAME} written by supernet.train{hint}"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated, corrupt, or carrying pickled code: all refused the same way
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"checkpoint: {path} is not a readable supernet checkpoint ({reason[:160]}); "
-            "expected a file written by supernet.train"
-        ) from None
+        hint = "expected a file written by supernet.train"
+        if previous_path(path).is_file():
+            hint = f"the previous checkpoint {previous_path(path)} is intact: rename it to {path.name} to resume from it"
+        raise CheckpointError(f"checkpoint: {path} is not a readable supernet checkpoint ({reason[:160]}); {hint}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint: {path} is not a {CHECKPOINT_FORMAT} checkpoint")
     return payload

@@ -431,7 +431,7 @@ def save_checkpoint(run: Run) -> None:
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
-    atomic_save(payload, run.out_dir / CHECKPOINT_NAME)
+    atomic_save(payload, run.out_dir / CHECKPOINT_NAME, keep_previous=True)
     barrier(run.dist)
 
 
