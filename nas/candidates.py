@@ -77,6 +77,14 @@ class CandidateEvaluator:
         self.device = torch.device(device)
         self.resolution = oracle.data.resolution
         self._cache: dict[SubnetConfig, CandidateResult] = {}
+        self._static_flops: dict[str, int] = {}
+
+    def static_flops(self, cfg: SubnetConfig) -> int:
+        """fvcore FLOPs of ``cfg``'s extracted network at the evaluation resolution (cached)."""
+        key = cfg.key()
+        if key not in self._static_flops:
+            self._static_flops[key] = count_flops(self.supernet.extract(cfg).eval(), self.resolution)
+        return self._static_flops[key]
 
     def remember(self, result: CandidateResult) -> None:
         self._cache[SubnetConfig.from_dict(result.config)] = result
@@ -135,7 +143,9 @@ class CandidateEvaluator:
 
 
 # -- Optuna <-> SubnetConfig ----------------------------------------------------------------------
-def suggest_config(trial: optuna.Trial, space: SearchSpace, *, gates_available: bool) -> SubnetConfig:
+def suggest_config(
+    trial: optuna.Trial, space: SearchSpace, *, gates_available: bool, resolution: int | None = None
+) -> SubnetConfig:
     """A config from the trial: one width per independent decision (ties respected), gates optional.
 
     Widths are suggested as an ordinal index into the layer's ``width_choices`` (``width.<layer>``)
@@ -149,7 +159,7 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace, *, gates_available: 
     if gates_available and space.gated_blocks and trial.suggest_categorical("gates", [False, True]):
         low, high = space.gate_threshold_range
         thresholds = {block.name: trial.suggest_float(f"threshold.{block.name}", low, high) for block in space.gated_blocks}
-    return space.from_decisions(widths, thresholds)
+    return space.from_decisions(widths, thresholds, resolution)
 
 
 def config_params(cfg: SubnetConfig, space: SearchSpace, *, gates_available: bool) -> dict[str, Any]:

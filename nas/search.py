@@ -10,13 +10,16 @@ command resumes it, and several workers can share it.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import optuna
 import torch
 from omegaconf import OmegaConf
@@ -78,7 +81,14 @@ class ProbeSettings:
 
 
 @dataclass
+class StorageSettings:
+    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (database storages)
+    grace_period: int = 60  # a trial silent this long belongs to a dead worker and is failed
+
+
+@dataclass
 class SearchSettings:
+    storage: StorageSettings = field(default_factory=StorageSettings)
     data: DataOverrides = field(default_factory=DataOverrides)
     oracle: OracleSettings = field(default_factory=OracleSettings)
     latency: LatencyOverrides = field(default_factory=LatencyOverrides)
@@ -133,13 +143,24 @@ def search(request: SearchRequest) -> dict[str, Any]:
     study_name = request.study_name or default_study_name(space, request)
     out_dir = request.out or Path("runs") / "search" / study_name
     out_dir.mkdir(parents=True, exist_ok=True)
-    storage = request.storage or journal_storage(out_dir / "study.journal")
+    storage = (open_storage(request.storage, heartbeat_interval=settings.storage.heartbeat_interval,
+                            grace_period=settings.storage.grace_period)
+               if request.storage else journal_storage(out_dir / "study.journal"))
     sampler = build_sampler(request.sampler, seed=request.seed, population_size=settings.population_size)
-    study = optuna.create_study(storage=storage, study_name=study_name, directions=["maximize", "minimize"],
-                                sampler=sampler, load_if_exists=True)
+    try:  # exactly one worker creates the study (the storage enforces it) and queues the seed trials
+        study = optuna.create_study(storage=storage, study_name=study_name, directions=["maximize", "minimize"],
+                                    sampler=sampler)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+        created = False
     held = len(study.get_trials(deepcopy=False))
-    if held:  # resuming: a sampler seeded as before would propose again the trials it already proposed
-        study.sampler = build_sampler(request.sampler, seed=request.seed + held, population_size=settings.population_size)
+    if held or request.storage:
+        # A resumed study must not replay its earlier proposals, and workers sharing a study must
+        # not propose the same ones: the sampler seed moves with the trials held and the process.
+        worker = os.getpid() if request.storage else 0
+        seed = int(np.random.SeedSequence([request.seed, held, worker]).generate_state(1)[0])
+        study.sampler = build_sampler(request.sampler, seed=seed, population_size=settings.population_size)
     identity = {"checkpoint": str(Path(request.checkpoint).resolve()), "checkpoint_step": int(payload["step"]),
                 "space": space.name, "objective": request.objective, "budgets": budgets, "resolution": resolution}
     _claim_study(study, identity)
@@ -153,12 +174,12 @@ def search(request: SearchRequest) -> dict[str, Any]:
     queued = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False, states=alive)]
     for cfg in seed_configs(space, evaluator, budgets.get("flops"), resolution):
         params = config_params(cfg, space, gates_available=gates_available)
-        if params not in queued:
+        if created or (params not in queued and not request.storage):
             study.enqueue_trial(params)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        cfg = suggest_config(trial, space, gates_available=gates_available)
-        result = evaluator.evaluate(cfg)
+        cfg = suggest_config(trial, space, gates_available=gates_available, resolution=resolution)
+        result = _finished_result(study, cfg) or evaluator.evaluate(cfg)  # another worker may have scored it
         for kind, violation in result.violations.items():
             trial.set_constraint(kind, violation)
         trial.set_user_attr("result", result.to_dict())
@@ -170,7 +191,7 @@ def search(request: SearchRequest) -> dict[str, Any]:
 
     run_trials(study, objective, total=request.trials, timeout=request.timeout, progress=request.progress)
     records = [trial_record(t) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    meta = {"study": study_name, "storage": storage if isinstance(storage, str) else str(out_dir / "study.journal"),
+    meta = {"study": study_name, "storage": _redact(request.storage) if request.storage else str(out_dir / "study.journal"),
             "checkpoint": identity["checkpoint"], "checkpoint_step": identity["checkpoint_step"],
             "space": space.name, "resolution": resolution, "sampler": request.sampler, "trials": len(records)}
     front, best = write_outputs(out_dir, records, objective=request.objective, budgets=budgets, meta=meta)
@@ -179,39 +200,71 @@ def search(request: SearchRequest) -> dict[str, Any]:
 
 
 def run_trials(study: optuna.Study, objective: Any, *, total: int, timeout: float | None, progress: bool) -> None:
-    """Ask/tell until the study holds ``total`` finished trials (all workers together) or time runs out.
+    """Run trials one at a time until the study holds ``total`` finished trials (all workers together).
 
-    A worker only asks for a trial while finished + running trials are short of ``total``; if a
-    race hands it one beyond that, it gives the trial back as pruned without evaluating it.
+    Each trial runs through ``study.optimize(n_trials=1)``, so RDB storages keep its heartbeat and
+    fail the stale trials of killed workers; on a journal file, trials of dead processes on this
+    host are failed here. A worker starts a trial only while finished + running trials are short
+    of ``total``; if a race hands it one beyond that, the trial is pruned before any evaluation.
     """
     states = optuna.trial.TrialState
     started = time.monotonic()
-    done = _count(study, (states.COMPLETE,))
-    bar = tqdm(total=total, initial=min(done, total), desc="search", disable=not progress, file=sys.stdout)
+    bar = tqdm(total=total, initial=min(_count(study, (states.COMPLETE,)), total), desc="search",
+               disable=not progress, file=sys.stdout)
+
+    def guarded(trial: optuna.Trial) -> Any:
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        ahead = [t for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.RUNNING)) if t.number < trial.number]
+        if len(ahead) >= total:
+            raise optuna.TrialPruned("surplus trial: the study already holds enough")
+        return objective(trial)
+
     try:
         while True:
+            fail_orphaned_trials(study)
             done = _count(study, (states.COMPLETE,))
+            bar.update(min(done, total) - bar.n)
             if done >= total or (timeout is not None and time.monotonic() - started > timeout):
                 break
             if done + _count(study, (states.RUNNING,)) >= total:
                 time.sleep(1.0)  # other workers hold the remaining trials; wait for them to finish or fail
                 continue
-            trial = study.ask()
-            ahead = [t for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.RUNNING))
-                     if t.number < trial.number]
-            if len(ahead) >= total:
-                study.tell(trial, state=states.PRUNED)
-                continue
-            try:
-                values = objective(trial)
-            except BaseException:
-                study.tell(trial, state=states.FAIL)
-                raise
-            study.tell(trial, values)
-            bar.update(1)
+            study.optimize(guarded, n_trials=1, catch=(), gc_after_trial=False)
             bar.set_postfix(best=f"{_best_accuracy(study):.2%}")
     finally:
         bar.close()
+
+
+def fail_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose worker process on this host no longer exists (e.g. killed -9)."""
+    host = socket.gethostname()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("host") == host and not _process_alive(int(worker.get("pid", -1))):
+            try:
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                failed.append(trial.number)
+            except (RuntimeError, ValueError):
+                pass  # another worker failed it first
+    return failed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password, for output files."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def _count(study: optuna.Study, states: tuple) -> int:
@@ -221,6 +274,16 @@ def _count(study: optuna.Study, states: tuple) -> int:
 def _best_accuracy(study: optuna.Study) -> float:
     accuracies = [trial_record(t)["accuracy"] for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     return max((a for a in accuracies if a is not None), default=0.0)
+
+
+def _finished_result(study: optuna.Study, cfg: SubnetConfig) -> CandidateResult | None:
+    """The result a finished trial of any worker recorded for ``cfg`` (the study is the shared cache)."""
+    wanted = cfg.to_dict()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        result = trial.user_attrs.get("result")
+        if result is not None and result["config"] == wanted:
+            return CandidateResult(**{k: result[k] for k in CandidateResult.__dataclass_fields__})
+    return None
 
 
 def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -233,16 +296,14 @@ def seed_configs(space: SearchSpace, evaluator: CandidateEvaluator, flops_budget
     if flops_budget is not None:
         for multiplier in sorted({0.25 + i / 8 for i in range(7)}, reverse=True):
             cfg = space.uniform_config(multiplier)
-            if count_static_flops(evaluator.supernet, cfg, resolution) <= flops_budget:
+            if evaluator.static_flops(cfg) <= flops_budget:
                 configs.append(cfg)
                 break
-    return list(dict.fromkeys(configs))
+    return list(dict.fromkeys(at_resolution(cfg, resolution) for cfg in configs))
 
 
-def count_static_flops(supernet: SuperNet, cfg: SubnetConfig, resolution: int) -> int:
-    from supernet.flops import count_flops
-
-    return count_flops(supernet.extract(cfg), resolution)
+def at_resolution(cfg: SubnetConfig, resolution: int) -> SubnetConfig:
+    return SubnetConfig(cfg.space, dict(cfg.channels), cfg.gate_thresholds, resolution)
 
 
 def build_sampler(name: str, *, seed: int, population_size: int) -> optuna.samplers.BaseSampler:
@@ -260,6 +321,18 @@ def journal_storage(path: Path) -> optuna.storages.JournalStorage:
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def open_storage(url: str, *, heartbeat_interval: int, grace_period: int) -> optuna.storages.BaseStorage:
+    """An Optuna storage from ``--storage``: a database URL (with worker heartbeats) or a journal file path."""
+    if "://" not in url:
+        return journal_storage(Path(url))
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    except Exception as error:  # driver missing, server unreachable, bad URL: all one line for the user
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SearchError(f"--storage: cannot open {url!r} ({first[:200]}); for PostgreSQL install "
+                          "slimnas[postgres] and pass postgresql://user:password@host:5432/database") from None
 
 
 def default_study_name(space: SearchSpace, request: SearchRequest) -> str:
@@ -306,12 +379,10 @@ def _check_budgets(request: SearchRequest, evaluator: CandidateEvaluator, space:
 
 
 def _cost_of(evaluator: CandidateEvaluator, cfg: SubnetConfig, kind: str) -> float:
-    network = evaluator.supernet.extract(cfg).to(evaluator.device).eval()
     if kind == "latency":
+        network = evaluator.supernet.extract(cfg).to(evaluator.device).eval()
         return float(evaluator.measure_latency(network, cfg)["seconds"])
-    from supernet.flops import count_flops
-
-    return float(count_flops(network, evaluator.resolution))
+    return float(evaluator.static_flops(cfg))
 
 
 def _device(name: str) -> torch.device:

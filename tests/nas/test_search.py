@@ -22,7 +22,7 @@ from nas.budget import format_flops
 from nas.candidates import CandidateEvaluator
 from nas.oracle import Oracle
 from nas.pareto import dominates
-from nas.search import main, search
+from nas.search import at_resolution, main, search
 from search_spaces import SearchSpace, SubnetConfig
 from supernet.checkpoint import load_supernet
 from supernet.flops import count_flops
@@ -196,7 +196,7 @@ def test_interrupted_search_resumes(tiny_checkpoint: Path, make_request: Callabl
     # the seed whose evaluation was interrupted (the widest uniform config under the budget) is still tried
     configs = [SubnetConfig.from_dict(t.user_attrs["result"]["config"]) for t in complete]
     for seed in (costs.space.max_config(), costs.space.min_config(), widest_uniform_under(costs, 3e6)):
-        assert seed in configs
+        assert at_resolution(seed, costs.resolution) in configs  # configs carry the evaluation resolution
 
 
 # -- budgets and seeds ----------------------------------------------------------------------------------
@@ -253,7 +253,8 @@ def test_seed_trials_come_first(recorded_search: dict[str, Any], costs: SpaceCos
     first = [SubnetConfig.from_dict(t.user_attrs["result"]["config"]) for t in recorded_search["trials"][:3]]
     uniform = widest_uniform_under(costs, recorded_search["budget"])
     assert costs.smallest < costs.flops(uniform) <= recorded_search["budget"] < costs.largest  # three distinct seeds
-    assert first == [costs.space.max_config(), costs.space.min_config(), uniform]
+    expected = [costs.space.max_config(), costs.space.min_config(), uniform]
+    assert first == [at_resolution(cfg, costs.resolution) for cfg in expected]
 
 
 def test_budget_that_does_not_bind_warns(tiny_checkpoint: Path, search_overrides: list[str], tmp_path: Path,
