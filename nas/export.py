@@ -206,9 +206,7 @@ def export(request: ExportRequest) -> dict[str, Any]:
                     staging / FILES["weights"])
         atomic_write_text(staging / FILES["readme"], readme(record))
         atomic_write_text(staging / FILES["config"], json.dumps(record, indent=2))
-        mode = 0o666 & ~_umask()  # mkstemp made them owner-only; give them a new file's usual mode
         for key in ("weights", "program", "readme", "config"):  # subnet.json last: it describes the others
-            os.chmod(staging / FILES[key], mode)
             os.replace(staging / FILES[key], out_dir / FILES[key])
     except BaseException:
         if created:
@@ -369,12 +367,6 @@ def provenance() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"package": "slimnas", "version": version, "git_commit": commit, "torch": torch.__version__}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _where(source: ExportSource) -> str:

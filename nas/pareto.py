@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nas.budget import format_cost
+from supernet.checkpoint import new_file_mode
 
 FLOP_NOTE = "FLOPs are fvcore's: one multiply-add = one flop"
 
@@ -53,6 +54,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(handle, new_file_mode())
         with os.fdopen(handle, "w") as file:
             file.write(text)
         os.replace(temporary, path)
@@ -123,11 +125,8 @@ def _plot(path: Path, records: Sequence[dict[str, Any]], front: Sequence[dict[st
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "wb") as file:
-        file.write(buffer.getvalue())
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    figure.savefig(temporary, format="png", dpi=120)
+    plt.close(figure)
     os.replace(temporary, path)

@@ -10,11 +10,14 @@ command resumes it, and several workers can share it.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import random
 import re
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -189,7 +192,8 @@ def search(request: SearchRequest) -> dict[str, Any]:
         cost = result.cost(request.objective) if result.latency is not None or request.objective == "flops" else float("inf")
         return accuracy, cost
 
-    run_trials(study, objective, total=request.trials, timeout=request.timeout, progress=request.progress)
+    run_trials(study, objective, total=request.trials, timeout=request.timeout, progress=request.progress,
+               heartbeat=isinstance(storage, optuna.storages.RDBStorage), grace_period=settings.storage.grace_period)
     records = [trial_record(t) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     meta = {"study": study_name, "storage": _redact(request.storage) if request.storage else str(out_dir / "study.journal"),
             "checkpoint": identity["checkpoint"], "checkpoint_step": identity["checkpoint_step"],
@@ -199,7 +203,10 @@ def search(request: SearchRequest) -> dict[str, Any]:
             "budgets": budgets, "objective": request.objective}
 
 
-def run_trials(study: optuna.Study, objective: Any, *, total: int, timeout: float | None, progress: bool) -> None:
+def run_trials(
+    study: optuna.Study, objective: Any, *, total: int, timeout: float | None, progress: bool,
+    heartbeat: bool = False, grace_period: float = 60.0,
+) -> None:
     """Run trials one at a time until the study holds ``total`` finished trials (all workers together).
 
     Each trial runs through ``study.optimize(n_trials=1)``, so RDB storages keep its heartbeat and
@@ -221,7 +228,7 @@ def run_trials(study: optuna.Study, objective: Any, *, total: int, timeout: floa
 
     try:
         while True:
-            fail_orphaned_trials(study)
+            fail_orphaned_trials(study, heartbeat=heartbeat, grace_period=grace_period)
             done = _count(study, (states.COMPLETE,))
             bar.update(min(done, total) - bar.n)
             if done >= total or (timeout is not None and time.monotonic() - started > timeout):
@@ -235,13 +242,24 @@ def run_trials(study: optuna.Study, objective: Any, *, total: int, timeout: floa
         bar.close()
 
 
-def fail_orphaned_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials whose worker process on this host no longer exists (e.g. killed -9)."""
-    host = socket.gethostname()
+def fail_orphaned_trials(study: optuna.Study, *, heartbeat: bool = False, grace_period: float = 60.0) -> list[int]:
+    """Fail RUNNING trials whose worker is gone, so they are not counted and block nothing.
+
+    A trial records its worker (host, pid) as it starts. On storages with ``heartbeat`` (databases)
+    Optuna fails trials whose heartbeat stopped; elsewhere (the journal file) a trial whose worker
+    process on this host has died is failed here. Either way, a trial that never recorded its
+    worker and is older than ``grace_period`` seconds lost its process before it began.
+    """
+    host, now = socket.gethostname(), datetime.datetime.now()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker") or {}
-        if worker.get("host") == host and not _process_alive(int(worker.get("pid", -1))):
+        worker = trial.user_attrs.get("worker")
+        if worker is None:
+            started = trial.datetime_start or now
+            orphaned = (now - started).total_seconds() > grace_period
+        else:
+            orphaned = not heartbeat and worker.get("host") == host and not _process_alive(int(worker.get("pid", -1)))
+        if orphaned:
             try:
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
                 failed.append(trial.number)
@@ -327,12 +345,22 @@ def open_storage(url: str, *, heartbeat_interval: int, grace_period: int) -> opt
     """An Optuna storage from ``--storage``: a database URL (with worker heartbeats) or a journal file path."""
     if "://" not in url:
         return journal_storage(Path(url))
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    except Exception as error:  # driver missing, server unreachable, bad URL: all one line for the user
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SearchError(f"--storage: cannot open {url!r} ({first[:200]}); for PostgreSQL install "
-                          "slimnas[postgres] and pass postgresql://user:password@host:5432/database") from None
+    attempts = 5
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental; they fail dead workers' trials
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        except Exception as error:  # driver missing, server unreachable, bad URL: all one line for the user
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            # Workers started together race to create Optuna's tables; the losers see a duplicate key.
+            if "duplicate key" in first or "already exists" in first:
+                if attempt < attempts - 1:
+                    time.sleep(0.5 * (attempt + 1) + random.random())
+                    continue
+            raise SearchError(f"--storage: cannot open {_redact(url)!r} ({first[:200]}); for PostgreSQL install "
+                              "slimnas[postgres] and pass postgresql://user:password@host:5432/database") from None
+    raise AssertionError("unreachable")
 
 
 def default_study_name(space: SearchSpace, request: SearchRequest) -> str:

@@ -24,6 +24,13 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or not a supernet checkpoint of this tool."""
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (mkstemp's is owner-only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def previous_path(path: str | Path) -> Path:
     """Where :func:`atomic_save` keeps the checkpoint it replaced (``checkpoint.prev.pt``)."""
     path = Path(path)
@@ -41,6 +48,7 @@ def atomic_save(payload: dict[str, Any], path: str | Path, *, keep_previous: boo
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, new_file_mode())
         with os.fdopen(handle, "wb") as file:
             torch.save(payload, file)
             file.flush()
