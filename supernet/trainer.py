@@ -224,8 +224,12 @@ def train(cfg: DictConfig) -> Path:
     return run.out_dir
 
 
-def train_step(run: Run, views: list[torch.Tensor]) -> dict[str, float]:
-    """One optimizer step; returns the named loss terms (weighted as used), lr and schedule values."""
+def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, SubnetConfig]] | None = None) -> dict[str, float]:
+    """One optimizer step; returns the named loss terms (weighted as used), lr and schedule values.
+
+    ``plan`` (label, config) overrides the sandwich of this step (benchmarks time single networks
+    with it); the label "max" marks the network that takes the method's full-width loss.
+    """
     cfg, method, encoder = run.cfg, run.method, run.encoder
     lr = warmup_cosine_lr(
         run.step, run.total_steps, base_lr=run.lr, warmup_steps=int(cfg.optim.warmup_epochs * run.steps_per_epoch),
@@ -238,7 +242,7 @@ def train_step(run: Run, views: list[torch.Tensor]) -> dict[str, float]:
     method.train()
     with autocast:
         targets = method.teacher_targets(views)
-    plan = plan_subnets(
+    plan = plan or plan_subnets(
         run.space, seed=cfg.seed, step=run.step, total_steps=run.total_steps,
         num_subnets=cfg.sandwich.num_subnets if cfg.sandwich.enabled else 1,
         stage_min_widths=list(cfg.sandwich.stage_min_widths), stage_ends=list(cfg.sandwich.stage_ends),
