@@ -150,3 +150,24 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert str(tmp_path / "missing") in result.stderr.strip().splitlines()[-1]
+
+
+def test_collapsed_features_stop_the_run_and_keep_the_last_checkpoint(tmp_path: Path) -> None:
+    from supernet.trainer import TrainingStopped
+
+    train(compose_train([*FAST, "epochs=1", "max_steps=2", f"out_dir={tmp_path}"]))
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    # a floor no embedding can reach: the check must fire on the first step and write nothing
+    with pytest.raises(TrainingStopped, match="features collapsed at step 2"):
+        train(compose_train([*FAST, "epochs=1", "max_steps=4", "collapse_std=1e6", "resume=true", f"out_dir={tmp_path}"]))
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_non_finite_loss_stops_the_run(tmp_path: Path) -> None:
+    from supernet.trainer import TrainingStopped
+
+    with pytest.raises(TrainingStopped, match="not finite|collapsed"):
+        train(compose_train([*FAST, "epochs=2", "optim.lr=1e30", "optim.warmup_epochs=0", f"out_dir={tmp_path}"]))
+    if (tmp_path / "checkpoint.pt").exists():  # whatever was saved before the blow-up is a finite state
+        state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["method"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
