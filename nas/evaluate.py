@@ -28,7 +28,7 @@ import torch
 
 from nas.export import ExportError, load_exported, source_from_config
 from nas.oracle import build_eval_data, build_oracle
-from nas.search import SearchError, _device, load_settings
+from nas.search import SearchError, load_settings, resolve_device
 from search_spaces import ConfigError, SubnetConfig, get_space
 from supernet.checkpoint import CheckpointError, find_latest_checkpoint, load_supernet
 from supernet.data import DataError
@@ -50,7 +50,7 @@ class EvaluateRequest:
 
 def evaluate(request: EvaluateRequest) -> dict[str, Any]:
     """kNN and linear-probe top-1 (in [0, 1]), FLOPs and parameters of the requested sub-network."""
-    device = _device(request.device)
+    device = resolve_device(request.device)
     settings = request.settings
     if request.export_dir is not None:
         network, record = load_exported(request.export_dir)

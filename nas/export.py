@@ -30,12 +30,10 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,8 @@ from omegaconf import OmegaConf
 from nas.candidates import CandidateEvaluator, LatencySettings
 from nas.oracle import Oracle, build_oracle, trained_data_settings
 from nas.pareto import atomic_write_text
-from nas.search import SearchError, _device, journal_storage, load_settings
+from nas.search import SearchError, journal_storage, load_settings, resolve_device
+from supernet.provenance import provenance
 from search_spaces import ConfigError, SubnetConfig, get_space
 from supernet.bn import recalibrate_bn
 from supernet.checkpoint import CheckpointError, atomic_save, find_latest_checkpoint, load_supernet
@@ -169,7 +168,7 @@ def default_out_dir(cfg: SubnetConfig) -> Path:
 
 def export(request: ExportRequest) -> dict[str, Any]:
     """Measure, export, check and write one sub-network; returns the ``subnet.json`` record."""
-    device = _device(request.device)
+    device = resolve_device(request.device)
     cfg = request.source.config
     supernet, payload = load_supernet(request.checkpoint, map_location="cpu")
     supernet = supernet.to(device).eval()
@@ -352,21 +351,6 @@ def readme(record: dict[str, Any]) -> str:
         f"Files: {FILES['config']} (config, metrics, FLOPs by {FLOP_CONVENTION}), {FILES['weights']} (state_dict,\n"
         f"torch.load(..., weights_only=True)), {FILES['program']} (the torch.export program).\n"
     )
-
-
-def provenance() -> dict[str, Any]:
-    """Package version, git commit and torch version of this export."""
-    try:
-        version = metadata.version("slimnas")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
-                                cwd=Path(__file__).resolve().parent)
-        commit = result.stdout.strip() or None if result.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"package": "slimnas", "version": version, "git_commit": commit, "torch": torch.__version__}
 
 
 def _where(source: ExportSource) -> str:

@@ -135,7 +135,7 @@ class SearchRequest:
 
 def search(request: SearchRequest) -> dict[str, Any]:
     """Run (or resume) the study; write the outputs; return a summary with the front and best record."""
-    device = _device(request.device)
+    device = resolve_device(request.device)
     supernet, payload = load_supernet(request.checkpoint, map_location="cpu")
     supernet = supernet.to(device).eval()
     space = supernet.space
@@ -413,7 +413,8 @@ def _cost_of(evaluator: CandidateEvaluator, cfg: SubnetConfig, kind: str) -> flo
     return float(evaluator.static_flops(cfg))
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when there is one), ``cpu`` or ``cuda[:N]``; a one-line error otherwise."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,6 +43,7 @@ from supernet.group_reg import apply_group_decay
 from supernet.losses import density_bound_loss, density_bounds, flops_budget_loss, size_weights
 from supernet.models import SuperNet, build_supernet
 from supernet.optim import build_optimizer, parameter_groups
+from supernet.provenance import provenance
 from supernet.schedules import ema_momentum, group_alpha, min_width_multiplier, warmup_cosine_lr
 from supernet.ssl import SSLMethod, get_method
 from supernet.views import build_views
@@ -422,8 +420,7 @@ def save_checkpoint(run: Run) -> None:
         return
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "version": package_version(),
-        "git_commit": git_commit(),
+        **{key: value for key, value in provenance().items() if key in ("version", "git_commit")},
         "space": run.space.name,
         "with_gates": bool(run.cfg.gates.enabled),
         "config": OmegaConf.to_container(run.cfg, resolve=True),
@@ -479,23 +476,5 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         file.write(json.dumps(record) + "\n")
 
 
-def package_version() -> str:
-    try:
-        return metadata.version("slimnas")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def git_commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
 def run_info(device: torch.device) -> dict[str, Any]:
-    return {"package": "slimnas", "version": package_version(), "git_commit": git_commit(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": str(device),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {**provenance(), "device": str(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
