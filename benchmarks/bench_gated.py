@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +51,7 @@ from nas.cost import count_flops
 from search_spaces import get_space, list_spaces
 from supernet import SuperNet, build_supernet, recalibrate_bn
 from supernet.flops import effective_flops, per_input_effective_flops
+from supernet.provenance import machine_record
 
 TARGET_LATENCY_OVER_FLOPS = 1.4
 MODES = ("dense", "gathered", "masked")
@@ -159,32 +158,6 @@ def profile_modes(
                 runners[mode](images[index : index + 1])
         tables[mode] = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
     return tables
-
-
-def machine_record(threads: int) -> dict[str, object]:
-    """What was measured where (DESIGN.md §4, Cost): device, threads, versions, commit."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {
-        "device": "cpu",
-        "cpu": cpu,
-        "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "git_commit": commit,
-    }
 
 
 def bench_gated(

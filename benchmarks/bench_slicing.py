@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +34,7 @@ import torch
 from nas.cost import count_flops
 from search_spaces import get_space, list_spaces
 from supernet import build_supernet
+from supernet.provenance import machine_record
 
 TARGET_TIME_OVER_FLOPS = 1.25
 DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -95,32 +94,6 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
         return values[0], values[0], values[0]
     q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return q1, q2, q3
-
-
-def machine_record(threads: int) -> dict[str, object]:
-    """What was measured where (DESIGN.md §4, Cost): device, threads, versions, commit."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {
-        "device": "cpu",
-        "cpu": cpu,
-        "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "git_commit": commit,
-    }
 
 
 @torch.inference_mode()

@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from nas.budget import format_seconds
+from supernet.provenance import cpu_name
 
 __all__ = ["Latency", "cuda_available", "measure_latency"]
 
@@ -65,18 +65,6 @@ class Latency:
 def cuda_available() -> bool:
     """Whether a CUDA device can be used for measurement."""
     return torch.cuda.is_available()
-
-
-def _cpu_name() -> str:
-    """The processor's model name where the OS tells it, else the architecture."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _as_batches(inputs: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -151,7 +139,7 @@ def measure_latency(
             else:
                 times = _time_cpu(model, batches, repeats)
                 n = torch.get_num_threads()
-                name = f"cpu {_cpu_name()} ({n} thread{'s' if n != 1 else ''})"
+                name = f"cpu {cpu_name()} ({n} thread{'s' if n != 1 else ''})"
                 method = "perf_counter"
     finally:
         torch.set_num_threads(previous_threads)

@@ -34,3 +34,20 @@ def git_commit() -> str | None:
 def provenance() -> dict[str, Any]:
     return {"package": "slimnas", "version": package_version(), "git_commit": git_commit(),
             "torch": torch.__version__, "python": platform.python_version()}
+
+
+def cpu_name() -> str:
+    """The processor's model name where the OS tells it, else the architecture."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_record(threads: int) -> dict[str, Any]:
+    """What a CPU measurement ran on (DESIGN.md §4, Cost): device, threads, versions, commit."""
+    return {"device": "cpu", "cpu": cpu_name(), "threads": threads, **provenance()}
