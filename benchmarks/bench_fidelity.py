@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from nas.oracle import build_oracle
-from nas.search import at_resolution, load_settings
-from supernet.checkpoint import load_supernet
+from nas.search import at_resolution
+from nas.settings import load_search_settings
 from supernet.evaluation import embed_tensor, linear_probe
-from supernet.flops import count_flops
+from supernet.io.checkpoint import load_supernet
+from supernet.nn.flops import count_flops
 
 TARGET = 0.8
 
@@ -55,9 +56,9 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = load_settings(args.overrides)
+    settings = load_search_settings(args.overrides)
     supernet, payload = load_supernet(args.checkpoint)
-    oracle = build_oracle(supernet, payload, settings, torch.device("cpu"))
+    oracle = build_oracle(supernet, payload, settings.data, settings.oracle, torch.device("cpu"))
     space, resolution = supernet.space, oracle.data.resolution
     rng = np.random.default_rng(0)
     pool = {space.uniform_config(m) for m in (0.25, 0.5, 0.75, 1.0)} | {space.sample(rng) for _ in range(args.pool)}

@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from nas.cost import count_flops
 from search_spaces import get_space, list_spaces
 from supernet import SuperNet, build_supernet, recalibrate_bn
-from supernet.flops import effective_flops, per_input_effective_flops
-from supernet.provenance import machine_record
+from supernet.io.provenance import machine_record
+from supernet.nn.flops import effective_flops, per_input_effective_flops
 
 TARGET_LATENCY_OVER_FLOPS = 1.4
 MODES = ("dense", "gathered", "masked")

@@ -12,19 +12,20 @@ Target (DESIGN.md §6): NSGA-II and TPE at N reach at least random's hypervolume
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
 
 import optuna
 import torch
-from omegaconf import OmegaConf
 
 from nas.budget import parse_budget
-from nas.candidates import CandidateEvaluator, LatencySettings, suggest_config
+from nas.candidates import CandidateEvaluator, suggest_config
 from nas.oracle import build_oracle
-from nas.search import build_sampler, load_settings
-from supernet.checkpoint import load_supernet
+from nas.settings import load_search_settings
+from nas.study import build_sampler
+from supernet.io.checkpoint import load_supernet
 
 
 def hypervolume(points: list[tuple[float, float]]) -> float:
@@ -50,11 +51,11 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    settings = load_settings(args.overrides)
+    settings = load_search_settings(args.overrides)
     supernet, payload = load_supernet(args.checkpoint)
-    oracle = build_oracle(supernet, payload, settings, torch.device("cpu"))
+    oracle = build_oracle(supernet, payload, settings.data, settings.oracle, torch.device("cpu"))
     budget = parse_budget(args.budget).value
-    latency = LatencySettings(**{**OmegaConf.to_container(settings.latency), "repeats": 1, "warmup": 0})  # type: ignore[arg-type]
+    latency = dataclasses.replace(settings.latency, repeats=1, warmup=0)
     evaluator = CandidateEvaluator(supernet, oracle, flops_budget=budget, latency_budget=None, latency=latency)
     space, resolution = supernet.space, oracle.data.resolution
 

@@ -19,23 +19,15 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from supernet.bn import recalibrate_bn
-from supernet.checkpoint import load_supernet
-from supernet.data import load_image_data
+from supernet.data.datasets import load_image_data
 from supernet.evaluation import knn_score, prepare_eval_data
-from supernet.train_config import register_schema
-from supernet.trainer import train
+from supernet.io.checkpoint import load_supernet
+from supernet.nn.bn import recalibrate_bn
+from supernet.train import load_train_settings
+from supernet.training import train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 WIDTHS = (1.0, 0.5, 0.25)
-
-
-def compose_train(overrides: list[str]):
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        return compose("train", overrides=overrides)
 
 
 def main() -> None:
@@ -63,7 +55,7 @@ def main() -> None:
     timings = {}
     for name, overrides in runs.items():
         started = time.perf_counter()
-        train(compose_train([*common, *overrides, f"out_dir={args.out / name}"]))
+        train(load_train_settings([*common, *overrides, f"out_dir={args.out / name}"]))
         timings[name] = time.perf_counter() - started
         print(f"trained {name} in {timings[name]:.0f} s", flush=True)
 

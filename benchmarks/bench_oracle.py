@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from nas.candidates import CandidateEvaluator, LatencySettings
+from nas.candidates import CandidateEvaluator
 from nas.oracle import build_oracle
-from nas.search import at_resolution, load_settings
-from supernet.checkpoint import load_supernet
+from nas.search import at_resolution
+from nas.settings import load_search_settings
+from supernet.io.checkpoint import load_supernet
 
 TARGET = 1.3
 
@@ -53,10 +53,10 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = load_settings(args.overrides)
+    settings = load_search_settings(args.overrides)
     supernet, payload = load_supernet(args.checkpoint)
-    oracle = build_oracle(supernet, payload, settings, torch.device("cpu"))
-    latency = LatencySettings(**OmegaConf.to_container(settings.latency))  # type: ignore[arg-type]
+    oracle = build_oracle(supernet, payload, settings.data, settings.oracle, torch.device("cpu"))
+    latency = settings.latency
     space, resolution = supernet.space, oracle.data.resolution
     rng = np.random.default_rng(0)
     configs = [at_resolution(space.sample(rng), resolution) for _ in range(args.candidates)]

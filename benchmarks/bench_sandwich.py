@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from supernet.train_config import register_schema
-from supernet.trainer import ViewDataset, _setup, plan_subnets, train_step
-from supernet.views import build_views
+from supernet.data.sampling import ViewDataset
+from supernet.data.views import build_views
+from supernet.train import load_train_settings
+from supernet.training.loop import train_step
+from supernet.training.sandwich import plan_subnets
+from supernet.training.setup import build_run
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TARGET = 1.15
 
 
@@ -41,14 +42,12 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     out_dir = Path(tempfile.mkdtemp(prefix="bench-sandwich-"))
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose("train", overrides=[
-            f"model.space={args.space}", f"batch_size={args.batch_size}", f"data.resolution={args.resolution}",
-            "knn.enabled=false", "progress=false", "gates.enabled=false", f"out_dir={out_dir / 'run'}",
-            f"sandwich.num_subnets={args.num_subnets}",
-        ])
-    run = _setup(cfg)
+    cfg = load_train_settings([
+        f"model.space={args.space}", f"batch_size={args.batch_size}", f"data.resolution={args.resolution}",
+        "knn.enabled=false", "progress=false", "gates.enabled=false", f"out_dir={out_dir / 'run'}",
+        f"sandwich.num_subnets={args.num_subnets}",
+    ])
+    run = build_run(cfg)
     views_fn = build_views("two_crop", args.resolution)[0]
     items = [ViewDataset(run.data.train, views_fn, seed=0)[i] for i in range(args.batch_size)]
     views = [torch.stack([item[v] for item in items]) for v in range(2)]

@@ -20,11 +20,12 @@ import torch
 
 from nas.budget import Budget
 from nas.oracle import build_oracle
-from nas.search import SearchRequest, at_resolution, load_settings, search
+from nas.search import SearchRequest, at_resolution, search
+from nas.settings import load_search_settings
 from search_spaces import SubnetConfig
-from supernet.checkpoint import load_supernet
 from supernet.evaluation import embed_tensor, linear_probe
-from supernet.flops import count_flops
+from supernet.io.checkpoint import load_supernet
+from supernet.nn.flops import count_flops
 
 
 def main() -> int:
@@ -36,9 +37,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
-    settings = load_settings(args.overrides)
+    settings = load_search_settings(args.overrides)
     supernet, payload = load_supernet(args.checkpoint)
-    oracle = build_oracle(supernet, payload, settings, torch.device("cpu"))
+    oracle = build_oracle(supernet, payload, settings.data, settings.oracle, torch.device("cpu"))
     space, resolution = supernet.space, oracle.data.resolution
 
     def measure(cfg: SubnetConfig) -> dict:
@@ -60,7 +61,7 @@ def main() -> int:
                 checkpoint=args.checkpoint, flops_budget=Budget("flops", budget), latency_budget=None, objective="flops",
                 sampler="nsga2", trials=args.trials, timeout=None, device="cpu", storage=None, study_name=None,
                 seed=args.seed, out=Path(out), settings=settings, progress=False))
-        static = [r for r in summary["records"] if r["accuracy"] is not None and r["config"]["gate_thresholds"] is None
+        static = [r for r in summary.records if r["accuracy"] is not None and r["config"]["gate_thresholds"] is None
                   and r["flops"] <= budget]
         best = max(static, key=lambda r: (r["accuracy"], -r["flops"]))
         searched, baseline = measure(SubnetConfig.from_dict(best["config"])), measure(uniform)

@@ -34,7 +34,7 @@ import torch
 from nas.cost import count_flops
 from search_spaces import get_space, list_spaces
 from supernet import build_supernet
-from supernet.provenance import machine_record
+from supernet.io.provenance import machine_record
 
 TARGET_TIME_OVER_FLOPS = 1.25
 DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)

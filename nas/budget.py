@@ -2,7 +2,7 @@
 
 Conventions
 -----------
-* FLOPs follow fvcore: one multiply-add = one flop (see ``supernet.flops.FLOP_CONVENTION``).
+* FLOPs follow fvcore: one multiply-add = one flop (see ``supernet.nn.flops.FLOP_CONVENTION``).
   A bare number (``5e8``) is a FLOP count.
 * FLOP prefixes are ``k`` = 1e3, ``M`` = 1e6, ``G`` = 1e9, ``T`` = 1e12. Parsing is
   case-insensitive, so ``300mflops`` is 300 *mega*-FLOPs: a fraction of a flop is meaningless, so
@@ -25,6 +25,9 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Literal
+
+from search_spaces import UserError
+from supernet.nn.flops import FLOP_CONVENTION
 
 __all__ = [
     "Budget",
@@ -52,7 +55,7 @@ _BUDGET_RE = re.compile(
 _FLOP_UNIT_RE = re.compile(r"^(?P<prefix>[kmgt]?)flops?$")
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError):
     """A budget the user wrote cannot be used; the message is one line saying what would work."""
 
 
@@ -102,7 +105,7 @@ class Budget:
     def describe(self) -> str:
         """A sentence for logs: ``FLOPs budget 300.00 MFLOPs (fvcore, one multiply-add = one flop)``."""
         if self.kind == "flops":
-            return f"FLOPs budget {self} (fvcore, one multiply-add = one flop)"
+            return f"FLOPs budget {self} ({FLOP_CONVENTION})"
         return f"latency budget {self}"
 
 

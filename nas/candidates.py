@@ -15,19 +15,12 @@ from typing import Any
 import optuna
 import torch
 
+from nas.cost import Costs, count_flops, measure_costs
 from nas.latency import measure_latency
 from nas.oracle import Oracle
+from nas.settings import LatencySettings
 from search_spaces import SearchSpace, SubnetConfig
-from supernet.flops import count_flops, count_params, effective_flops
-from supernet.models import SuperNet
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    batch_size: int = 1
-    warmup: int = 5
-    repeats: int = 20
-    threads: int | None = 1  # CPU thread count, fixed so figures compare; null = torch's default
+from supernet.nn.models import SuperNet
 
 
 @dataclass
@@ -54,6 +47,11 @@ class CandidateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> CandidateResult:
+        """The result stored in a trial (extra keys such as ``trial`` are ignored)."""
+        return cls(**{name: record[name] for name in cls.__dataclass_fields__ if name in record})
 
 
 class CandidateEvaluator:
@@ -96,27 +94,25 @@ class CandidateEvaluator:
 
     def _evaluate(self, cfg: SubnetConfig) -> CandidateResult:
         network = self.supernet.extract(cfg).to(self.device).eval()
-        flops = count_flops(network, self.resolution)
-        result = CandidateResult(cfg.to_dict(), flops, float(flops), count_params(network))
-        if not cfg.gated and self._over("flops", result.flops, result):
+        if cfg.gated:  # the gates decide per input only once their BatchNorm is recalibrated
+            self.oracle.recalibrate(network)
+        costs = self.costs(network, cfg)
+        result = CandidateResult(cfg.to_dict(), costs.flops, costs.effective_flops, costs.params)
+        if self._over("flops", result.effective_flops, result):
             return result
-        if not cfg.gated and self.latency_budget is not None:  # static latency: BN values do not matter
-            result.latency = self.measure_latency(network, cfg)
-            if self._over("latency", result.latency["seconds"], result):
-                return result
-        self.oracle.recalibrate(network)
-        if cfg.gated:
-            calibration = self.oracle.data.calibration[: self.effective_flops_images]
-            batches = calibration.split(self.oracle.batch_size)
-            result.effective_flops = effective_flops(network, [b.to(self.device) for b in batches], resolution=self.resolution)
-            if self._over("flops", result.effective_flops, result):
-                return result
-        if result.latency is None:
-            result.latency = self.measure_latency(network, cfg)
-            if self._over("latency", result.latency["seconds"], result):
-                return result
+        result.latency = self.measure_latency(network, cfg)  # static networks: BN values do not change the time
+        if self._over("latency", result.latency["seconds"], result):
+            return result
+        if not cfg.gated:
+            self.oracle.recalibrate(network)
         result.accuracy = self.oracle.accuracy(cfg, network)
         return result
+
+    def costs(self, network: SuperNet, cfg: SubnetConfig) -> Costs:
+        """:func:`nas.cost.measure_costs` on the oracle's calibration images."""
+        calibration = self.oracle.data.calibration[: self.effective_flops_images]
+        return measure_costs(network, cfg, calibration, resolution=self.resolution, batch_size=self.oracle.batch_size,
+                             device=self.device)
 
     def _over(self, kind: str, cost: float, result: CandidateResult) -> bool:
         budget = self.flops_budget if kind == "flops" else self.latency_budget

@@ -26,17 +26,19 @@ from typing import Any
 
 import torch
 
-from nas.export import ExportError, load_exported, source_from_config
+from nas.cost import measure_costs
 from nas.oracle import build_eval_data, build_oracle
-from nas.search import SearchError, load_settings, resolve_device
-from search_spaces import ConfigError, SubnetConfig, get_space
-from supernet.checkpoint import CheckpointError, find_latest_checkpoint, load_supernet
-from supernet.data import DataError
+from nas.program import load_exported
+from nas.settings import SearchSettings, load_search_settings
+from nas.sources import check_fits, source_from_config
+from nas.study import SearchError
+from search_spaces import SubnetConfig, get_space
+from supernet.cli import ArgumentParser, command
+from supernet.devices import resolve_device
 from supernet.evaluation import EvalData, embed_tensor, knn_accuracy, linear_probe
-from supernet.flops import count_flops, count_params, effective_flops
-from supernet.models import SuperNet
-
-FLOP_CONVENTION = "fvcore: one multiply-add = one flop"
+from supernet.io.checkpoint import find_latest_checkpoint, load_supernet
+from supernet.nn.flops import FLOP_CONVENTION
+from supernet.nn.models import SuperNet
 
 
 @dataclass
@@ -45,19 +47,19 @@ class EvaluateRequest:
     config: Path | None
     checkpoint: Path | None
     device: str
-    settings: Any
+    settings: SearchSettings
 
 
 def evaluate(request: EvaluateRequest) -> dict[str, Any]:
     """kNN and linear-probe top-1 (in [0, 1]), FLOPs and parameters of the requested sub-network."""
-    device = resolve_device(request.device)
+    device = resolve_device(request.device, key="--device")
     settings = request.settings
     if request.export_dir is not None:
         network, record = load_exported(request.export_dir)
         cfg = network.source_config
         assert cfg is not None
         trained = record.get("data") or {}
-        data = build_eval_data(trained, settings, default_resolution=get_space(cfg.space).default_resolution)
+        data = build_eval_data(trained, settings.data, settings.oracle, default_resolution=get_space(cfg.space).default_resolution)
         network = network.to(device).eval()
         source = {"export": str(request.export_dir)}
     else:
@@ -71,22 +73,16 @@ def evaluate(request: EvaluateRequest) -> dict[str, Any]:
     return {**evaluate_network(network, cfg, data, settings, device), "source": source}
 
 
-def _extract(cfg: SubnetConfig, checkpoint: Path, where: Path, settings: Any,
+def _extract(cfg: SubnetConfig, checkpoint: Path, where: Path, settings: SearchSettings,
              device: torch.device) -> tuple[SuperNet, EvalData]:
     supernet, payload = load_supernet(checkpoint, map_location="cpu")
     supernet = supernet.to(device).eval()
-    try:
-        supernet.space.validate(cfg)
-    except ConfigError as error:
-        raise ConfigError(f"{where}: {error}") from None
-    if cfg.gated and not supernet.with_gates:
-        raise ConfigError(f"{where}: gate_thresholds: the supernet in {checkpoint} was trained without gates; "
-                          "use gate_thresholds null")
-    oracle = build_oracle(supernet, payload, settings, device)
+    check_fits(cfg, supernet, where=str(where), checkpoint=checkpoint)
+    oracle = build_oracle(supernet, payload, settings.data, settings.oracle, device)
     return oracle.subnet(cfg).eval(), oracle.data
 
 
-def evaluate_network(network: SuperNet, cfg: SubnetConfig, data: EvalData, settings: Any,
+def evaluate_network(network: SuperNet, cfg: SubnetConfig, data: EvalData, settings: SearchSettings,
                      device: torch.device) -> dict[str, Any]:
     """Both frozen-feature accuracies of a ready (recalibrated, eval-mode) network, with its costs."""
     oracle, probe = settings.oracle, settings.probe
@@ -97,19 +93,13 @@ def evaluate_network(network: SuperNet, cfg: SubnetConfig, data: EvalData, setti
                        temperature=oracle.temperature)
     probe_top1 = linear_probe(bank, data.bank_labels, val, data.val_labels, num_classes=data.num_classes,
                               epochs=probe.epochs, lr=probe.lr, weight_decay=probe.weight_decay, seed=probe.seed)
-    flops = count_flops(network, data.resolution)
-    effective = float(flops)
-    if cfg.gated:
-        calibration = data.calibration[: settings.effective_flops_images]
-        effective = effective_flops(network, [b.to(device) for b in calibration.split(oracle.batch_size)],
-                                    resolution=data.resolution)
+    costs = measure_costs(network, cfg, data.calibration[: settings.effective_flops_images], resolution=data.resolution,
+                          batch_size=oracle.batch_size, device=device)
     return {
         "knn": knn,
         "linear_probe": probe_top1,
         "config": cfg.to_dict(),
-        "flops": flops,
-        "effective_flops": effective,
-        "params": count_params(network),
+        **costs.to_dict(),
         "resolution": data.resolution,
         "flop_convention": FLOP_CONVENTION,
         "protocol": {
@@ -134,7 +124,7 @@ def print_table(result: dict[str, Any]) -> None:
     rows = [
         (f"kNN top-1 (k={protocol['knn']['k']}, T={protocol['knn']['temperature']})", f"{result['knn']:.2%}"),
         (f"linear probe top-1 (L-BFGS, {protocol['linear_probe']['epochs']} iterations)", f"{result['linear_probe']:.2%}"),
-        ("FLOPs (fvcore: one multiply-add = one flop)", f"{result['flops'] / 1e6:.2f} M"),
+        (f"FLOPs ({FLOP_CONVENTION})", f"{result['flops'] / 1e6:.2f} M"),
         ("effective FLOPs (gates on, mean per image)", f"{result['effective_flops'] / 1e6:.2f} M"),
         ("parameters", f"{result['params'] / 1e6:.3f} M"),
     ]
@@ -146,10 +136,10 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m nas.evaluate",
         description="kNN and linear-probe top-1 on frozen features of an exported sub-network (or a config), with "
-        "its FLOPs (fvcore: one multiply-add = one flop) and parameters.",
+        f"its FLOPs ({FLOP_CONVENTION}) and parameters.",
         epilog="Extra key=value arguments override configs/search.yaml: data.* (data set), oracle.bank_size (labeled "
         "training images), oracle.val_size, oracle.k, oracle.temperature, probe.epochs, probe.lr, probe.weight_decay.",
     )
@@ -165,17 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # key=value overrides may sit between options
-    try:
-        if args.export is not None and args.checkpoint is not None:
-            raise SearchError("--checkpoint: an export directory holds its own weights; use --checkpoint with --config")
-        request = EvaluateRequest(export_dir=args.export, config=args.config, checkpoint=args.checkpoint,
-                                  device=args.device, settings=load_settings(args.overrides))
-        result = evaluate(request)
-    except (ExportError, ConfigError, SearchError, CheckpointError, DataError) as error:
-        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
-        return 2
+    if args.export is not None and args.checkpoint is not None:
+        raise SearchError("--checkpoint: an export directory holds its own weights; use --checkpoint with --config")
+    request = EvaluateRequest(export_dir=args.export, config=args.config, checkpoint=args.checkpoint,
+                              device=args.device, settings=load_search_settings(args.overrides))
+    result = evaluate(request)
     if args.json:
         print(json.dumps(result))
     else:

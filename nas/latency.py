@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from nas.budget import format_seconds
-from supernet.provenance import cpu_name
+from supernet.io.provenance import cpu_name
 
 __all__ = ["Latency", "cuda_available", "measure_latency"]
 

@@ -14,11 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.settings import DataOverrides
 from search_spaces import SubnetConfig
-from supernet.bn import recalibrate_bn
-from supernet.data import load_image_data
+from supernet.data.datasets import load_image_data
 from supernet.evaluation import EvalData, knn_score, prepare_eval_data
-from supernet.models import SuperNet
+from supernet.evaluation.settings import KnnSettings
+from supernet.nn.bn import recalibrate_bn
+from supernet.nn.models import SuperNet
 
 
 class Oracle:
@@ -80,30 +82,27 @@ def trained_data_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
     return {**config.get("data", {}), "seed": int(config.get("seed", 0))}
 
 
-def build_eval_data(trained: Mapping[str, Any], settings: Any, *, default_resolution: int) -> EvalData:
+def build_eval_data(trained: Mapping[str, Any], data: DataOverrides, oracle: KnnSettings, *,
+                    default_resolution: int) -> EvalData:
     """Calibration, bank and validation images as the search draws them.
 
-    ``trained``: :func:`trained_data_settings` of the checkpoint; ``settings``: the search settings
-    (``settings.data`` overrides the trained data set, ``settings.oracle`` sizes and seeds the
-    splits). The resolution is the one the supernet was trained at.
+    ``trained``: :func:`trained_data_settings` of the checkpoint, which ``data`` overrides where
+    set; ``oracle`` sizes and seeds the splits. The resolution is the one the supernet was trained at.
     """
-    data_name = settings.data.name or trained.get("name", "mnist_embedded")
-    root = settings.data.root if settings.data.root is not None else trained.get("root")
-    holdout = settings.data.holdout_size or trained.get("holdout_size", 1000)
-    data = load_image_data(data_name, root=root, max_images=trained.get("max_images"), holdout_size=holdout,
-                           download=settings.data.download, seed=int(trained.get("seed", 0)))
-    resolution = int(trained.get("resolution", default_resolution))
-    oracle = settings.oracle
-    return prepare_eval_data(data, resolution=resolution, calibration_images=oracle.calibration_images,
-                             bank_size=oracle.bank_size, val_size=oracle.val_size, seed=oracle.seed)
+    images = load_image_data(
+        data.name or trained.get("name", "mnist_embedded"), root=data.root if data.root is not None else trained.get("root"),
+        max_images=trained.get("max_images"), holdout_size=data.holdout_size or trained.get("holdout_size", 1000),
+        download=data.download, seed=int(trained.get("seed", 0)),
+    )
+    return prepare_eval_data(images, resolution=int(trained.get("resolution", default_resolution)),
+                             calibration_images=oracle.calibration_images, bank_size=oracle.bank_size,
+                             val_size=oracle.val_size, seed=oracle.seed)
 
 
-def build_oracle(supernet: SuperNet, payload: Mapping[str, Any], settings: Any, device: torch.device | str) -> Oracle:
-    """The oracle ``nas.search`` scores with, for a supernet loaded from checkpoint ``payload``.
-
-    ``settings``: the OmegaConf settings of configs/search.yaml (``.data`` and ``.oracle`` are read).
-    """
-    data = build_eval_data(trained_data_settings(payload), settings, default_resolution=supernet.space.default_resolution)
-    oracle = settings.oracle
-    return Oracle(supernet, data, k=oracle.k, temperature=oracle.temperature, batch_size=oracle.batch_size,
+def build_oracle(supernet: SuperNet, payload: Mapping[str, Any], data: DataOverrides, oracle: KnnSettings,
+                 device: torch.device | str) -> Oracle:
+    """The oracle ``nas.search`` scores with, for a supernet loaded from checkpoint ``payload``."""
+    eval_data = build_eval_data(trained_data_settings(payload), data, oracle,
+                                default_resolution=supernet.space.default_resolution)
+    return Oracle(supernet, eval_data, k=oracle.k, temperature=oracle.temperature, batch_size=oracle.batch_size,
                   seed=oracle.seed, device=device)

@@ -10,15 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from nas.budget import format_cost
-from supernet.checkpoint import new_file_mode
-
-FLOP_NOTE = "FLOPs are fvcore's: one multiply-add = one flop"
+from supernet.io.files import atomic_write, atomic_write_text
+from supernet.nn.flops import FLOP_CONVENTION
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -50,19 +47,6 @@ def best_record(records: Sequence[dict[str, Any]], objective: str) -> dict[str, 
     return min(candidates, key=lambda r: (-r["accuracy"], cost_of(r, objective)), default=None)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(handle, new_file_mode())
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_outputs(
     out_dir: Path,
     records: Sequence[dict[str, Any]],
@@ -74,7 +58,7 @@ def write_outputs(
     """Write pareto.json/.csv/.png and best.json; return the front and the best record."""
     front = pareto_front(records, objective)
     best = best_record(records, objective)
-    header = {**meta, "objective": objective, "budgets": budgets, "flop_convention": FLOP_NOTE}
+    header = {**meta, "objective": objective, "budgets": budgets, "flop_convention": FLOP_CONVENTION}
     atomic_write_text(out_dir / "pareto.json", json.dumps({**header, "front": front}, indent=2))
     atomic_write_text(out_dir / "pareto.csv", _csv(front))
     if best is not None:
@@ -125,8 +109,7 @@ def _plot(path: Path, records: Sequence[dict[str, Any]], front: Sequence[dict[st
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    figure.savefig(temporary, format="png", dpi=120)
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=120))
+    finally:
+        plt.close(figure)

@@ -9,8 +9,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from search_spaces.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A sub-network config that does not fit its search space; the message names the field."""
 
 

@@ -1,6 +1,16 @@
-"""The weight-sharing supernet: slicing ops, gates, models, BN recalibration, FLOPs."""
+"""The weight-sharing supernet and its self-supervised training.
 
-from supernet.bn import recalibrate_bn
-from supernet.models import MobileNetV2SuperNet, ResNetSuperNet, SuperNet, build_supernet
+Subpackages: ``nn`` (the network), ``data`` (images and views), ``ssl`` and ``losses`` (the
+methods), ``training`` (the loop), ``evaluation`` (kNN and linear probes), ``io`` (checkpoints and
+files). Entry points: ``python -m supernet.train`` and ``python -m supernet.summary``.
+"""
+
+from supernet.nn import (
+    MobileNetV2SuperNet,
+    ResNetSuperNet,
+    SuperNet,
+    build_supernet,
+    recalibrate_bn,
+)
 
 __all__ = ["MobileNetV2SuperNet", "ResNetSuperNet", "SuperNet", "build_supernet", "recalibrate_bn"]

@@ -5,14 +5,15 @@ FLOPs are fvcore's (one multiply-add = one flop), of the extracted static sub-ne
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any
 
 from search_spaces import SearchSpace, SubnetConfig, get_space, list_spaces
-from supernet.flops import FLOP_CONVENTION, count_flops, count_params
-from supernet.models import build_supernet
+from supernet.cli import ArgumentParser, command
+from supernet.nn.flops import FLOP_CONVENTION, count_flops, count_params
+from supernet.nn.models import build_supernet
+from supernet.settings import SettingsError
 
 UNIFORM_MULTIPLIERS = (0.25, 0.5, 0.75, 1.0)
 
@@ -63,8 +64,9 @@ def _format(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m supernet.summary",
         description=f"Size and cost of a search space. {FLOP_CONVENTION}.",
     )
@@ -75,12 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         space = get_space(args.space)
     except KeyError as error:
-        print(f"error: {error.args[0]}", file=sys.stderr)
-        return 2
+        raise SettingsError(f"space: {error.args[0]}") from None
     resolution = args.resolution or space.default_resolution
     if resolution < 8:
-        print(f"error: --resolution {resolution} is too small; expected at least 8 pixels", file=sys.stderr)
-        return 2
+        raise SettingsError(f"--resolution: {resolution} is too small; expected at least 8 pixels")
     summary = summarize(space, resolution)
     print(json.dumps(summary) if args.json else _format(summary))
     return 0

@@ -20,7 +20,7 @@ from search_spaces import SearchSpace, SubnetConfig, get_space
 from search_spaces.mobilenet import mobilenet_v2_space
 from search_spaces.resnet import resnet_space
 from supernet import SuperNet, build_supernet
-from supernet.gates import ChannelGate
+from supernet.nn.gates import ChannelGate
 
 
 @pytest.fixture(autouse=True)

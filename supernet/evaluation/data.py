@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from supernet.data import ImageData, label_of
-from supernet.views import eval_transform
+from supernet.data.datasets import ImageData, label_of
+from supernet.data.views import eval_transform
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,11 @@ from supernet.losses.budget import (
     density_bounds,
     flops_budget_loss,
 )
-from supernet.losses.distill import SLIMCLR_KD_TEMPERATURE, SLIMCLR_KD_WEIGHT, logit_distillation
+from supernet.losses.distill import (
+    SLIMCLR_KD_TEMPERATURE,
+    SLIMCLR_KD_WEIGHT,
+    logit_distillation,
+)
 from supernet.losses.infonce import contrastive_logits, info_nce
 from supernet.losses.regression import byol_loss, negative_cosine
 from supernet.losses.weighting import size_weights

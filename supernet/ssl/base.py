@@ -15,9 +15,9 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from supernet.heads import MLPHead
 from supernet.losses import negative_cosine
-from supernet.models import SuperNet
+from supernet.nn.heads import MLPHead
+from supernet.nn.models import SuperNet
 
 PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -30,6 +30,7 @@ class SSLMethod(nn.Module):
     """
 
     name: ClassVar[str]
+    settings: ClassVar[tuple[str, ...]] = ()  # the method's own ``ssl.*`` settings, passed as keywords
 
     def __init__(
         self,
@@ -108,9 +109,12 @@ class SSLMethod(nn.Module):
         return self.global_global_weight * global_loss + self.global_local_weight * local_loss
 
     def full_width_loss(
-        self, views: list[torch.Tensor], targets: list[torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Loss terms of the full-width student and a cache the sub-network losses may use."""
+        self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms of the full-width student; fills ``cache`` for the sub-network losses of the step.
+
+        ``cache["projections"]``: the student's projections of every view (the loop watches them for collapse).
+        """
         raise NotImplementedError
 
     def subnet_loss(

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from supernet.heads import MLPHead
 from supernet.losses import byol_loss
-from supernet.models import SuperNet
+from supernet.nn.heads import MLPHead
+from supernet.nn.models import SuperNet
 from supernet.ssl.base import SSLMethod
 
 
@@ -22,8 +22,9 @@ class BYOL(SSLMethod):
         self.predictor = MLPHead(proj_dim, pred_hidden_dim, proj_dim)
 
     def full_width_loss(
-        self, views: list[torch.Tensor], targets: list[torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
         projections = self.project(views)
+        cache["projections"] = projections
         predictions = [self.predictor(z) for z in projections]
-        return {"byol": self.cross_view(predictions, targets, byol_loss)}, {"projections": projections}
+        return {"byol": self.cross_view(predictions, targets, byol_loss)}

@@ -12,8 +12,13 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from supernet.losses import SLIMCLR_KD_WEIGHT, contrastive_logits, info_nce, logit_distillation
-from supernet.models import SuperNet
+from supernet.losses import (
+    SLIMCLR_KD_WEIGHT,
+    contrastive_logits,
+    info_nce,
+    logit_distillation,
+)
+from supernet.nn.models import SuperNet
 from supernet.ssl.base import SSLMethod
 
 
@@ -21,6 +26,7 @@ class MoCoV2(SSLMethod):
     """Queue of ``queue_size`` L2-normalised teacher keys (a buffer, so checkpoints carry it)."""
 
     name = "moco"
+    settings = ("temperature", "queue_size", "online_distillation")
 
     def __init__(
         self,
@@ -62,12 +68,12 @@ class MoCoV2(SSLMethod):
         return loss
 
     def full_width_loss(
-        self, views: list[torch.Tensor], targets: list[torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
         projections = self.project(views)
         logits = self._logits(projections, targets)
-        loss = self._mix([(i, info_nce(lg)) for i, lg in logits])
-        return {"infonce": loss}, {"projections": projections, "logits": [lg.detach() for _, lg in logits]}
+        cache.update(projections=projections, logits=[lg.detach() for _, lg in logits])
+        return {"infonce": self._mix([(i, info_nce(lg)) for i, lg in logits])}
 
     def subnet_loss(
         self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]

@@ -6,14 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from nas.budget import parse_budget
-from nas.search import SearchRequest, load_settings
-from supernet.train_config import register_schema
-from supernet.trainer import train
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from nas.search import SearchRequest
+from nas.settings import load_search_settings
+from supernet.train import load_train_settings
+from supernet.training import train
 
 # Oracle and cost settings small enough for CPU tests (bank, calibration, latency repeats).
 SMALL_SEARCH_OVERRIDES = [
@@ -31,10 +29,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "knn.enabled=false", "progress=false", "ssl.proj_hidden_dim=64", "ssl.pred_hidden_dim=64", "ssl.proj_dim=32",
         "epochs=1", "max_steps=2", f"out_dir={out_dir}",
     ]
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose("train", overrides=overrides)
-    train(cfg)
+    train(load_train_settings(overrides))
     checkpoint = out_dir / "checkpoint.pt"
     assert checkpoint.is_file()
     return checkpoint
@@ -68,7 +63,7 @@ def make_request() -> Callable[..., SearchRequest]:
             checkpoint=Path(checkpoint), flops_budget=flops_budget, latency_budget=latency_budget,
             objective="latency" if latency_budget is not None else "flops", sampler=sampler, trials=trials,
             timeout=None, device="cpu", storage=None, study_name=study_name, seed=seed, out=Path(out),
-            settings=load_settings([*SMALL_SEARCH_OVERRIDES, *overrides]), progress=False,
+            settings=load_search_settings([*SMALL_SEARCH_OVERRIDES, *overrides]), progress=False,
         )
 
     return build

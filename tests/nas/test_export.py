@@ -14,25 +14,24 @@ import optuna
 import pytest
 import torch
 
-import nas.export as export_module
-from nas.export import (
-    ExportCheckError,
-    build_parser,
-    check_program,
-    load_exported,
-    main,
-    request_from_args,
-    source_from_best,
-    source_from_trial,
-)
+import nas.program as program_module
+from nas.export import build_parser, main, request_from_args
 from nas.oracle import build_oracle
-from nas.search import journal_storage, load_settings
+from nas.program import ExportCheckError, check_program, load_exported
+from nas.settings import load_search_settings
+from nas.sources import source_from_best, source_from_trial
+from nas.study import journal_storage
 from search_spaces import SubnetConfig
-from supernet.checkpoint import load_supernet
-from supernet.flops import count_flops
-from supernet.models import SuperNet
+from supernet.io.checkpoint import load_supernet
+from supernet.nn.flops import FLOP_CONVENTION, count_flops
+from supernet.nn.models import SuperNet
 
 RESOLUTION = 16  # the tiny checkpoint's training resolution
+
+
+def oracle_settings(overrides: list[str]):
+    settings = load_search_settings(overrides)
+    return settings.data, settings.oracle
 
 
 def gate_thresholds_that_drop_channels(supernet: SuperNet, cfg: SubnetConfig, images: torch.Tensor) -> dict[str, float]:
@@ -65,7 +64,7 @@ def checkpoint(tiny_checkpoint: Path) -> Path:
 def oracle_and_supernet(checkpoint: Path, search_overrides: list[str]):
     supernet, payload = load_supernet(checkpoint)
     supernet.eval()
-    return build_oracle(supernet, payload, load_settings(search_overrides), "cpu"), supernet
+    return build_oracle(supernet, payload, *oracle_settings(search_overrides), "cpu"), supernet
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +161,7 @@ def test_subnet_json_and_weights(name, exported, configs, oracle_and_supernet) -
     cfg = configs[name]
     record = json.loads((exported[name] / "subnet.json").read_text())
     assert SubnetConfig.from_dict(record["config"]) == cfg
-    assert record["flop_convention"] == "fvcore: one multiply-add = one flop"
+    assert record["flop_convention"] == FLOP_CONVENTION == "fvcore FLOPs: one multiply-add = one flop"
     assert record["input"]["shape"] == [1, 3, RESOLUTION, RESOLUTION] and record["input"]["dynamic_batch"]
     assert record["input"]["normalization"]["mean"] == [0.485, 0.456, 0.406]
     assert record["gate_mode"] == ("masked" if cfg.gated else None)
@@ -210,7 +209,7 @@ def test_failed_check_leaves_an_existing_export_untouched(exported, configs, che
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     config_file = tmp_path / "cfg.json"
     config_file.write_text(configs["gates_on"].to_json())
-    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # any difference, even 0, now fails the check
+    monkeypatch.setattr(program_module, "TOLERANCE", -1.0)  # any difference, even 0, now fails the check
     code = main(["--config", str(config_file), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu",
                  *search_overrides])
     assert code == 1

@@ -18,6 +18,7 @@ from PIL import Image
 
 from nas import export as export_cli
 from nas import search as search_cli
+from supernet import train as train_cli
 
 Case = Callable[[Path, Path], list[str]]  # (tmp_path, good checkpoint) -> argv
 
@@ -91,6 +92,21 @@ SEARCH_CASES: dict[str, tuple[Case, str]] = {
                              "nonsense"),
     "missing data path": (lambda t, c: ["--checkpoint", str(c), "--budget", "3MFLOPs", "data.name=imagefolder",
                                         f"data.root={t / 'no-images'}", *SEARCH], "no-images"),
+    "zero latency repeats": (lambda t, c: ["--checkpoint", str(c), "--budget", "3MFLOPs", "latency.repeats=0", *SEARCH],
+                             "latency.repeats: 0 is not valid"),
+    "zero threads": (lambda t, c: ["--checkpoint", str(c), "--budget", "3MFLOPs", "latency.threads=0", *SEARCH],
+                     "latency.threads"),
+    "bad data set choice": (lambda t, c: ["--checkpoint", str(c), "--budget", "3MFLOPs", "data.name=mnist2", *SEARCH],
+                            "data.name: Invalid value 'mnist2'"),
+    "bad sampler choice": (lambda t, c: ["--checkpoint", str(c), "--budget", "3MFLOPs", "--sampler", "cmaes", *SEARCH],
+                           "--sampler: invalid choice: 'cmaes'"),
+    "bad objective choice": (lambda t, c: ["--checkpoint", str(c), "--objective", "energy", *SEARCH],
+                             "--objective: invalid choice: 'energy'"),
+    "bad device": (lambda t, c: ["--checkpoint", str(c), "--budget", "3MFLOPs", "--device", "tpu", *SEARCH],
+                   "--device: 'tpu' is not valid"),
+    "negative trial count": (lambda t, c: ["--checkpoint", str(c), "--budget", "3MFLOPs", "--trials", "-1", "--no-progress"],
+                             "--trials: -1"),
+    "flag with a missing value": (lambda t, c: ["--checkpoint", str(c), "--budget"], "--budget: expected one argument"),
 }
 
 EXPORT_CASES: dict[str, tuple[Case, str]] = {
@@ -110,7 +126,7 @@ EXPORT_CASES: dict[str, tuple[Case, str]] = {
 
 def _assert_one_clear_line(code: int, stderr: str, expected: str) -> None:
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert code != 0
+    assert code == 2
     assert "Traceback" not in stderr
     assert len(lines) == 1, stderr
     assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
@@ -186,10 +202,37 @@ def test_train_takes_mixed_sizes_modes_and_junk_files(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_train_rejects_bad_overrides_and_keeps_an_existing_run(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    for overrides, expected in [(["nonsense=1"], "nonsense"), (["epochs=abc"], "epochs=abc"), (["model=nope"], "model/nope")]:
-        result = _train(tmp_path, *overrides)
-        _assert_one_clear_line(result.returncode, result.stderr, expected)
+TRAIN_CASES = {  # one bad value for every choice field, bad types and ranges, unknown keys
+    "unknown key": ("nonsense=1", "nonsense: Key 'nonsense' not in 'TrainConfig'"),
+    "not a number": ("epochs=abc", "epochs: Value 'abc'"),
+    "zero epochs": ("epochs=0", "epochs: 0 is not valid; expected a number >= 1"),
+    "unknown model group option": ("model=nope", "model=nope: no such option; expected one of: "),
+    "unknown space": ("model.space=resnet9000", "model.space: 'resnet9000' is not valid; expected a search space"),
+    "optimizer choice": ("optim.name=adam", "optim.name: Invalid value 'adam', expected one of [sgd, lars]"),
+    "ssl method choice": ("ssl.name=simclr", "ssl.name: Invalid value 'simclr', expected one of"),
+    "views choice": ("views.name=fivecrop", "views.name: Invalid value 'fivecrop'"),
+    "data set choice": ("data.name=mnist2", "data.name: Invalid value 'mnist2'"),
+    "device": ("device=tpu", "device: 'tpu' is not valid; expected auto, cpu, cuda or cuda:N"),
+    "negative learning rate": ("optim.lr=-1", "optim.lr: -1.0 is not valid; expected a positive number"),
+    "gate target out of range": ("gates.target=1.5", "gates.target: 1.5 is not valid; expected a number in (0, 1]"),
+    "override without =": ("epochs", "override 'epochs': expected key=value"),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAIN_CASES))
+def test_train_rejects_bad_settings(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    override, expected = TRAIN_CASES[name]
+    code = train_cli.main([*TRAIN, override, f"out_dir={tmp_path / 'run'}"])
+    _assert_one_clear_line(code, capsys.readouterr().err, expected)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_process_exits_with_the_user_error_code(tmp_path: Path) -> None:
+    result = _train(tmp_path, "optim.name=adam", f"out_dir={tmp_path / 'run'}")
+    _assert_one_clear_line(result.returncode, result.stderr, "optim.name: Invalid value 'adam'")
+
+
+def test_train_keeps_an_existing_run(tmp_path: Path, tiny_checkpoint: Path) -> None:
     run_dir = tiny_checkpoint.parent
     before = _snapshot(run_dir)
     result = _train(tmp_path, f"out_dir={run_dir}")  # resume=false onto an existing run

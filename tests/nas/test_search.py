@@ -24,8 +24,8 @@ from nas.oracle import Oracle
 from nas.pareto import dominates
 from nas.search import at_resolution, main, search
 from search_spaces import SearchSpace, SubnetConfig
-from supernet.checkpoint import load_supernet
-from supernet.flops import count_flops
+from supernet.io.checkpoint import load_supernet
+from supernet.nn.flops import count_flops
 
 CLI = [sys.executable, "-m", "nas.search"]
 COMPLETE, FAIL = TrialState.COMPLETE, TrialState.FAIL
@@ -148,7 +148,7 @@ def test_resume_adds_only_the_missing_trials(tiny_checkpoint: Path, make_request
                                              tmp_path: Path) -> None:
     out = tmp_path / "study"
     first = search(make_request(tiny_checkpoint, out, trials=4, study_name="resume"))
-    assert len(first["records"]) == 4
+    assert len(first.records) == 4
     before = [(t.number, t.params, t.values, t.user_attrs) for t in load_trials(out, "resume")]
     assert [number for number, *_ in before] == [0, 1, 2, 3]
 
@@ -157,14 +157,14 @@ def test_resume_adds_only_the_missing_trials(tiny_checkpoint: Path, make_request
     assert [t.number for t in trials] == list(range(7))
     assert all(t.state == COMPLETE for t in trials)
     assert [(t.number, t.params, t.values, t.user_attrs) for t in trials[:4]] == before
-    assert len(second["records"]) == 7
+    assert len(second.records) == 7
     # the resumed run goes on searching: it does not propose again what the first run already tried
     for t in trials[4:]:
         assert all(t.params != earlier.params for earlier in trials[: t.number]), t.number
 
     again = search(make_request(tiny_checkpoint, out, trials=7, study_name="resume"))
     assert len(load_trials(out, "resume")) == 7
-    assert [r["trial"] for r in again["records"]] == list(range(7))
+    assert [r["trial"] for r in again.records] == list(range(7))
 
 
 def test_interrupted_search_resumes(tiny_checkpoint: Path, make_request: Callable[..., Any], costs: SpaceCosts,
@@ -190,7 +190,7 @@ def test_interrupted_search_resumes(tiny_checkpoint: Path, make_request: Callabl
     summary = search(request)
     trials = load_trials(out, "crash")
     complete = [t for t in trials if t.state == COMPLETE]
-    assert len(complete) == 4 and len(summary["records"]) == 4
+    assert len(complete) == 4 and len(summary.records) == 4
     assert [t.number for t in trials] == list(range(len(trials)))
     assert trials[2].state == FAIL and all(t.state == COMPLETE for t in trials if t.number != 2)
     # the seed whose evaluation was interrupted (the widest uniform config under the budget) is still tried
@@ -246,7 +246,7 @@ def test_over_budget_candidates_never_reach_the_oracle(recorded_search: dict[str
         if r["violations"]["flops"] <= 0:
             assert SubnetConfig.from_dict(r["config"]) in calls["accuracy"]
     assert len(calls["accuracy"]) == len(set(calls["accuracy"]))  # each config scored once
-    assert_front_is_sound(recorded_search["summary"]["front"], results, budget)
+    assert_front_is_sound(recorded_search["summary"].front, results, budget)
 
 
 def test_seed_trials_come_first(recorded_search: dict[str, Any], costs: SpaceCosts) -> None:
@@ -321,8 +321,24 @@ def test_study_identity_guard(tiny_checkpoint: Path, make_request: Callable[...,
     code = main(["--checkpoint", str(tiny_checkpoint), "--budget", "4MFLOPs", "--trials", "2", "--study-name", "guarded",
                  "--out", str(out), "--no-progress", *search_overrides])
     line = one_error_line(capfd.readouterr().err)
-    assert code != 0 and "budgets" in line and "guarded" in line
+    assert code == 2 and line.startswith("error: budgets.flops: study 'guarded' was scored with 3000000.0") and "4000000.0" in line
     assert [(t.number, t.state, t.params) for t in load_trials(out, "guarded")] == before  # the refused run added nothing
+
+
+@pytest.mark.parametrize("override", ["oracle.bank_size=150", "oracle.k=5", "data.holdout_size=150",
+                                      "effective_flops_images=32"])
+def test_a_study_is_not_resumed_with_other_scoring_settings(override: str, tiny_checkpoint: Path,
+                                                            make_request: Callable[..., Any], search_overrides: list[str],
+                                                            tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "study"
+    search(make_request(tiny_checkpoint, out, budget="3MFLOPs", trials=1, study_name="scored"))
+    before = [(t.number, t.state, t.params) for t in load_trials(out, "scored")]
+    capfd.readouterr()
+    code = main(["--checkpoint", str(tiny_checkpoint), "--budget", "3MFLOPs", "--trials", "2", "--study-name", "scored",
+                 "--out", str(out), "--no-progress", *search_overrides, override])
+    line = one_error_line(capfd.readouterr().err)
+    assert code == 2 and line.startswith(f"error: {override.split('=')[0]}: study 'scored' was scored with "), line
+    assert [(t.number, t.state, t.params) for t in load_trials(out, "scored")] == before
 
 
 # -- other samplers -------------------------------------------------------------------------------------
@@ -336,7 +352,7 @@ def test_other_samplers_run_end_to_end(sampler: str, tiny_checkpoint: Path, make
     assert [t.state for t in trials] == [COMPLETE] * 4
     results = results_of(trials)
     assert_evaluated_iff_within_budget(results, budget)
-    assert_front_is_sound(summary["front"], results, budget)
+    assert_front_is_sound(summary.front, results, budget)
     for r in results:
         costs.space.validate(SubnetConfig.from_dict(r["config"]))
     assert (tmp_path / "pareto.json").is_file() and (tmp_path / "best.json").is_file()

@@ -9,7 +9,13 @@ import pytest
 import torchvision
 from torch import nn
 
-from search_spaces import ConfigError, SearchSpace, get_space, list_spaces, width_choices_for
+from search_spaces import (
+    ConfigError,
+    SearchSpace,
+    get_space,
+    list_spaces,
+    width_choices_for,
+)
 from search_spaces.spec import DEFAULT_MULTIPLIERS
 
 ALL_SPACES = list_spaces()

@@ -1,0 +1,83 @@
+"""Settings of ``nas.search``, ``nas.export`` and ``nas.evaluate``: ``configs/search.yaml`` under this schema.
+
+Flags (``--budget``, ``--trials``, ...) say what to do; these settings say how candidates are
+measured, and every command that scores a sub-network reads the same ones, so a config exported
+or evaluated scores as it did in the search. ``key=value`` arguments override them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
+
+from supernet.data.datasets import DataName
+from supernet.evaluation.settings import KnnSettings
+from supernet.settings import Rules, at_least, compose_settings, optional, positive
+
+__all__ = ["DataOverrides", "LatencySettings", "ProbeSettings", "SearchSettings", "StorageSettings",
+           "load_search_settings"]
+
+
+@dataclass
+class DataOverrides:
+    """Evaluation data; null keeps what the checkpoint was trained with."""
+
+    name: Optional[DataName] = None  # type: ignore[valid-type]
+    root: Optional[str] = None
+    holdout_size: Optional[int] = None
+    download: bool = False
+
+    RULES: ClassVar[Rules] = {"holdout_size": optional(at_least(1))}
+
+
+@dataclass
+class LatencySettings:
+    """How latency is measured: median of ``repeats`` timed forwards after ``warmup`` untimed ones."""
+
+    batch_size: int = 1
+    warmup: int = 5
+    repeats: int = 20
+    threads: Optional[int] = 1  # CPU threads, fixed so figures compare; null = torch's default
+
+    RULES: ClassVar[Rules] = {"batch_size": at_least(1), "warmup": at_least(0), "repeats": at_least(1),
+                              "threads": optional(at_least(1))}
+
+
+@dataclass
+class ProbeSettings:
+    """``nas.evaluate``'s linear probe: logistic regression on frozen, standardised features (L-BFGS)."""
+
+    epochs: int = 100  # full-batch L-BFGS iterations
+    lr: float = 1.0
+    weight_decay: float = 1e-4  # L2 on the weights (not the bias)
+    seed: int = 0
+
+    RULES: ClassVar[Rules] = {"epochs": at_least(1), "lr": positive, "weight_decay": at_least(0)}
+
+
+@dataclass
+class StorageSettings:
+    """Database storages only: a killed worker's trial is failed after ``grace_period`` seconds of silence."""
+
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+
+    RULES: ClassVar[Rules] = {"heartbeat_interval": at_least(1), "grace_period": at_least(1)}
+
+
+@dataclass
+class SearchSettings:
+    data: DataOverrides = field(default_factory=DataOverrides)
+    oracle: KnnSettings = field(default_factory=KnnSettings)
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    effective_flops_images: int = 256  # calibration images the gated networks' mean FLOPs are taken over
+    population_size: int = 24  # NSGA-II generation size
+
+    RULES: ClassVar[Rules] = {"effective_flops_images": at_least(1), "population_size": at_least(2)}
+
+
+def load_search_settings(overrides: list[str]) -> SearchSettings:
+    """configs/search.yaml with ``key=value`` overrides, typed and validated."""
+    return compose_settings("search", overrides, SearchSettings)

@@ -1,0 +1,65 @@
+"""Dynamic channel gates (Krishna et al. 2023, "Dynamic computation + SSL").
+
+Per residual block: global average pool -> 1x1 conv (C -> C/4) -> BN -> ReLU -> 1x1 conv (-> the
+block's inner channels) -> one logit per channel. Training samples a hard 0/1 mask with the
+Gumbel-sigmoid straight-through estimator (logistic noise, tau = 2/3, hard threshold 0.5); inference
+keeps a channel when its probability sigmoid(logit) reaches the block's threshold.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from supernet.nn.ops import DynamicBatchNorm2d, DynamicConv2d
+
+GUMBEL_TEMPERATURE = 2.0 / 3.0
+# Gates start mostly open (sigmoid(2) ~ 0.88) so early training sees the dense network; the budget
+# loss then learns which channels to close.
+INITIAL_GATE_BIAS = 2.0
+
+
+def gumbel_sigmoid_straight_through(
+    logits: torch.Tensor, *, temperature: float = GUMBEL_TEMPERATURE, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Hard {0, 1} sample of sigmoid gates whose gradient is that of the relaxed sample.
+
+    ``logits``: any shape. Noise is logistic, log(u) - log(1 - u), u ~ U(0, 1).
+    """
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    uniform = uniform.clamp(1e-6, 1.0 - 1e-6)
+    soft = torch.sigmoid((logits + torch.log(uniform) - torch.log1p(-uniform)) / temperature)
+    hard = (soft >= 0.5).to(soft.dtype)
+    # (soft - soft.detach()) is exactly 0, so the value is exactly hard; `hard + soft - soft` is not
+    # (1 + s - s rounds to 1 - 2**-24 for some s in float32)
+    return hard + (soft - soft.detach())
+
+
+class ChannelGate(nn.Module):
+    """Per-input keep/drop decision for ``gated_channels`` channels from the block input.
+
+    ``fc2.active_out`` (set by the supernet) is the block's active inner width; the hidden width is
+    fixed. ``forward(x, threshold)``: (B, C_in', H, W) -> mask (B, C_inner') in {0, 1}.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, gated_channels: int) -> None:
+        super().__init__()
+        self.fc1 = DynamicConv2d(in_channels, hidden_channels, 1)
+        self.bn = DynamicBatchNorm2d(hidden_channels)
+        self.fc2 = DynamicConv2d(hidden_channels, gated_channels, 1, bias=True)
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_normal_(self.fc1.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.normal_(self.fc2.weight, std=0.01)
+        nn.init.constant_(self.fc2.bias, INITIAL_GATE_BIAS)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in', H, W) -> (B, C_inner')
+        pooled = F.adaptive_avg_pool2d(x, 1)
+        return self.fc2(F.relu(self.bn(self.fc1(pooled)))).flatten(1)
+
+    def forward(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
+        logits = self.logits(x)
+        if self.training:
+            return gumbel_sigmoid_straight_through(logits)
+        return (torch.sigmoid(logits) >= threshold).to(x.dtype)

@@ -1,0 +1,213 @@
+"""One self-supervised training run of a slimmable, gated supernet: ``train(cfg)``.
+
+Each step (US3L + SlimCLR + Krishna et al.):
+
+1. the EMA teacher embeds the global views at full width, once (the temporally consistent target);
+2. sandwich (:mod:`supernet.training.sandwich`): the full-width student takes the method's SSL
+   loss; the smallest network the dynamic-sampling stage allows and N-2 random per-layer configs
+   regress the teacher through the auxiliary head; during the slow start only full width trains;
+3. a gated pass with Gumbel-sigmoid gates, plus the budget loss toward ``gates.target`` and the
+   per-layer density bounds;
+4. group regularization (US3L) on the encoder's gradients, optimizer step, EMA update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from search_spaces import SubnetConfig
+from supernet.cli import CommandFailed
+from supernet.data.sampling import EpochSampler, ViewDataset
+from supernet.data.views import build_views
+from supernet.losses import (
+    density_bound_loss,
+    density_bounds,
+    flops_budget_loss,
+    size_weights,
+)
+from supernet.training.distributed import (
+    all_gather_rows,
+    average_gradients,
+    gather_digests,
+    shutdown,
+)
+from supernet.training.group_reg import apply_group_decay
+from supernet.training.monitor import monitor_knn
+from supernet.training.sandwich import plan_subnets, relative_size
+from supernet.training.schedules import ema_momentum, group_alpha, warmup_cosine_lr
+from supernet.training.schema import TrainConfig
+from supernet.training.setup import Run, build_run, save_checkpoint, view_options
+
+__all__ = ["TrainingStopped", "train", "train_step"]
+
+
+class TrainingStopped(CommandFailed):
+    """Training cannot go on (non-finite loss, collapsed features); the last good checkpoint is kept."""
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) the supernet described by ``cfg``; return the run directory."""
+    run = build_run(cfg)
+    log_path = run.out_dir / "metrics.jsonl"
+    views, _ = build_views(cfg.views.name, cfg.data.resolution, **view_options(cfg))
+    train_set = ViewDataset(run.data.train, views, seed=cfg.seed)
+    while run.step < run.stop_step:
+        epoch, start_batch = divmod(run.step, run.steps_per_epoch)
+        sampler = EpochSampler(len(train_set), seed=cfg.seed, epoch=epoch, batch_size=cfg.batch_size, start_batch=start_batch,
+                               rank=run.dist.rank, world_size=run.dist.world_size)
+        # The loader's own generator keeps worker seeding off the global RNG (Gumbel noise), so
+        # where a run resumes does not shift the noise stream.
+        loader = DataLoader(
+            train_set, batch_size=cfg.batch_size // run.dist.world_size, sampler=sampler, drop_last=True,
+            num_workers=cfg.data.num_workers, pin_memory=run.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
+        )
+        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and run.dist.is_main),
+                        leave=False, initial=start_batch, total=run.steps_per_epoch, file=sys.stdout)
+        started, images_seen = time.perf_counter(), 0
+        for batch in progress:
+            batch = [v.to(run.device, non_blocking=True) for v in batch]
+            if run.device.type == "cuda" and cfg.channels_last:
+                batch = [v.contiguous(memory_format=torch.channels_last) for v in batch]
+            terms = train_step(run, batch)
+            run.step += 1
+            images_seen += batch[0].shape[0] * run.dist.world_size
+            throughput = images_seen / max(time.perf_counter() - started, 1e-9)
+            progress.set_postfix(loss=f"{terms['loss']:.3f}", lr=f"{terms['lr']:.3g}", img_s=f"{throughput:.0f}")
+            if run.dist.is_main and (run.step % cfg.log_every_steps == 0 or run.step == run.stop_step):
+                _append_jsonl(log_path, {"kind": "step", "step": run.step, "epoch": epoch, "images_per_s": throughput, **terms})
+            if cfg.checkpoint_every_steps and run.step % cfg.checkpoint_every_steps == 0:
+                save_checkpoint(run)
+            if run.step >= run.stop_step:
+                break
+        progress.close()
+        if run.step % run.steps_per_epoch == 0 or run.step == run.stop_step:
+            record: dict[str, Any] = {"kind": "epoch", "step": run.step, "epoch": epoch + 1}
+            if cfg.knn.enabled and run.dist.is_main:
+                record["knn"] = monitor_knn(run)
+                print(f"epoch {epoch + 1}: kNN top-1 " + ", ".join(f"{k} {v:.2%}" for k, v in record["knn"].items()))
+            if run.dist.is_main:
+                _append_jsonl(log_path, record)
+            save_checkpoint(run)
+    _check_replicas(run)
+    shutdown(run.dist)
+    return run.out_dir
+
+
+def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, SubnetConfig]] | None = None) -> dict[str, float]:
+    """One optimizer step; returns the named loss terms (weighted as used), lr and schedule values.
+
+    ``plan`` (label, config) overrides the sandwich of this step (benchmarks time single networks
+    with it); the label "max" marks the network that takes the method's full-width loss.
+    """
+    cfg, method, encoder = run.cfg, run.method, run.encoder
+    lr = warmup_cosine_lr(run.step, run.total_steps, base_lr=run.lr,
+                          warmup_steps=int(cfg.optim.warmup_epochs * run.steps_per_epoch), final_lr=cfg.optim.final_lr)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    method.train()
+    with run.autocast:
+        targets = method.teacher_targets(views)
+    plan = plan or plan_subnets(
+        run.space, seed=cfg.seed, step=run.step, total_steps=run.total_steps,
+        num_subnets=cfg.sandwich.num_subnets if cfg.sandwich.enabled else 1,
+        stage_min_widths=list(cfg.sandwich.stage_min_widths), stage_ends=list(cfg.sandwich.stage_ends),
+    )
+    sizes = [relative_size(run.space, subnet) for _, subnet in plan]
+    weights = size_weights(sizes) if cfg.sandwich.reweight_by_size else [1.0] * len(plan)
+    logged: dict[str, float] = {}
+    total = 0.0
+    cache: dict[str, Any] = {}
+    for (label, subnet), weight in zip(plan, weights):
+        encoder.set_active(subnet)
+        with run.autocast:
+            terms = method.full_width_loss(views, targets, cache) if label == "max" else method.subnet_loss(views, targets, cache)
+            loss = weight * sum(terms.values())
+        total += _backward(run, loss, {f"{label}/{name}": value for name, value in terms.items()}, logged)
+    if run.flops is not None:
+        total += _gated_pass(run, views, targets, cache, logged)
+    encoder.set_max()
+    _check_collapse(run, cache["projections"][0])
+    average_gradients(method, run.dist)
+    alpha = group_alpha(run.step, run.total_steps, max_alpha=cfg.regularization.max_alpha,
+                        ramp_fraction=cfg.regularization.alpha_ramp_fraction)
+    if cfg.regularization.group:
+        apply_group_decay(encoder, cfg.regularization.weight_decay, alpha, cfg.regularization.groups)
+    run.optimizer.step()
+    momentum = ema_momentum(run.step, run.total_steps, base=cfg.ssl.base_momentum)
+    method.update_teacher(momentum)
+    method.after_step(targets, gather=lambda rows: all_gather_rows(rows, run.dist))
+    return {"loss": total, **logged, "lr": lr, "ema_momentum": momentum, "group_alpha": alpha,
+            "min_width": min(sizes), "num_subnets": float(len(plan))}
+
+
+def _gated_pass(run: Run, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any],
+                logged: dict[str, float]) -> float:
+    """Full width with Gumbel-sigmoid gates: the method's sub-network loss plus the budget terms.
+
+    The budget uses the masks of the last global view's forward (an unbiased one-view estimate).
+    """
+    cfg, encoder, flops = run.cfg, run.encoder, run.flops
+    assert flops is not None
+    encoder.set_active(run.space.max_config(gate_threshold=cfg.gates.threshold))
+    with run.autocast:
+        terms = run.method.subnet_loss(views[: run.method.num_global], targets, cache)
+        saved = encoder.gate_flops_saved()
+        assert saved is not None
+        gated_flops = flops.gated_static - saved.float()
+        terms["budget"] = flops_budget_loss(gated_flops, flops.dense, cfg.gates.target, cfg.gates.budget_weight)
+        densities = torch.stack([block.last_mask.float().mean() for block in encoder.gated_blocks()])  # type: ignore[union-attr]
+        lower, upper = density_bounds(cfg.gates.target, run.step / run.steps_per_epoch, cfg.gates.bound_rate)
+        terms["density"] = density_bound_loss(densities, lower, upper)
+        loss = sum(terms.values())
+    logged["gated/flops_ratio"] = float(gated_flops.detach().mean() / flops.dense)
+    return _backward(run, loss, {f"gated/{name}": value for name, value in terms.items()}, logged)
+
+
+def _backward(run: Run, loss: torch.Tensor, terms: dict[str, torch.Tensor], logged: dict[str, float]) -> float:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        bad = [name for name, term in terms.items() if not math.isfinite(float(term.detach()))]
+        raise TrainingStopped(
+            f"loss is not finite at step {run.step} ({', '.join(bad) or 'total'}); "
+            "lower optim.lr or check the data. The last good checkpoint is kept."
+        )
+    loss.backward()
+    logged.update({name: float(term.detach()) for name, term in terms.items()})
+    return value
+
+
+def _check_collapse(run: Run, projections: torch.Tensor) -> None:
+    std = run.method.embedding_std(projections)
+    floor = run.cfg.collapse_std / math.sqrt(projections.shape[1])
+    if std < floor:
+        raise TrainingStopped(
+            f"features collapsed at step {run.step}: per-dimension std of normalised embeddings {std:.2e} "
+            f"< {floor:.2e}; lower optim.lr or raise ssl.base_momentum. The last good checkpoint is kept."
+        )
+
+
+def _check_replicas(run: Run) -> None:
+    """Data-parallel runs end with every rank's parameter digest; they must all agree."""
+    digests = gather_digests(run.method, run.dist)
+    if not run.dist.enabled:
+        return
+    if run.dist.is_main:
+        (run.out_dir / "replicas.json").write_text(json.dumps({"step": run.step, "parameter_sha256": digests}, indent=2))
+    if len(set(digests)) != 1:
+        raise TrainingStopped(f"replicas diverged: parameter digests differ across ranks at step {run.step}")
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as file:
+        file.write(json.dumps(record) + "\n")

@@ -1,0 +1,210 @@
+"""Everything a training run holds, built from its settings, saved and restored as one checkpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from search_spaces import SearchSpace, UserError, get_space
+from supernet.data.datasets import ImageData, load_image_data
+from supernet.data.views import ViewSpec, build_views
+from supernet.devices import resolve_device
+from supernet.evaluation import EvalData, prepare_eval_data
+from supernet.io.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    CheckpointError,
+    load_checkpoint,
+)
+from supernet.io.files import atomic_save, atomic_write_text
+from supernet.io.provenance import provenance
+from supernet.nn.flops import count_flops, static_flops
+from supernet.nn.models import SuperNet, build_supernet
+from supernet.settings import flatten, settings_dict
+from supernet.ssl import SSLMethod, get_method
+from supernet.training.distributed import (
+    DistEnv,
+    barrier,
+    init_distributed,
+    sync_batch_norms,
+)
+from supernet.training.optim import build_optimizer, parameter_groups
+from supernet.training.schema import TrainConfig
+
+__all__ = ["FlopsReference", "Run", "SetupError", "build_run", "save_checkpoint"]
+
+# Settings a checkpoint must share with the run that resumes it.
+RESUME_KEYS = ("model.space", "batch_size", "epochs", "seed", "gates.enabled")
+
+
+class SetupError(UserError):
+    """A training setting that does not fit the data or the machine; the message names it."""
+
+
+@dataclass
+class FlopsReference:
+    dense: float  # full width, gates off
+    gated_static: float  # full width, gates on, every channel kept (the gates' own cost included)
+
+
+@dataclass
+class Run:
+    """A training run's state; ``step`` is the number of optimizer steps taken."""
+
+    cfg: TrainConfig
+    out_dir: Path
+    device: torch.device
+    space: SearchSpace
+    data: ImageData
+    views: ViewSpec
+    method: SSLMethod
+    optimizer: torch.optim.Optimizer
+    steps_per_epoch: int
+    total_steps: int  # of the schedules: epochs * steps_per_epoch
+    stop_step: int  # where this invocation stops (max_steps caps it; schedules are unchanged)
+    lr: float  # peak learning rate after the linear scaling rule
+    flops: FlopsReference | None = None  # set when gates train
+    eval_data: EvalData | None = None  # kNN monitoring images, drawn once
+    dist: DistEnv = field(default_factory=DistEnv)
+    step: int = 0
+
+    @property
+    def encoder(self) -> SuperNet:
+        return self.method.encoder  # type: ignore[return-value]
+
+    @property
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast on CUDA when ``amp`` is on (no loss scaling needed); a no-op on CPU."""
+        enabled = self.cfg.amp and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def build_run(cfg: TrainConfig) -> Run:
+    """The run ``cfg`` describes, resumed from ``out_dir`` when ``resume`` is set; writes its settings."""
+    out_dir = Path(cfg.out_dir)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    if checkpoint_path.exists() and not cfg.resume:
+        raise CheckpointError(
+            f"out_dir: {out_dir} already holds a checkpoint; pass resume=true to continue it or out_dir=<new folder>"
+        )
+    dist = init_distributed(cfg.device)
+    if cfg.batch_size % dist.world_size:
+        raise SetupError(f"batch_size: the global batch {cfg.batch_size} does not split over {dist.world_size} "
+                         "processes; use a multiple of the process count")
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    space = get_space(cfg.model.space)
+    data = load_image_data(cfg.data.name, root=cfg.data.root, max_images=cfg.data.max_images,
+                           holdout_size=cfg.data.holdout_size, download=cfg.data.download, seed=cfg.seed)
+    steps_per_epoch = len(data.train) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise SetupError(f"batch_size: {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller batch_size")
+    total_steps = cfg.epochs * steps_per_epoch
+    _, views = build_views(cfg.views.name, cfg.data.resolution, **view_options(cfg))
+    encoder = build_supernet(space, with_gates=cfg.gates.enabled)
+    method = build_method(cfg, encoder, views).to(device)
+    if dist.enabled:
+        sync_batch_norms(method)
+    if device.type == "cuda" and cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
+    groups = parameter_groups(method, weight_decay=cfg.regularization.weight_decay, decay_encoder=not cfg.regularization.group)
+    lr = cfg.optim.lr * cfg.batch_size / 256  # linear scaling rule (Goyal et al. 2017)
+    run = Run(
+        cfg=cfg, out_dir=out_dir, device=device, space=space, data=data, views=views, method=method,
+        optimizer=build_optimizer(cfg.optim.name, groups, lr=lr, momentum=cfg.optim.momentum),
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        stop_step=total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps), lr=lr,
+        flops=flops_reference(encoder, space, cfg.data.resolution, cfg.gates.threshold) if cfg.gates.enabled else None,
+        dist=dist,
+    )
+    if cfg.knn.enabled:
+        knn = cfg.knn
+        run.eval_data = prepare_eval_data(data, resolution=cfg.data.resolution, calibration_images=knn.calibration_images,
+                                          bank_size=knn.bank_size, val_size=knn.val_size, seed=knn.seed)
+    if cfg.resume and checkpoint_path.exists():
+        restore(run, load_checkpoint(checkpoint_path, map_location=device))
+        print(f"resumed {checkpoint_path} at step {run.step}/{total_steps}")
+    if dist.is_main:
+        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(settings_dict(cfg)))
+        atomic_write_text(out_dir / "run_info.json", json.dumps({**run_info(device), "world_size": dist.world_size}, indent=2))
+    barrier(dist)
+    return run
+
+
+def build_method(cfg: TrainConfig, encoder: SuperNet, views: ViewSpec) -> SSLMethod:
+    """The SSL method ``ssl.name`` around ``encoder``, with the ``ssl.*`` settings it declares."""
+    method = get_method(cfg.ssl.name)
+    ssl = settings_dict(cfg.ssl)
+    return method(
+        encoder, proj_hidden_dim=cfg.ssl.proj_hidden_dim, proj_dim=cfg.ssl.proj_dim, pred_hidden_dim=cfg.ssl.pred_hidden_dim,
+        num_global=views.num_global, global_global_weight=cfg.views.global_global_weight,
+        global_local_weight=cfg.views.global_local_weight, **{key: ssl[key] for key in method.settings},
+    )
+
+
+def flops_reference(encoder: SuperNet, space: SearchSpace, resolution: int, threshold: float) -> FlopsReference:
+    """The dense and the gated-with-every-channel-kept FLOPs of the full network (fvcore)."""
+    encoder.set_max()
+    dense = count_flops(encoder, resolution)
+    encoder.set_active(space.max_config(gate_threshold=threshold))
+    gated = static_flops(encoder, resolution)
+    encoder.set_max()
+    return FlopsReference(dense=float(dense), gated_static=float(gated))
+
+
+def view_options(cfg: TrainConfig) -> dict[str, Any]:
+    if cfg.views.name == "sslight":
+        return {"num_local": cfg.views.num_local, "local_resolution": cfg.views.local_resolution}
+    return {}
+
+
+# -- checkpoints --------------------------------------------------------------------------------------
+def save_checkpoint(run: Run) -> None:
+    """Atomic checkpoint by rank 0 (the previous one kept); the other ranks wait for it."""
+    if not run.dist.is_main:
+        barrier(run.dist)
+        return
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        **{key: value for key, value in provenance().items() if key in ("version", "git_commit")},
+        "space": run.space.name,
+        "with_gates": bool(run.cfg.gates.enabled),
+        "config": settings_dict(run.cfg),
+        "step": run.step,
+        "total_steps": run.total_steps,
+        "method": run.method.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+    atomic_save(payload, run.out_dir / CHECKPOINT_NAME, keep_previous=True)
+    barrier(run.dist)
+
+
+def restore(run: Run, payload: dict[str, Any]) -> None:
+    """Continue ``run`` from a checkpoint trained with the same :data:`RESUME_KEYS`."""
+    saved, current = flatten(payload["config"]), flatten(settings_dict(run.cfg))
+    for key in RESUME_KEYS:
+        if saved.get(key) != current[key]:
+            raise CheckpointError(
+                f"{key}: the checkpoint was trained with {saved.get(key)!r}, this run asks for {current[key]!r}; "
+                "resume with the same settings or start a new out_dir"
+            )
+    run.method.load_state_dict(payload["method"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    if payload["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    run.step = int(payload["step"])
+
+
+def run_info(device: torch.device) -> dict[str, Any]:
+    return {**provenance(), "device": str(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -1,0 +1,81 @@
+"""One settings path: YAML under a dataclass schema, key=value overrides, typed and validated objects."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pytest
+
+from nas.settings import LatencySettings, SearchSettings, load_search_settings
+from supernet.evaluation.settings import KnnSettings
+from supernet.settings import (
+    SettingsError,
+    at_least,
+    choice,
+    flatten,
+    in_range,
+    optional,
+    settings_dict,
+    validate,
+)
+from supernet.train import load_train_settings
+from supernet.training.schema import MonitorConfig, TrainConfig
+
+
+def test_composed_settings_are_typed_objects_with_the_overrides() -> None:
+    cfg = load_train_settings(["optim.name=lars", "epochs=3", "knn.k=7"])
+    assert isinstance(cfg, TrainConfig) and isinstance(cfg.knn, MonitorConfig) and isinstance(cfg.knn, KnnSettings)
+    assert cfg.optim.name == "lars" and isinstance(cfg.optim.name, enum.Enum)
+    assert (cfg.epochs, cfg.knn.k) == (3, 7)
+    search = load_search_settings(["latency.repeats=3"])
+    assert isinstance(search, SearchSettings) and isinstance(search.latency, LatencySettings)
+    assert search.latency.repeats == 3
+
+
+def test_training_and_search_share_one_declaration_of_the_knn_settings() -> None:
+    train_knn, oracle = load_train_settings([]).knn, load_search_settings([]).oracle
+    shared = {name: getattr(oracle, name) for name in KnnSettings.__dataclass_fields__}
+    assert {name: getattr(train_knn, name) for name in shared} == shared
+    assert set(MonitorConfig.__dataclass_fields__) - set(KnnSettings.__dataclass_fields__) == {"enabled"}
+
+
+def test_rules_name_the_dotted_key_and_what_would_be_right() -> None:
+    @dataclass
+    class Inner:
+        rate: float = 0.5
+        RULES: ClassVar = {"rate": in_range(0, 1, low_open=True)}
+
+    @dataclass
+    class Outer:
+        inner: Inner = field(default_factory=Inner)
+        count: int | None = None
+        RULES: ClassVar = {"count": optional(at_least(1))}
+
+    validate(Outer())  # defaults are valid
+    validate(Outer(count=3))
+    with pytest.raises(SettingsError, match=r"^inner\.rate: 0\.0 is not valid; expected a number in \(0, 1\]$"):
+        validate(Outer(inner=Inner(rate=0.0)))
+    with pytest.raises(SettingsError, match=r"^count: 0 is not valid; expected a number >= 1 or null$"):
+        validate(Outer(count=0))
+
+
+def test_a_choice_is_built_from_its_registry() -> None:
+    Sampler = choice("Sampler", ["nsga2", "tpe"])
+    assert [member.value for member in Sampler] == ["nsga2", "tpe"] and Sampler("tpe") == "tpe"
+    with pytest.raises(ValueError):
+        Sampler("cmaes")
+
+
+def test_settings_dict_round_trips_through_json_types() -> None:
+    cfg = load_train_settings(["ssl=moco"])
+    tree = settings_dict(cfg)
+    assert tree["ssl"]["name"] == "moco" and type(tree["ssl"]["name"]) is str
+    flat = flatten(tree)
+    assert flat["ssl.name"] == "moco" and flat["knn.k"] == cfg.knn.k and "ssl" not in flat
+
+
+def test_malformed_overrides_are_refused_before_composing() -> None:
+    with pytest.raises(SettingsError, match="override 'epochs': expected key=value"):
+        load_train_settings(["epochs"])

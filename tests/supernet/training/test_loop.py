@@ -1,0 +1,174 @@
+"""Training loop: sandwich planning, EMA math, exact resume, the budget loss, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from search_spaces import get_space
+from supernet.nn.models import build_supernet
+from supernet.settings import config_dir, settings_dict
+from supernet.ssl import BYOL
+from supernet.train import load_train_settings
+from supernet.training.loop import train
+from supernet.training.sandwich import plan_subnets
+from supernet.training.schema import TrainConfig
+
+FAST = [
+    "model=tiny", "data.max_images=256", "data.holdout_size=200", "data.resolution=16", "batch_size=32", "knn.enabled=false",
+    "progress=false", "ssl.proj_hidden_dim=64", "ssl.pred_hidden_dim=64", "ssl.proj_dim=32",
+]
+
+
+def compose_train(overrides: list[str]) -> TrainConfig:
+    return load_train_settings(overrides)
+
+
+def method_state(out_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out_dir / "checkpoint.pt", weights_only=True)["method"]
+
+
+def test_plan_is_a_function_of_seed_and_step() -> None:
+    space = get_space("tiny")
+    kwargs = dict(total_steps=100, num_subnets=4, stage_min_widths=[1.0, 0.75, 0.5, 0.25], stage_ends=[0.25, 0.5, 0.75, 1.0])
+    first = plan_subnets(space, seed=3, step=80, **kwargs)
+    assert plan_subnets(space, seed=3, step=80, **kwargs) == first
+    assert [label for label, _ in first] == ["max", "min", "random0", "random1"]
+    others = [plan_subnets(space, seed=3, step=s, **kwargs) for s in range(81, 90)]
+    assert any(plan != first for plan in others)
+    assert plan_subnets(space, seed=4, step=80, **kwargs) != first or plan_subnets(space, seed=5, step=80, **kwargs) != first
+    # slow start: only the full network in stage 1
+    assert [label for label, _ in plan_subnets(space, seed=3, step=10, **kwargs)] == ["max"]
+    # stage 2 (min width 0.75): every sampled width is at least 0.75 of its maximum
+    for _, cfg in plan_subnets(space, seed=3, step=30, **kwargs):
+        for layer in space.layers:
+            assert cfg.channels[layer.name] >= 0.75 * layer.max_channels - 1e-9
+
+
+def test_ema_update_math() -> None:
+    torch.manual_seed(0)
+    method = BYOL(build_supernet("tiny"), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16)
+    with torch.no_grad():
+        for p in method.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    student = [p.detach().clone() for p in method.encoder.parameters()]
+    teacher = [p.detach().clone() for p in method.teacher_encoder.parameters()]
+    method.update_teacher(0.9)
+    for s, t, new in zip(student, teacher, method.teacher_encoder.parameters()):
+        torch.testing.assert_close(new, 0.9 * t + 0.1 * s)
+    assert any(not torch.equal(s, t) for s, t in zip(student, teacher))
+
+
+def test_few_steps_lower_the_ssl_loss(tmp_path: Path) -> None:
+    cfg = compose_train([*FAST, "epochs=6", "gates.enabled=false", "sandwich.enabled=false", f"out_dir={tmp_path}",
+                         "log_every_steps=1", "optim.lr=0.5", "optim.warmup_epochs=0"])
+    train(cfg)
+    losses = [r["max/byol"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
+    assert len(losses) == 48
+    assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.05
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    common = [*FAST, "epochs=2", "data.max_images=64", "batch_size=16", "checkpoint_every_steps=2"]
+    train(compose_train([*common, f"out_dir={tmp_path / 'straight'}", "max_steps=6"]))
+    train(compose_train([*common, f"out_dir={tmp_path / 'resumed'}", "max_steps=3"]))  # stops mid-epoch 1
+    train(compose_train([*common, f"out_dir={tmp_path / 'resumed'}", "max_steps=6", "resume=true"]))
+    straight, resumed = method_state(tmp_path / "straight"), method_state(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+
+
+def test_budget_loss_moves_effective_flops_toward_target(tmp_path: Path) -> None:
+    cfg = compose_train([*FAST, "epochs=4", "sandwich.enabled=false", "gates.target=0.3", "gates.budget_weight=20",
+                         f"out_dir={tmp_path}", "log_every_steps=1"])
+    train(cfg)
+    ratios = [r["gated/flops_ratio"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "step"]
+    assert abs(np.mean(ratios[-4:]) - 0.3) < abs(np.mean(ratios[:4]) - 0.3) - 0.05
+
+
+@pytest.mark.parametrize("overrides", [["ssl=moco", "ssl.queue_size=64"], ["ssl=moco", "ssl.queue_size=64",
+                                       "ssl.online_distillation=true"], ["views=sslight", "views.num_local=2"]])
+def test_other_methods_and_views_train(tmp_path: Path, overrides: list[str]) -> None:
+    cfg = compose_train([*FAST, *overrides, "epochs=1", "data.max_images=64", "batch_size=16", f"out_dir={tmp_path}",
+                         "log_every_steps=1", "sandwich.stage_min_widths=[0.5]", "sandwich.stage_ends=[1.0]"])
+    train(cfg)
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    assert len([s for s in steps if s["kind"] == "step"]) == 4
+    assert all(np.isfinite(s["loss"]) for s in steps if s["kind"] == "step")
+    assert steps[0]["num_subnets"] == 4.0  # no slow start here: the sandwich ran
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
+    train(compose_train([*FAST, "epochs=1", "max_steps=1", f"out_dir={tmp_path}"]))
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    from supernet.io.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="resume=true"):
+        train(compose_train([*FAST, "epochs=1", "max_steps=1", f"out_dir={tmp_path}"]))
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("group", ["model", "data", "ssl", "views"])
+def test_every_yaml_composes_to_its_own_values(group: str) -> None:
+    """A group's YAML sets what it says, except where train.yaml (composed after it) sets a key itself."""
+    top_level = OmegaConf.to_container(OmegaConf.load(config_dir() / "train.yaml")).get(group) or {}
+    for path in sorted((config_dir() / group).glob("*.yaml")):
+        composed = settings_dict(compose_train([f"{group}={path.stem}"]))[group]
+        written = {**OmegaConf.to_container(OmegaConf.load(path)), **top_level}
+        assert written and {key: composed[key] for key in written} == written, path.name
+
+
+def test_cli_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "supernet.train", *FAST, "epochs=1", "max_steps=2", "knn.enabled=true",
+         "knn.bank_size=200", "knn.calibration_images=64", f"out_dir={out}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert payload["step"] == 2 and payload["space"] == "tiny"
+    assert (out / "config.yaml").exists() and json.loads((out / "run_info.json").read_text())["version"]
+    epoch = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line][-1]
+    assert set(epoch["knn"]) == {"max", "mid", "min"}
+
+
+def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "supernet.train", "data=imagefolder", f"data.root={tmp_path / 'missing'}",
+         f"out_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert str(tmp_path / "missing") in result.stderr.strip().splitlines()[-1]
+
+
+def test_collapsed_features_stop_the_run_and_keep_the_last_checkpoint(tmp_path: Path) -> None:
+    from supernet.training.loop import TrainingStopped
+
+    train(compose_train([*FAST, "epochs=1", "max_steps=2", f"out_dir={tmp_path}"]))
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    # a floor no embedding can reach: the check must fire on the first step and write nothing
+    with pytest.raises(TrainingStopped, match="features collapsed at step 2"):
+        train(compose_train([*FAST, "epochs=1", "max_steps=4", "collapse_std=1e6", "resume=true", f"out_dir={tmp_path}"]))
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_non_finite_loss_stops_the_run(tmp_path: Path) -> None:
+    from supernet.training.loop import TrainingStopped
+
+    with pytest.raises(TrainingStopped, match="not finite|collapsed"):
+        train(compose_train([*FAST, "epochs=2", "optim.lr=1e30", "optim.warmup_epochs=0", f"out_dir={tmp_path}"]))
+    if (tmp_path / "checkpoint.pt").exists():  # whatever was saved before the blow-up is a finite state
+        state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["method"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
