@@ -23,7 +23,12 @@ from nas.oracle import build_oracle
 from nas.search import SearchRequest, at_resolution, search
 from nas.settings import load_search_settings
 from search_spaces import SubnetConfig
-from supernet.evaluation import embed_tensor, linear_probe
+from supernet.evaluation import (
+    embed_tensor,
+    linear_probe,
+    raw_pixel_knn,
+    untrained_network,
+)
 from supernet.io.checkpoint import load_supernet
 from supernet.nn.flops import count_flops
 
@@ -42,6 +47,9 @@ def main() -> int:
     oracle = build_oracle(supernet, payload, settings.data, settings.oracle, torch.device("cpu"))
     space, resolution = supernet.space, oracle.data.resolution
 
+    seed = int(payload.get("config", {}).get("seed", 0))
+    pixels = raw_pixel_knn(oracle.data, k=oracle.k, temperature=oracle.temperature)
+
     def measure(cfg: SubnetConfig) -> dict:
         network = oracle.subnet(cfg)
         bank = embed_tensor(network, oracle.data.bank, batch_size=oracle.batch_size, device=oracle.device)
@@ -49,8 +57,10 @@ def main() -> int:
         probe = linear_probe(bank, oracle.data.bank_labels, val, oracle.data.val_labels, num_classes=oracle.data.num_classes,
                              epochs=settings.probe.epochs, lr=settings.probe.lr, weight_decay=settings.probe.weight_decay,
                              seed=settings.probe.seed)
+        untrained = oracle.score(oracle.recalibrate(untrained_network(cfg, seed=seed, with_gates=supernet.with_gates,
+                                                                       gate_options=supernet.gate_options)))
         return {"flops": count_flops(network, resolution), "knn": oracle.accuracy(cfg, network), "linear_probe": probe,
-                "config": cfg.to_dict()}
+                "untrained_knn": untrained, "config": cfg.to_dict()}
 
     rows = []
     for width in args.widths:
@@ -67,11 +77,13 @@ def main() -> int:
         searched, baseline = measure(SubnetConfig.from_dict(best["config"])), measure(uniform)
         rows.append({"width": width, "budget_flops": budget, "uniform": baseline, "searched": searched,
                      "searched_is_uniform": best["config"] == uniform.to_dict()})
-        print(f"width {width}: budget {budget / 1e6:.2f} MFLOPs | uniform kNN {baseline['knn']:.2%} probe "
-              f"{baseline['linear_probe']:.2%} | searched {searched['flops'] / 1e6:.2f} MFLOPs kNN {searched['knn']:.2%} "
+        print(f"width {width}: budget {budget / 1e6:.2f} MFLOPs | uniform kNN {baseline['knn']:.2%} (untrained "
+              f"{baseline['untrained_knn']:.2%}) probe {baseline['linear_probe']:.2%} | searched "
+              f"{searched['flops'] / 1e6:.2f} MFLOPs kNN {searched['knn']:.2%} (untrained {searched['untrained_knn']:.2%}) "
               f"probe {searched['linear_probe']:.2%}", flush=True)
+    print(f"raw pixels kNN {pixels:.2%} ({len(oracle.data.val)} {oracle.data.val_source} images)")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "raw_pixels": pixels}, indent=2))
     return 0
 
 

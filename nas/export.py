@@ -163,6 +163,8 @@ def _record(request: ExportRequest, cfg: SubnetConfig, payload: dict[str, Any], 
         "flop_convention": FLOP_CONVENTION,
         "checkpoint": str(Path(request.checkpoint).resolve()),
         "checkpoint_step": int(payload.get("step", 0)),
+        "with_gates": bool(payload.get("with_gates", True)),  # the supernet's: its untrained twin needs it
+        "gate_options": payload.get("gate_options", {}),
         "source": request.source.origin,
         "files": dict(FILES),
         "input": {

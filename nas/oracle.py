@@ -89,10 +89,14 @@ def build_eval_data(trained: Mapping[str, Any], data: DataOverrides, oracle: Knn
     ``trained``: :func:`trained_data_settings` of the checkpoint, which ``data`` overrides where
     set; ``oracle`` sizes and seeds the splits. The resolution is the one the supernet was trained at.
     """
+    def setting(key: str, default: Any) -> Any:  # the override where set, else what training used
+        value = getattr(data, key)
+        return value if value is not None else trained.get(key, default)
+
     images = load_image_data(
-        data.name or trained.get("name", "mnist_embedded"), root=data.root if data.root is not None else trained.get("root"),
-        max_images=trained.get("max_images"), holdout_size=data.holdout_size or trained.get("holdout_size", 1000),
-        download=data.download, seed=int(trained.get("seed", 0)),
+        setting("name", "mnist_embedded"), root=setting("root", None), max_images=trained.get("max_images"),
+        holdout_size=setting("holdout_size", 1000), download=data.download, seed=int(trained.get("seed", 0)),
+        test_root=setting("test_root", None), official_test=bool(setting("official_test", False)),
     )
     return prepare_eval_data(images, resolution=int(trained.get("resolution", default_resolution)),
                              calibration_images=oracle.calibration_images, bank_size=oracle.bank_size,

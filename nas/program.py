@@ -21,6 +21,7 @@ from nas.sources import ExportError, config_from, read_json
 from search_spaces import ConfigError, first_line, get_space
 from supernet.cli import CommandFailed
 from supernet.nn.flops import FLOP_CONVENTION
+from supernet.nn.gates import GateOptions
 from supernet.nn.models import SuperNet, build_supernet
 
 __all__ = ["CHECK_IMAGES", "EXPORT_FORMAT", "FILES", "TOLERANCE", "ExportCheckError", "check_program", "export_program",
@@ -128,7 +129,8 @@ def load_exported(directory: Path) -> tuple[SuperNet, dict[str, Any]]:
     except ConfigError as error:
         raise ConfigError(f"{directory / FILES['config']}: {error}") from None
     narrow = space.narrow(cfg.channels)
-    network = build_supernet(narrow, with_gates=cfg.gated)
+    options = GateOptions(**record.get("gate_options", {}))
+    network = build_supernet(narrow, with_gates=cfg.gated, gate_options=options if cfg.gated else None)
     weights = directory / FILES["weights"]
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)

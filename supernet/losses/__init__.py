@@ -16,10 +16,12 @@ from supernet.losses.distill import (
     logit_distillation,
 )
 from supernet.losses.infonce import contrastive_logits, info_nce
+from supernet.losses.ntxent import nt_xent
 from supernet.losses.regression import byol_loss, negative_cosine
-from supernet.losses.weighting import size_weights
+from supernet.losses.weighting import LOSS_WEIGHTINGS, loss_weights
 
 __all__ = [
+    "LOSS_WEIGHTINGS",
     "BUDGET_LOSS_WEIGHT",
     "DENSITY_ANNEALING_RATE",
     "SLIMCLR_KD_TEMPERATURE",
@@ -32,5 +34,6 @@ __all__ = [
     "info_nce",
     "logit_distillation",
     "negative_cosine",
-    "size_weights",
+    "nt_xent",
+    "loss_weights",
 ]

@@ -1,13 +1,17 @@
 """Compute-budget losses for dynamic channel gates (Krishna et al., 2023, "Dynamic computation
 and self-supervised learning"; gates trained jointly with the dense network from scratch).
 
-Two terms keep the gated network near a target FLOPs ratio ``t_d``:
+Two terms keep the gated network near a target FLOPs ratio ``t_d`` (as in the authors' code,
+KrishnaTarun/Unification, ``solo/losses/regularization_channel.py``):
 
-* a global term ``lambda * (FLOPs_gated / FLOPs_full - t_d)^2`` with ``lambda = 5``;
-* per-layer density bounds that start at [0, 1] (free) and tighten toward ``t_d`` as
-  ``a = exp(-0.02 * epoch)`` decays, so no single layer collapses to 0 or stays fully dense while
-  the global ratio is met. The epoch is a schedule owned by the training loop
-  (``supernet.schedules.gate_epoch``) and passed in here.
+* a global term ``lambda * (FLOPs_gated / FLOPs_full - t_d)^2`` with ``lambda = 5``, the ratio of
+  the batch-mean gated FLOPs (the gates' own cost included) to the dense FLOPs;
+* per-layer density bounds around ``sqrt(t_d)`` (the density of a layer whose input and output are
+  both pruned to ``sqrt(t_d)`` costs about ``t_d``): ``[p sqrt(t), 1 - p + p sqrt(t)]`` with
+  ``p = exp(-0.02 * epoch)``, refreshed once per epoch. At epoch 0 they are tight at ``sqrt(t_d)``,
+  so every layer starts near the target density; they relax toward [0, 1] as training proceeds,
+  leaving the global term to allocate compute between layers. The squared hinge is averaged over
+  layers. The epoch is a schedule owned by the training loop and passed in here.
 """
 
 from __future__ import annotations
@@ -54,33 +58,38 @@ def flops_budget_loss(
 
 
 def density_bounds(target: float, epoch: float, rate: float = DENSITY_ANNEALING_RATE) -> tuple[float, float]:
-    """Per-layer density bounds ``(lower, upper)`` at ``epoch`` (may be fractional).
+    """Per-layer density bounds ``(lower, upper)`` in ``epoch`` (its integer part counts, as in the original).
 
-    With ``a = exp(-rate * epoch)``: ``lower = target * (1 - a)``, ``upper = target + (1 - target) * a``.
-    At epoch 0 they are (0, 1); both converge to ``target`` (a = 0.13 after 100 epochs at rate 0.02).
+    With ``p = exp(-rate * floor(epoch))`` and ``s = sqrt(target)``: ``lower = p * s``,
+    ``upper = 1 - p + p * s``. At epoch 0 both are ``s``; they relax toward (0, 1).
+
+    >>> density_bounds(0.25, 0)
+    (0.5, 0.5)
     """
     _check_target(target)
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
     if rate < 0:
         raise ValueError(f"rate must be >= 0, got {rate}")
-    annealing = math.exp(-rate * epoch)
-    return target * (1.0 - annealing), target + (1.0 - target) * annealing
+    relax = math.exp(-rate * math.floor(epoch))
+    layer_target = math.sqrt(target)
+    return relax * layer_target, 1.0 - relax + relax * layer_target
 
 
-def density_bound_loss(densities: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
-    """``sum_l relu(d_l - upper)^2 + relu(lower - d_l)^2``: zero inside the bounds, quadratic outside.
+def density_bound_loss(densities: torch.Tensor, lower: float, upper: float, weight: float = 1.0) -> torch.Tensor:
+    """``weight * (mean_l relu(lower - d_l)^2 + mean_l relu(d_l - upper)^2)``: zero inside the bounds.
 
     Args:
         densities: ``(L,)`` mean fraction of kept channels of each gated layer over the batch.
         lower: lower density bound, from :func:`density_bounds`.
         upper: upper density bound, ``>= lower``.
+        weight: ``gamma``; 1 in Krishna et al.
 
     Returns:
         A scalar tensor.
     """
     if lower > upper:
         raise ValueError(f"lower bound {lower} exceeds upper bound {upper}")
-    if densities.ndim != 1:
-        raise ValueError(f"densities must be (L,); got shape {tuple(densities.shape)}")
-    return (F.relu(densities - upper) ** 2 + F.relu(lower - densities) ** 2).sum()
+    if densities.ndim != 1 or densities.numel() == 0:
+        raise ValueError(f"densities must be a non-empty (L,) tensor; got shape {tuple(densities.shape)}")
+    return weight * ((F.relu(lower - densities) ** 2).mean() + (F.relu(densities - upper) ** 2).mean())

@@ -20,7 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from supernet.nn.gates import ChannelGate
-from supernet.nn.ops import DynamicBatchNorm2d, DynamicConv2d, batch_norm_select
+from supernet.nn.ops import (
+    BranchBatchNorm2d,
+    DynamicBatchNorm2d,
+    DynamicConv2d,
+    batch_norm_select,
+)
 
 BN_FLOPS_PER_ELEMENT = 2  # fvcore, inference BatchNorm with affine parameters
 
@@ -56,6 +61,7 @@ class GatedBlock(nn.Module):
     """
 
     gate: ChannelGate | None
+    branch_norm_names: tuple[str, ...] = ()  # the BatchNorms the gate's mask reaches (inside the residual branch)
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,8 +74,21 @@ class GatedBlock(nn.Module):
     def gate_active(self) -> bool:
         return self.gate is not None and self.gate_threshold is not None
 
+    def separate_gated_norms(self) -> None:
+        """Give the branch's BatchNorms a second set for gated passes (:class:`BranchBatchNorm2d`)."""
+        for name in self.branch_norm_names:
+            parent_name, _, child = name.rpartition(".")
+            parent = self.get_submodule(parent_name) if parent_name else self
+            norm = getattr(parent, child)
+            if not isinstance(norm, BranchBatchNorm2d):
+                setattr(parent, child, BranchBatchNorm2d.from_norm(norm))
+
     def _gate_mask(self, x: torch.Tensor) -> torch.Tensor | None:
         self.last_mask = None
+        for name in self.branch_norm_names:
+            norm = self.get_submodule(name)
+            if isinstance(norm, BranchBatchNorm2d):
+                norm.use_gated = self.gate_active
         if not self.gate_active:
             return None
         return self.gate(x, self.gate_threshold)
@@ -164,6 +183,8 @@ class _ResNetBlock(GatedBlock):
 class BasicBlock(_ResNetBlock):
     """ResNet basic block: 3x3 conv -> BN -> ReLU -> 3x3 conv -> BN, plus shortcut. Gate on conv1's outputs."""
 
+    branch_norm_names = ("bn1", "bn2")
+
     def __init__(
         self, in_channels: int, inner_channels: int, out_channels: int, *, stride: int, downsample: bool,
         gate_hidden_channels: int | None,
@@ -183,6 +204,8 @@ class BasicBlock(_ResNetBlock):
 
 class Bottleneck(_ResNetBlock):
     """ResNet bottleneck (v1.5: stride on the 3x3): 1x1 -> 3x3 -> 1x1 (x4). Gate on conv1's outputs."""
+
+    branch_norm_names = ("bn1", "bn2", "bn3")
 
     def __init__(
         self, in_channels: int, inner_channels: tuple[int, int], out_channels: int, *, stride: int,
@@ -224,6 +247,7 @@ class InvertedResidual(GatedBlock):
         ]
         self.conv = nn.Sequential(*layers)
         self.expands = expanded_channels is not None
+        self.branch_norm_names = ("conv.0.1", "conv.1.1", "conv.3") if self.expands else ()
         self.gate = (
             ChannelGate(in_channels, gate_hidden_channels, hidden)
             if gate_hidden_channels is not None and self.expands

@@ -26,7 +26,8 @@ def recalibrate_bn(
 ) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics of ``model`` (in place) and return it.
 
-    ``data``: an image tensor (N, 3, H, W) or a dataset of images / (image, label) pairs, from which
+    ``data``: an image tensor (N, 3, H, W) (or an image store that indexes like one, such as
+    :class:`supernet.evaluation.data.ImageBank`) or a dataset of images / (image, label) pairs, from which
     ``num_images`` are drawn without replacement by a generator seeded with ``seed``; or any other
     iterable of batches, whose first ``num_images`` images are used as they come. Works on an
     extracted network and on a supernet at its active config. The model is left in eval mode.
@@ -63,7 +64,7 @@ def recalibrate_bn(
 
 def _batches(data: torch.Tensor | Dataset | Iterable, num_images: int, *, batch_size: int, seed: int) -> Iterable[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    if isinstance(data, torch.Tensor):
+    if isinstance(data, torch.Tensor) or _indexes_like_a_tensor(data):
         count = min(num_images, data.shape[0])
         index = torch.randperm(data.shape[0], generator=generator)[:count]
         return (data[index[start : start + batch_size]] for start in range(0, count, batch_size))
@@ -73,6 +74,12 @@ def _batches(data: torch.Tensor | Dataset | Iterable, num_images: int, *, batch_
         loader = DataLoader(Subset(data, index), batch_size=batch_size, shuffle=False)
         return (_images_of(batch) for batch in loader)
     return (_images_of(batch) for batch in data)
+
+
+def _indexes_like_a_tensor(data: object) -> bool:
+    """An image store that is not a tensor but reads like one (``shape``, ``[index_tensor]``), e.g.
+    :class:`supernet.evaluation.data.ImageBank`'s uint8 images."""
+    return not isinstance(data, Dataset) and hasattr(data, "shape") and hasattr(data, "__getitem__")
 
 
 def _images_of(batch: object) -> torch.Tensor:

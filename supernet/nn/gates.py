@@ -1,12 +1,18 @@
 """Dynamic channel gates (Krishna et al. 2023, "Dynamic computation + SSL").
 
 Per residual block: global average pool -> 1x1 conv (C -> C/4) -> BN -> ReLU -> 1x1 conv (-> the
-block's inner channels) -> one logit per channel. Training samples a hard 0/1 mask with the
-Gumbel-sigmoid straight-through estimator (logistic noise, tau = 2/3, hard threshold 0.5); inference
-keeps a channel when its probability sigmoid(logit) reaches the block's threshold.
+block's inner channels) -> one logit per channel. Inference keeps a channel when its probability
+sigmoid(logit) reaches the block's threshold t. Training samples a hard 0/1 mask with the
+Gumbel-sigmoid straight-through estimator (logistic noise, tau = 2/3) on the logits shifted by
+logit(t), so without noise it keeps exactly what inference keeps; at t = 0.5 (no shift) this is
+Krishna et al.'s rule, and training at other thresholds prepares the gates for the ones the search
+tries.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +21,9 @@ from torch import nn
 from supernet.nn.ops import DynamicBatchNorm2d, DynamicConv2d
 
 GUMBEL_TEMPERATURE = 2.0 / 3.0
-# Gates start mostly open (sigmoid(2) ~ 0.88) so early training sees the dense network; the budget
-# loss then learns which channels to close.
-INITIAL_GATE_BIAS = 2.0
+# Krishna et al.'s gates have no bias and Kaiming-initialised weights: about half the channels start
+# open. A positive bias starts them mostly open (sigmoid(2) ~ 0.88).
+INITIAL_GATE_BIAS = 0.0
 
 
 def gumbel_sigmoid_straight_through(
@@ -36,6 +42,15 @@ def gumbel_sigmoid_straight_through(
     return hard + (soft - soft.detach())
 
 
+@dataclass(frozen=True)
+class GateOptions:
+    """How a supernet's gates are built: the logit bias they start from, and whether the blocks keep
+    a separate set of BatchNorms for gated passes (Krishna et al.'s ``--separate_bn``)."""
+
+    init_bias: float = INITIAL_GATE_BIAS
+    separate_norms: bool = False
+
+
 class ChannelGate(nn.Module):
     """Per-input keep/drop decision for ``gated_channels`` channels from the block input.
 
@@ -43,16 +58,18 @@ class ChannelGate(nn.Module):
     fixed. ``forward(x, threshold)``: (B, C_in', H, W) -> mask (B, C_inner') in {0, 1}.
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int, gated_channels: int) -> None:
+    def __init__(self, in_channels: int, hidden_channels: int, gated_channels: int, *,
+                 init_bias: float = INITIAL_GATE_BIAS) -> None:
         super().__init__()
         self.fc1 = DynamicConv2d(in_channels, hidden_channels, 1)
         self.bn = DynamicBatchNorm2d(hidden_channels)
         self.fc2 = DynamicConv2d(hidden_channels, gated_channels, 1, bias=True)
+        self.init_bias = init_bias
 
     def reset_parameters(self) -> None:
         nn.init.kaiming_normal_(self.fc1.weight, mode="fan_out", nonlinearity="relu")
         nn.init.normal_(self.fc2.weight, std=0.01)
-        nn.init.constant_(self.fc2.bias, INITIAL_GATE_BIAS)
+        nn.init.constant_(self.fc2.bias, self.init_bias)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in', H, W) -> (B, C_inner')
         pooled = F.adaptive_avg_pool2d(x, 1)
@@ -61,5 +78,5 @@ class ChannelGate(nn.Module):
     def forward(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
         logits = self.logits(x)
         if self.training:
-            return gumbel_sigmoid_straight_through(logits)
+            return gumbel_sigmoid_straight_through(logits - math.log(threshold / (1.0 - threshold)))
         return (torch.sigmoid(logits) >= threshold).to(x.dtype)

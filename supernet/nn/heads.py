@@ -12,12 +12,17 @@ from supernet.nn.ops import DynamicBatchNorm1d, DynamicLinear
 
 
 class MLPHead(nn.Sequential):
-    """Linear -> BN -> ReLU -> Linear: (B, C') -> (B, out_dim), C' <= in_dim."""
+    """(Linear -> BN -> ReLU) x (layers - 1) -> Linear: (B, C') -> (B, out_dim), C' <= in_dim.
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
-        super().__init__(
-            DynamicLinear(in_dim, hidden_dim, bias=False),
-            DynamicBatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
+    ``layers=2`` is BYOL's head (and lightly's ``BYOLProjectionHead``); ``layers=3`` adds a hidden
+    layer, as US3L's CIFAR projector (512 -> 2048 -> 2048 -> 2048) and SimCLR v2 do.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, *, layers: int = 2) -> None:
+        if layers < 2:
+            raise ValueError(f"MLPHead: layers={layers}; expected at least 2")
+        blocks: list[nn.Module] = [DynamicLinear(in_dim, hidden_dim, bias=False), DynamicBatchNorm1d(hidden_dim),
+                                   nn.ReLU(inplace=True)]
+        for _ in range(layers - 2):
+            blocks += [nn.Linear(hidden_dim, hidden_dim, bias=False), DynamicBatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        super().__init__(*blocks, nn.Linear(hidden_dim, out_dim))

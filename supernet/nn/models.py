@@ -10,6 +10,7 @@ Supernet API (Once-for-All's vocabulary): ``set_active(cfg)``, ``set_max()``, ``
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator, Literal
 
 import numpy as np
@@ -25,7 +26,7 @@ from supernet.nn.blocks import (
     GatedBlock,
     InvertedResidual,
 )
-from supernet.nn.gates import ChannelGate
+from supernet.nn.gates import ChannelGate, GateOptions
 from supernet.nn.ops import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear
 
 GateMode = Literal["masked", "gathered"]
@@ -39,11 +40,13 @@ class SuperNet(nn.Module):
     features (B, C_last') that self-supervised heads consume.
     """
 
-    def __init__(self, space: SearchSpace, *, num_classes: int, with_gates: bool) -> None:
+    def __init__(self, space: SearchSpace, *, num_classes: int, with_gates: bool,
+                 gate_options: GateOptions | None = None) -> None:
         super().__init__()
         self.space = space
         self.num_classes = num_classes
         self.with_gates = with_gates
+        self.gate_options = gate_options or GateOptions()
         self._bindings: list[tuple[str, DynamicConv2d]] = []
         self.active_config: SubnetConfig | None = None
         self.source_config: SubnetConfig | None = None  # set on extracted networks
@@ -70,7 +73,11 @@ class SuperNet(nn.Module):
                 nn.init.zeros_(module.bias)
         for gate in self.modules():
             if isinstance(gate, ChannelGate):
+                gate.init_bias = self.gate_options.init_bias
                 gate.reset_parameters()
+        if self.with_gates and self.gate_options.separate_norms:
+            for block in self.gated_blocks():
+                block.separate_gated_norms()
 
     # -- the active sub-network --------------------------------------------------------------
     def gated_blocks(self) -> Iterator[GatedBlock]:
@@ -142,7 +149,8 @@ class SuperNet(nn.Module):
         """
         self._check(cfg)
         narrow = self.space.narrow(cfg.channels)
-        network = type(self)(narrow, num_classes=self.num_classes, with_gates=cfg.gated)
+        options = replace(self.gate_options, separate_norms=self.gate_options.separate_norms and cfg.gated)
+        network = type(self)(narrow, num_classes=self.num_classes, with_gates=cfg.gated, gate_options=options)
         source = self.state_dict()
         sliced = {
             name: source[name][tuple(slice(0, size) for size in tensor.shape)].clone()
@@ -158,8 +166,9 @@ class SuperNet(nn.Module):
 class ResNetSuperNet(SuperNet):
     """ResNet (basic or bottleneck blocks; ImageNet or CIFAR stem) from a ``family="resnet"`` space."""
 
-    def __init__(self, space: SearchSpace, *, num_classes: int = 0, with_gates: bool = True) -> None:
-        super().__init__(space, num_classes=num_classes, with_gates=with_gates)
+    def __init__(self, space: SearchSpace, *, num_classes: int = 0, with_gates: bool = True,
+                 gate_options: GateOptions | None = None) -> None:
+        super().__init__(space, num_classes=num_classes, with_gates=with_gates, gate_options=gate_options)
         width = {layer.name: layer.max_channels for layer in space.layers}
         stem_width = width[space.stem_layer]
         self.conv1 = DynamicConv2d(
@@ -212,8 +221,9 @@ class ResNetSuperNet(SuperNet):
 class MobileNetV2SuperNet(SuperNet):
     """MobileNetV2 from a ``family="mobilenet_v2"`` space; torchvision's ``features``/``classifier`` layout."""
 
-    def __init__(self, space: SearchSpace, *, num_classes: int = 0, with_gates: bool = True, dropout: float = 0.2) -> None:
-        super().__init__(space, num_classes=num_classes, with_gates=with_gates)
+    def __init__(self, space: SearchSpace, *, num_classes: int = 0, with_gates: bool = True, dropout: float = 0.2,
+                 gate_options: GateOptions | None = None) -> None:
+        super().__init__(space, num_classes=num_classes, with_gates=with_gates, gate_options=gate_options)
         width = {layer.name: layer.max_channels for layer in space.layers}
         stem = ConvBNAct(3, width[space.stem_layer], space.stem_kernel, stride=space.stem_stride)
         self._bind(space.stem_layer, stem[0])
@@ -251,7 +261,7 @@ _FAMILIES: dict[str, type[SuperNet]] = {"resnet": ResNetSuperNet, "mobilenet_v2"
 
 
 def build_supernet(
-    space: str | SearchSpace, *, num_classes: int = 0, with_gates: bool = True
+    space: str | SearchSpace, *, num_classes: int = 0, with_gates: bool = True, gate_options: GateOptions | None = None
 ) -> SuperNet:
     """The supernet of a search space (by name or spec), activated at maximum width, gates off.
 
@@ -261,7 +271,7 @@ def build_supernet(
     """
     if isinstance(space, str):
         space = get_space(space)
-    network = _FAMILIES[space.family](space, num_classes=num_classes, with_gates=with_gates)
+    network = _FAMILIES[space.family](space, num_classes=num_classes, with_gates=with_gates, gate_options=gate_options)
     network.set_max()
     return network
 

@@ -113,6 +113,35 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
         return _dynamic_batch_norm(self, x)
 
 
+class BranchBatchNorm2d(DynamicBatchNorm2d):
+    """A :class:`DynamicBatchNorm2d` with a second set of parameters and statistics, ``gated``, for
+    the gated branch of a block (Krishna et al.'s ``--separate_bn``): dense and gated activations
+    have different statistics, so each normalises with its own. ``use_gated`` (set by the block on
+    every forward) picks the set; the dense set keeps torchvision's names.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.gated = DynamicBatchNorm2d(num_features)
+        self.use_gated = False
+
+    @classmethod
+    def from_norm(cls, norm: DynamicBatchNorm2d) -> BranchBatchNorm2d:
+        """Both branches start as copies of ``norm`` (parameters and statistics)."""
+        branch = cls(norm.num_features).to(norm.weight.device)
+        branch.load_state_dict(norm.state_dict(), strict=False)
+        branch.gated.load_state_dict(norm.state_dict())
+        return branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _dynamic_batch_norm(self.gated if self.use_gated else self, x)
+
+
+def active_norm(norm: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    """The parameter set ``norm`` applies now (the gated twin of a :class:`BranchBatchNorm2d` in use)."""
+    return norm.gated if isinstance(norm, BranchBatchNorm2d) and norm.use_gated else norm
+
+
 class DynamicBatchNorm1d(nn.BatchNorm1d):
     """``nn.BatchNorm1d`` counterpart of :class:`DynamicBatchNorm2d` (projection heads)."""
 
@@ -137,6 +166,7 @@ class DynamicLinear(nn.Linear):
 
 def batch_norm_select(bn: nn.BatchNorm2d, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Inference BatchNorm over the channels ``index`` of ``bn`` (x holds exactly those channels)."""
+    bn = active_norm(bn)
     return F.batch_norm(
         x,
         bn.running_mean.index_select(0, index),

@@ -5,8 +5,9 @@ from __future__ import annotations
 from supernet.ssl.base import SSLMethod
 from supernet.ssl.byol import BYOL
 from supernet.ssl.moco import MoCoV2
+from supernet.ssl.simclr import SimCLRMomentum
 
-METHODS: dict[str, type[SSLMethod]] = {BYOL.name: BYOL, MoCoV2.name: MoCoV2}
+METHODS: dict[str, type[SSLMethod]] = {BYOL.name: BYOL, MoCoV2.name: MoCoV2, SimCLRMomentum.name: SimCLRMomentum}
 
 
 def get_method(name: str) -> type[SSLMethod]:
@@ -16,4 +17,4 @@ def get_method(name: str) -> type[SSLMethod]:
         raise ValueError(f"ssl.name: {name!r} is not a method; valid: {', '.join(sorted(METHODS))}") from None
 
 
-__all__ = ["BYOL", "METHODS", "MoCoV2", "SSLMethod", "get_method"]
+__all__ = ["BYOL", "METHODS", "MoCoV2", "SSLMethod", "SimCLRMomentum", "get_method"]

@@ -39,6 +39,7 @@ class SSLMethod(nn.Module):
         proj_hidden_dim: int,
         proj_dim: int,
         pred_hidden_dim: int,
+        proj_layers: int = 2,
         num_global: int = 2,
         global_global_weight: float = 1.0,
         global_local_weight: float = 0.0,
@@ -46,7 +47,7 @@ class SSLMethod(nn.Module):
         super().__init__()
         encoder.set_max()
         self.encoder = encoder
-        self.projector = MLPHead(encoder.feature_dim, proj_hidden_dim, proj_dim)
+        self.projector = MLPHead(encoder.feature_dim, proj_hidden_dim, proj_dim, layers=proj_layers)
         # US3L: sub-networks regress the teacher through their own head, so the full network's
         # predictor is not pulled toward what small networks can produce.
         self.aux_predictor = MLPHead(proj_dim, pred_hidden_dim, proj_dim)
@@ -110,19 +111,30 @@ class SSLMethod(nn.Module):
 
     def full_width_loss(
         self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
-    ) -> dict[str, torch.Tensor]:
-        """Loss terms of the full-width student; fills ``cache`` for the sub-network losses of the step.
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Loss terms of the full-width student and its projections (B, proj_dim) of every view.
 
-        ``cache["projections"]``: the student's projections of every view (the loop watches them for collapse).
+        ``cache`` carries what the sub-network losses of the same step may reuse.
         """
         raise NotImplementedError
 
     def subnet_loss(
         self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
-    ) -> dict[str, torch.Tensor]:
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """US3L: the active sub-network regresses the teacher's full-width output via the auxiliary head."""
-        outputs = [self.aux_predictor(z) for z in self.project(views)]
-        return {"distill": self.cross_view(outputs, targets, negative_cosine)}
+        return self.regression_loss(views, targets)
+
+    def regression_loss(
+        self, views: list[torch.Tensor], targets: list[torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """``-cos(aux_predictor(z_i), target_j)`` over cross-view pairs, and the projections ``z``.
+
+        The targets are the EMA teacher's full-width outputs for sub-networks (US3L), or the dense
+        network's projections of the other view for the gated pass (Krishna et al.); detached.
+        """
+        projections = self.project(views)
+        outputs = [self.aux_predictor(z) for z in projections]
+        return {"distill": self.cross_view(outputs, [t.detach() for t in targets], negative_cosine)}, projections
 
     def embedding_std(self, projections: torch.Tensor) -> float:
         """Mean per-dimension std of L2-normalised projections; ~1/sqrt(D) when healthy, ~0 when collapsed."""

@@ -1,8 +1,10 @@
 """MoCo v2 (Chen et al. 2020) for the slimmable supernet: InfoNCE against a queue of teacher keys.
 
 Sub-networks regress the teacher through the US3L auxiliary head; with
-``online_distillation=True`` they add SlimCLR's online distillation instead: 0.5 * InfoNCE +
-0.5 * KD of their contrastive logits toward the full network's (T = 5).
+``online_distillation=True`` they take SlimCLR's online distillation instead: 0.5 * InfoNCE +
+0.5 * KD of their contrastive logits toward the full network's. As in SlimCLR's code
+(``models/s_moco.py``), the KD temperature T = 5 divides the *raw* cosine logits (q.k in [-1, 1]),
+not the logits already divided by the InfoNCE temperature.
 """
 
 from __future__ import annotations
@@ -69,23 +71,24 @@ class MoCoV2(SSLMethod):
 
     def full_width_loss(
         self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
-    ) -> dict[str, torch.Tensor]:
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         projections = self.project(views)
         logits = self._logits(projections, targets)
-        cache.update(projections=projections, logits=[lg.detach() for _, lg in logits])
-        return {"infonce": self._mix([(i, info_nce(lg)) for i, lg in logits])}
+        cache["logits"] = [lg.detach() for _, lg in logits]
+        return {"infonce": self._mix([(i, info_nce(lg)) for i, lg in logits])}, projections
 
     def subnet_loss(
         self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
-    ) -> dict[str, torch.Tensor]:
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         if not self.online_distillation:
             return super().subnet_loss(views, targets, cache)
-        logits = self._logits(self.project(views), targets)
+        projections = self.project(views)
+        logits = self._logits(projections, targets)
         contrastive = self._mix([(i, info_nce(lg)) for i, lg in logits])
-        distill = self._mix(
-            [(i, logit_distillation(lg, teacher, self.distill_temperature)) for (i, lg), teacher in zip(logits, cache["logits"])]
-        )
-        return {"infonce": (1 - SLIMCLR_KD_WEIGHT) * contrastive, "kd": SLIMCLR_KD_WEIGHT * distill}
+        tau = self.temperature  # undo the InfoNCE temperature: SlimCLR distils raw cosine logits
+        distill = self._mix([(i, logit_distillation(lg * tau, teacher * tau, self.distill_temperature))
+                             for (i, lg), teacher in zip(logits, cache["logits"])])
+        return {"infonce": (1 - SLIMCLR_KD_WEIGHT) * contrastive, "kd": SLIMCLR_KD_WEIGHT * distill}, projections
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

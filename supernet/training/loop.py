@@ -32,7 +32,7 @@ from supernet.losses import (
     density_bound_loss,
     density_bounds,
     flops_budget_loss,
-    size_weights,
+    loss_weights,
 )
 from supernet.training.distributed import (
     all_gather_rows,
@@ -41,8 +41,8 @@ from supernet.training.distributed import (
     shutdown,
 )
 from supernet.training.group_reg import apply_group_decay
-from supernet.training.monitor import monitor_knn
-from supernet.training.sandwich import plan_subnets, relative_size
+from supernet.training.monitor import log_baselines, monitor_knn
+from supernet.training.sandwich import plan_gated, plan_subnets, relative_size
 from supernet.training.schedules import ema_momentum, group_alpha, warmup_cosine_lr
 from supernet.training.schema import TrainConfig
 from supernet.training.setup import Run, build_run, save_checkpoint, view_options
@@ -58,8 +58,10 @@ def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the supernet described by ``cfg``; return the run directory."""
     run = build_run(cfg)
     log_path = run.out_dir / "metrics.jsonl"
-    views, _ = build_views(cfg.views.name, cfg.data.resolution, **view_options(cfg))
+    views, _ = build_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
     train_set = ViewDataset(run.data.train, views, seed=cfg.seed)
+    if run.step == 0 and cfg.knn.enabled and run.dist.is_main:
+        _append_jsonl(log_path, log_baselines(run))
     while run.step < run.stop_step:
         epoch, start_batch = divmod(run.step, run.steps_per_epoch)
         sampler = EpochSampler(len(train_set), seed=cfg.seed, epoch=epoch, batch_size=cfg.batch_size, start_batch=start_batch,
@@ -94,7 +96,7 @@ def train(cfg: TrainConfig) -> Path:
             record: dict[str, Any] = {"kind": "epoch", "step": run.step, "epoch": epoch + 1}
             if cfg.knn.enabled and run.dist.is_main:
                 record["knn"] = monitor_knn(run)
-                print(f"epoch {epoch + 1}: kNN top-1 " + ", ".join(f"{k} {v:.2%}" for k, v in record["knn"].items()))
+                print(f"epoch {epoch + 1}: kNN top-1 {_format_knn(record['knn'])}")
             if run.dist.is_main:
                 _append_jsonl(log_path, record)
             save_checkpoint(run)
@@ -104,17 +106,21 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, SubnetConfig]] | None = None) -> dict[str, float]:
-    """One optimizer step; returns the named loss terms (weighted as used), lr and schedule values.
+    """One training step on a batch; returns the named loss terms (weighted as used), lr and schedule values.
 
     ``plan`` (label, config) overrides the sandwich of this step (benchmarks time single networks
-    with it); the label "max" marks the network that takes the method's full-width loss.
+    with it); the label "max" marks the network that takes the method's full-width loss. With
+    ``sandwich.optimizer_steps=per_network`` (US3L) every network's loss is its own optimizer step;
+    with ``per_batch`` (SlimCLR) their gradients add up into one.
     """
     cfg, method, encoder = run.cfg, run.method, run.encoder
     lr = warmup_cosine_lr(run.step, run.total_steps, base_lr=run.lr,
                           warmup_steps=int(cfg.optim.warmup_epochs * run.steps_per_epoch), final_lr=cfg.optim.final_lr)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    run.optimizer.zero_grad(set_to_none=True)
+    alpha = group_alpha(run.step, run.total_steps, max_alpha=cfg.regularization.max_alpha,
+                        ramp_fraction=cfg.regularization.alpha_ramp_fraction)
+    per_network = cfg.sandwich.optimizer_steps == "per_network"
     method.train()
     with run.autocast:
         targets = method.teacher_targets(views)
@@ -122,55 +128,81 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
         run.space, seed=cfg.seed, step=run.step, total_steps=run.total_steps,
         num_subnets=cfg.sandwich.num_subnets if cfg.sandwich.enabled else 1,
         stage_min_widths=list(cfg.sandwich.stage_min_widths), stage_ends=list(cfg.sandwich.stage_ends),
+        sampling=cfg.sandwich.sampling, fixed_widths=list(cfg.sandwich.fixed_widths),
     )
     sizes = [relative_size(run.space, subnet) for _, subnet in plan]
-    weights = size_weights(sizes) if cfg.sandwich.reweight_by_size else [1.0] * len(plan)
+    weights = loss_weights(cfg.sandwich.loss_weights, sizes)
     logged: dict[str, float] = {}
     total = 0.0
     cache: dict[str, Any] = {}
+    projections: dict[str, list[torch.Tensor]] = {}  # each network's projections of the global views
+    run.optimizer.zero_grad(set_to_none=True)
     for (label, subnet), weight in zip(plan, weights):
         encoder.set_active(subnet)
         with run.autocast:
-            terms = method.full_width_loss(views, targets, cache) if label == "max" else method.subnet_loss(views, targets, cache)
+            loss_of = method.full_width_loss if label == "max" else method.subnet_loss
+            terms, projected = loss_of(views, targets, cache)
             loss = weight * sum(terms.values())
+        projections[label] = [z.detach() for z in projected[: method.num_global]]
         total += _backward(run, loss, {f"{label}/{name}": value for name, value in terms.items()}, logged)
-    if run.flops is not None:
-        total += _gated_pass(run, views, targets, cache, logged)
+        if per_network:
+            _optimizer_step(run, alpha)
+    if run.gate_flops is not None:
+        total += _gated_pass(run, views, targets, plan, projections, logged)
+        if per_network:
+            _optimizer_step(run, alpha)
+    if not per_network:
+        _optimizer_step(run, alpha)
     encoder.set_max()
-    _check_collapse(run, cache["projections"][0])
-    average_gradients(method, run.dist)
-    alpha = group_alpha(run.step, run.total_steps, max_alpha=cfg.regularization.max_alpha,
-                        ramp_fraction=cfg.regularization.alpha_ramp_fraction)
-    if cfg.regularization.group:
-        apply_group_decay(encoder, cfg.regularization.weight_decay, alpha, cfg.regularization.groups)
-    run.optimizer.step()
-    momentum = ema_momentum(run.step, run.total_steps, base=cfg.ssl.base_momentum)
+    _check_collapse(run, projections["max"][0] if "max" in projections else next(iter(projections.values()))[0])
+    momentum = cfg.ssl.base_momentum if cfg.ssl.momentum_schedule == "constant" else \
+        ema_momentum(run.step, run.total_steps, base=cfg.ssl.base_momentum)
     method.update_teacher(momentum)
     method.after_step(targets, gather=lambda rows: all_gather_rows(rows, run.dist))
     return {"loss": total, **logged, "lr": lr, "ema_momentum": momentum, "group_alpha": alpha,
             "min_width": min(sizes), "num_subnets": float(len(plan))}
 
 
-def _gated_pass(run: Run, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any],
-                logged: dict[str, float]) -> float:
-    """Full width with Gumbel-sigmoid gates: the method's sub-network loss plus the budget terms.
+def _optimizer_step(run: Run, alpha: float) -> None:
+    """Average gradients over ranks, add US3L's group decay, step, and clear the gradients."""
+    reg = run.cfg.regularization
+    average_gradients(run.method, run.dist)
+    if reg.group:
+        apply_group_decay(run.encoder, reg.weight_decay, alpha, reg.groups)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
 
-    The budget uses the masks of the last global view's forward (an unbiased one-view estimate).
+
+def _gated_pass(run: Run, views: list[torch.Tensor], targets: list[torch.Tensor], plan: list[tuple[str, SubnetConfig]],
+                projections: dict[str, list[torch.Tensor]], logged: dict[str, float]) -> float:
+    """Gumbel-sigmoid gates at one of the step's widths and sampled thresholds (Krishna et al.).
+
+    SSL term: the gated network regresses, through the auxiliary head, the dense network's
+    projection of the other view at the same width (``gates.link=dense``) or the EMA teacher's
+    (``teacher``). Budget terms: ``lambda * (FLOPs ratio - t_d)^2`` against that width's dense
+    FLOPs, and the per-layer density bounds around ``sqrt(t_d)``. The budget uses the masks of the
+    last global view's forward (an unbiased one-view estimate).
     """
-    cfg, encoder, flops = run.cfg, run.encoder, run.flops
-    assert flops is not None
-    encoder.set_active(run.space.max_config(gate_threshold=cfg.gates.threshold))
+    cfg, encoder, gates = run.cfg, run.encoder, run.cfg.gates
+    label, gated = plan_gated(run.space, plan, seed=cfg.seed, step=run.step, threshold=gates.threshold,
+                              sample_widths=gates.sample_widths, sample_thresholds=gates.sample_thresholds)
+    assert run.gate_flops is not None
+    flops = run.gate_flops(gated)  # counted before the forward: counting overwrites the gates' masks
+    encoder.set_active(gated)
+    global_views = views[: run.method.num_global]
     with run.autocast:
-        terms = run.method.subnet_loss(views[: run.method.num_global], targets, cache)
+        link = projections[label] if gates.link == "dense" else targets
+        terms, _ = run.method.regression_loss(global_views, link)
         saved = encoder.gate_flops_saved()
         assert saved is not None
         gated_flops = flops.gated_static - saved.float()
-        terms["budget"] = flops_budget_loss(gated_flops, flops.dense, cfg.gates.target, cfg.gates.budget_weight)
+        terms["budget"] = flops_budget_loss(gated_flops, flops.dense, gates.target, gates.budget_weight)
         densities = torch.stack([block.last_mask.float().mean() for block in encoder.gated_blocks()])  # type: ignore[union-attr]
-        lower, upper = density_bounds(cfg.gates.target, run.step / run.steps_per_epoch, cfg.gates.bound_rate)
-        terms["density"] = density_bound_loss(densities, lower, upper)
+        lower, upper = density_bounds(gates.target, run.step / run.steps_per_epoch, gates.bound_rate)
+        terms["density"] = density_bound_loss(densities, lower, upper, gates.bound_weight)
         loss = sum(terms.values())
     logged["gated/flops_ratio"] = float(gated_flops.detach().mean() / flops.dense)
+    logged["gated/width"] = relative_size(run.space, gated)
     return _backward(run, loss, {f"gated/{name}": value for name, value in terms.items()}, logged)
 
 
@@ -206,6 +238,10 @@ def _check_replicas(run: Run) -> None:
         (run.out_dir / "replicas.json").write_text(json.dumps({"step": run.step, "parameter_sha256": digests}, indent=2))
     if len(set(digests)) != 1:
         raise TrainingStopped(f"replicas diverged: parameter digests differ across ranks at step {run.step}")
+
+
+def _format_knn(scores: dict[str, float]) -> str:
+    return ", ".join(f"{width} {score:.2%}" for width, score in scores.items())
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from search_spaces import SubnetConfig
-from supernet.evaluation import knn_score
+from supernet.evaluation import knn_score, raw_pixel_knn
 from supernet.nn.bn import recalibrate_bn
 from supernet.training.setup import Run
 
-__all__ = ["monitor_knn", "monitored_widths"]
+__all__ = ["log_baselines", "monitor_knn", "monitored_widths"]
 
 
 def monitored_widths(run: Run) -> dict[str, SubnetConfig]:
@@ -36,3 +38,18 @@ def monitor_knn(run: Run) -> dict[str, float]:
     run.method.train(was_training)
     run.encoder.set_max()
     return results
+
+
+def log_baselines(run: Run) -> dict[str, Any]:
+    """The step-0 record every later kNN is read against: the untrained network and raw pixels.
+
+    Same widths, same BN recalibration and same evaluation images as :func:`monitor_knn`.
+    """
+    knn, data = run.cfg.knn, run.eval_data
+    assert data is not None and run.step == 0
+    untrained = monitor_knn(run)
+    pixels = raw_pixel_knn(data, k=knn.k, temperature=knn.temperature)
+    print("step 0 (untrained): kNN top-1 " + ", ".join(f"{w} {s:.2%}" for w, s in untrained.items())
+          + f"; raw pixels {pixels:.2%} ({len(data.val)} {data.val_source} images)")
+    return {"kind": "baseline", "step": 0, "knn": untrained, "raw_pixels": pixels, "val_images": len(data.val),
+            "val_source": data.val_source}

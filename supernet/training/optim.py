@@ -73,12 +73,13 @@ def parameter_groups(module: nn.Module, *, weight_decay: float, decay_encoder: b
 OPTIMIZERS = ("sgd", "lars")
 
 
-def build_optimizer(name: str, groups: list[dict], *, lr: float, momentum: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, groups: list[dict], *, lr: float, momentum: float,
+                    lars_eta: float = 0.001) -> torch.optim.Optimizer:
     """``name`` in :data:`OPTIMIZERS` over the groups of :func:`parameter_groups`."""
     if name == "sgd":
         for group in groups:
             group.pop("lars_exclude", None)
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum)
+        return LARS(groups, lr=lr, momentum=momentum, eta=lars_eta)
     raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")

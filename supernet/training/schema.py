@@ -14,6 +14,7 @@ from search_spaces import get_space, list_spaces
 from supernet.data.datasets import DataName
 from supernet.data.views import VIEW_BUILDERS
 from supernet.evaluation.settings import KnnSettings
+from supernet.losses import LOSS_WEIGHTINGS
 from supernet.settings import Rules, at_least, choice, in_range, optional, positive
 from supernet.ssl import METHODS
 from supernet.training.optim import OPTIMIZERS
@@ -21,6 +22,12 @@ from supernet.training.optim import OPTIMIZERS
 ViewsName = choice("ViewsName", VIEW_BUILDERS)
 SSLName = choice("SSLName", METHODS)
 OptimizerName = choice("OptimizerName", OPTIMIZERS)
+LossWeighting = choice("LossWeighting", LOSS_WEIGHTINGS)
+MomentumSchedule = choice("MomentumSchedule", ("constant", "cosine"))
+RegressionLoss = choice("RegressionLoss", ("negative_cosine", "normalized_mse"))
+OptimizerSteps = choice("OptimizerSteps", ("per_network", "per_batch"))
+WidthSampling = choice("WidthSampling", ("per_layer", "uniform", "fixed"))
+GateLink = choice("GateLink", ("dense", "teacher"))
 
 
 def known_space(name: Any) -> str | None:
@@ -29,6 +36,18 @@ def known_space(name: Any) -> str | None:
     except KeyError:
         return f"a search space: {', '.join(list_spaces())} (or <space>@<width multiplier>)"
     return None
+
+
+def scale_pair(value: Any) -> str | None:
+    valid = len(value) == 2 and 0 < value[0] <= value[1] <= 1
+    return None if valid else "[low, high] with 0 < low <= high <= 1"
+
+
+def probabilities(count: int):  # noqa: ANN201 - a Rule
+    def rule(value: Any) -> str | None:
+        return None if len(value) == count and all(0 <= p <= 1 for p in value) else f"{count} probabilities in [0, 1]"
+
+    return rule
 
 
 def device_name(name: Any) -> str | None:
@@ -44,28 +63,53 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """What augmentations suit the data (the view sampler's knobs are in ``views``)."""
+
+    flip: bool = True
+    photometric: bool = True  # colour jitter, grayscale, solarisation; off for grayscale digits
+    min_crop_scale: Optional[float] = None  # a floor on the global crop scale (digits: keep the digit)
+
+    RULES: ClassVar[Rules] = {"min_crop_scale": optional(in_range(0, 1, low_open=True))}
+
+
+@dataclass
 class DataConfig:
     name: DataName = DataName.mnist_embedded  # type: ignore[valid-type]
     root: Optional[str] = None
     max_images: Optional[int] = None  # use at most this many training images; null = all
-    holdout_size: int = 1000  # labeled split for monitoring; never reaches the SSL loss
+    holdout_size: int = 1000  # labeled split for monitoring; never reaches the SSL loss (0 with a test split)
+    test_root: Optional[str] = None  # an ImageFolder tree of labeled test images: the kNN's validation set
+    official_test: bool = False  # the data set's own test split (CIFAR, STL-10) as the validation set
     download: bool = False
-    resolution: int = 32
+    resolution: Optional[int] = None  # null: the images' native size, capped at 224
     num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
-    RULES: ClassVar[Rules] = {"max_images": optional(at_least(1)), "holdout_size": at_least(1),
-                              "resolution": at_least(8), "num_workers": at_least(0)}
+    RULES: ClassVar[Rules] = {"max_images": optional(at_least(1)), "holdout_size": at_least(0),
+                              "resolution": optional(at_least(8)), "num_workers": at_least(0)}
 
 
 @dataclass
 class ViewsConfig:
+    """The view sampler (:mod:`supernet.data.views`); defaults are two_crop's (US3L CIFAR / BYOL)."""
+
     name: ViewsName = ViewsName.two_crop  # type: ignore[valid-type]
     num_local: int = 0
-    local_resolution: Optional[int] = None
+    local_resolution: Optional[int] = None  # null: 128/224 of data.resolution (SSLight)
+    global_scale: Optional[list[float]] = None  # null: the sampler's default
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.3])
+    jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])  # brightness, contrast, saturation, hue
+    blur: list[float] = field(default_factory=lambda: [0.5, 0.5])  # per global view; crops >= 64 px only
+    local_blur: float = 0.5
+    solarize: list[float] = field(default_factory=lambda: [0.0, 0.0])  # per global view
     global_global_weight: float = 1.0
     global_local_weight: float = 0.0
 
     RULES: ClassVar[Rules] = {"num_local": at_least(0), "local_resolution": optional(at_least(8)),
+                              "global_scale": optional(scale_pair), "local_scale": scale_pair,
+                              "jitter": lambda v: None if len(v) == 4 and min(v) >= 0 else "four non-negative strengths",
+                              "blur": probabilities(2), "local_blur": in_range(0, 1), "solarize": probabilities(2),
                               "global_global_weight": at_least(0), "global_local_weight": at_least(0)}
 
 
@@ -74,14 +118,18 @@ class SSLConfig:
     name: SSLName = SSLName.byol  # type: ignore[valid-type]
     proj_hidden_dim: int = 2048
     proj_dim: int = 256
+    proj_layers: int = 2  # 2: Linear-BN-ReLU-Linear (BYOL); 3: one more hidden layer (US3L's CIFAR projector)
     pred_hidden_dim: int = 2048
-    base_momentum: float = 0.99  # EMA teacher, cosine-increased to 1 (BYOL; US3L uses 0.99)
+    base_momentum: float = 0.99  # EMA teacher momentum (US3L: 0.99)
+    momentum_schedule: MomentumSchedule = MomentumSchedule.constant  # type: ignore[valid-type]  # US3L; cosine: BYOL's ramp to 1
+    byol_loss: RegressionLoss = RegressionLoss.negative_cosine  # type: ignore[valid-type]  # US3L; normalized_mse: BYOL's 2 - 2cos
     temperature: float = 0.2  # MoCo v2
     queue_size: int = 4096  # MoCo v2
     online_distillation: bool = False  # SlimCLR logit distillation for sub-networks (MoCo)
 
-    RULES: ClassVar[Rules] = {"proj_hidden_dim": at_least(1), "proj_dim": at_least(1), "pred_hidden_dim": at_least(1),
-                              "base_momentum": in_range(0, 1), "temperature": positive, "queue_size": at_least(1)}
+    RULES: ClassVar[Rules] = {"proj_hidden_dim": at_least(1), "proj_dim": at_least(1), "proj_layers": in_range(2, 3),
+                              "pred_hidden_dim": at_least(1), "base_momentum": in_range(0, 1), "temperature": positive,
+                              "queue_size": at_least(1)}
 
 
 @dataclass
@@ -91,7 +139,10 @@ class SandwichConfig:
     # US3L dynamic sampling: the smallest width multiplier of each stage, and where stages end
     stage_min_widths: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
     stage_ends: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
-    reweight_by_size: bool = True  # SlimCLR loss re-weighting
+    loss_weights: LossWeighting = LossWeighting.equal  # type: ignore[valid-type]  # US3L; slimclr: full 1+sum(w)-w_max, subs 1
+    optimizer_steps: OptimizerSteps = OptimizerSteps.per_network  # type: ignore[valid-type]  # US3L; per_batch: SlimCLR
+    sampling: WidthSampling = WidthSampling.per_layer  # type: ignore[valid-type]  # what the search varies; uniform: US3L
+    fixed_widths: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])  # sampling=fixed (SlimCLR)
 
     RULES: ClassVar[Rules] = {"num_subnets": at_least(1)}
 
@@ -110,14 +161,23 @@ class RegularizationConfig:
 
 @dataclass
 class GatesConfig:
+    """Krishna et al.'s dynamic channel gates, trained at the widths and thresholds the search uses."""
+
     enabled: bool = True
-    target: float = 0.5  # effective-FLOPs ratio the gated network is pushed toward
-    budget_weight: float = 5.0  # Krishna et al.
-    bound_rate: float = 0.02  # density bounds annealed with exp(-rate * epoch)
-    threshold: float = 0.5  # threshold stored in the gated training config (training samples hard masks)
+    target: float = 0.5  # t_d: effective-FLOPs ratio the gated network is pushed toward
+    budget_weight: float = 5.0  # lambda (Krishna et al.)
+    bound_weight: float = 1.0  # gamma of the per-layer density bounds (Krishna et al.)
+    bound_rate: float = 0.02  # bounds [p sqrt(t), 1 - p + p sqrt(t)], p = exp(-rate * epoch)
+    threshold: float = 0.5  # the reference threshold, at which the budget is defined
+    sample_thresholds: bool = True  # train at per-block thresholds drawn from the space's range as well
+    sample_widths: bool = True  # gated pass at one of the step's sandwich widths, not only at full width
+    link: GateLink = GateLink.dense  # type: ignore[valid-type]  # Krishna: regress the dense network's other view; teacher: the EMA teacher
+    separate_bn: bool = True  # Krishna's --separate_bn: blocks keep their own BatchNorm for the gated branch
+    init_bias: float = 0.0  # gate logit bias at init: 0 opens about half the channels (Krishna et al.)
 
     RULES: ClassVar[Rules] = {"target": in_range(0, 1, low_open=True), "budget_weight": at_least(0),
-                              "bound_rate": at_least(0), "threshold": in_range(0, 1, low_open=True, high_open=True)}
+                              "bound_weight": at_least(0), "bound_rate": at_least(0),
+                              "threshold": in_range(0, 1, low_open=True, high_open=True)}
 
 
 @dataclass
@@ -127,9 +187,10 @@ class OptimConfig:
     momentum: float = 0.9
     warmup_epochs: float = 1.0
     final_lr: float = 0.0
+    lars_eta: float = 0.001  # LARS trust coefficient (You et al. 2017); Krishna et al. use 0.02
 
     RULES: ClassVar[Rules] = {"lr": positive, "momentum": in_range(0, 1, high_open=True), "warmup_epochs": at_least(0),
-                              "final_lr": at_least(0)}
+                              "final_lr": at_least(0), "lars_eta": positive}
 
 
 @dataclass

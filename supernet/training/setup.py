@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from search_spaces import SearchSpace, UserError, get_space
+from search_spaces import SearchSpace, SubnetConfig, UserError, get_space
 from supernet.data.datasets import ImageData, load_image_data
-from supernet.data.views import ViewSpec, build_views
+from supernet.data.views import ViewOptions, ViewSpec, build_views
 from supernet.devices import resolve_device
 from supernet.evaluation import EvalData, prepare_eval_data
 from supernet.io.checkpoint import (
@@ -25,6 +25,7 @@ from supernet.io.checkpoint import (
 from supernet.io.files import atomic_save, atomic_write_text
 from supernet.io.provenance import provenance
 from supernet.nn.flops import count_flops, static_flops
+from supernet.nn.gates import GateOptions
 from supernet.nn.models import SuperNet, build_supernet
 from supernet.settings import flatten, settings_dict
 from supernet.ssl import SSLMethod, get_method
@@ -37,20 +38,45 @@ from supernet.training.distributed import (
 from supernet.training.optim import build_optimizer, parameter_groups
 from supernet.training.schema import TrainConfig
 
-__all__ = ["FlopsReference", "Run", "SetupError", "build_run", "save_checkpoint"]
+__all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "save_checkpoint"]
 
+MAX_NATIVE_RESOLUTION = 224  # data.resolution=null trains at the images' own size up to this
 # Settings a checkpoint must share with the run that resumes it.
-RESUME_KEYS = ("model.space", "batch_size", "epochs", "seed", "gates.enabled")
+RESUME_KEYS = ("model.space", "batch_size", "epochs", "seed", "gates.enabled", "data.resolution")
 
 
 class SetupError(UserError):
     """A training setting that does not fit the data or the machine; the message names it."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class FlopsReference:
-    dense: float  # full width, gates off
-    gated_static: float  # full width, gates on, every channel kept (the gates' own cost included)
+    dense: float  # the width, gates off
+    gated_static: float  # the width, gates on, every channel kept (the gates' own cost included)
+
+
+class GateFlops:
+    """fvcore FLOPs of each width the gated pass trains at, counted once (the budget loss needs both).
+
+    Counting traces the encoder, so call it before a forward whose gate masks are still needed.
+    """
+
+    def __init__(self, encoder: SuperNet, resolution: int) -> None:
+        self.encoder, self.resolution = encoder, resolution
+        self._known: dict[str, FlopsReference] = {}
+
+    def __call__(self, cfg: SubnetConfig) -> FlopsReference:
+        key = cfg.with_gates(None).key()
+        if key not in self._known:
+            active = self.encoder.active_config
+            self.encoder.set_active(cfg.with_gates(None))
+            dense = count_flops(self.encoder, self.resolution)
+            self.encoder.set_active(cfg)
+            gated = static_flops(self.encoder, self.resolution)
+            if active is not None:
+                self.encoder.set_active(active)
+            self._known[key] = FlopsReference(dense=float(dense), gated_static=float(gated))
+        return self._known[key]
 
 
 @dataclass
@@ -69,7 +95,7 @@ class Run:
     total_steps: int  # of the schedules: epochs * steps_per_epoch
     stop_step: int  # where this invocation stops (max_steps caps it; schedules are unchanged)
     lr: float  # peak learning rate after the linear scaling rule
-    flops: FlopsReference | None = None  # set when gates train
+    gate_flops: GateFlops | None = None  # set when gates train
     eval_data: EvalData | None = None  # kNN monitoring images, drawn once
     dist: DistEnv = field(default_factory=DistEnv)
     step: int = 0
@@ -103,13 +129,16 @@ def build_run(cfg: TrainConfig) -> Run:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     space = get_space(cfg.model.space)
     data = load_image_data(cfg.data.name, root=cfg.data.root, max_images=cfg.data.max_images,
-                           holdout_size=cfg.data.holdout_size, download=cfg.data.download, seed=cfg.seed)
+                           holdout_size=cfg.data.holdout_size, download=cfg.data.download, seed=cfg.seed,
+                           test_root=cfg.data.test_root, official_test=cfg.data.official_test)
+    if cfg.data.resolution is None:  # recorded, so the checkpoint says what it was trained at
+        cfg.data.resolution = min(data.image_size, MAX_NATIVE_RESOLUTION)
     steps_per_epoch = len(data.train) // cfg.batch_size
     if steps_per_epoch == 0:
         raise SetupError(f"batch_size: {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller batch_size")
     total_steps = cfg.epochs * steps_per_epoch
-    _, views = build_views(cfg.views.name, cfg.data.resolution, **view_options(cfg))
-    encoder = build_supernet(space, with_gates=cfg.gates.enabled)
+    _, views = build_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
+    encoder = build_supernet(space, with_gates=cfg.gates.enabled, gate_options=gate_options(cfg))
     method = build_method(cfg, encoder, views).to(device)
     if dist.enabled:
         sync_batch_norms(method)
@@ -119,10 +148,10 @@ def build_run(cfg: TrainConfig) -> Run:
     lr = cfg.optim.lr * cfg.batch_size / 256  # linear scaling rule (Goyal et al. 2017)
     run = Run(
         cfg=cfg, out_dir=out_dir, device=device, space=space, data=data, views=views, method=method,
-        optimizer=build_optimizer(cfg.optim.name, groups, lr=lr, momentum=cfg.optim.momentum),
+        optimizer=build_optimizer(cfg.optim.name, groups, lr=lr, momentum=cfg.optim.momentum, lars_eta=cfg.optim.lars_eta),
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         stop_step=total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps), lr=lr,
-        flops=flops_reference(encoder, space, cfg.data.resolution, cfg.gates.threshold) if cfg.gates.enabled else None,
+        gate_flops=GateFlops(encoder, cfg.data.resolution) if cfg.gates.enabled else None,
         dist=dist,
     )
     if cfg.knn.enabled:
@@ -145,25 +174,25 @@ def build_method(cfg: TrainConfig, encoder: SuperNet, views: ViewSpec) -> SSLMet
     ssl = settings_dict(cfg.ssl)
     return method(
         encoder, proj_hidden_dim=cfg.ssl.proj_hidden_dim, proj_dim=cfg.ssl.proj_dim, pred_hidden_dim=cfg.ssl.pred_hidden_dim,
-        num_global=views.num_global, global_global_weight=cfg.views.global_global_weight,
+        proj_layers=cfg.ssl.proj_layers, num_global=views.num_global, global_global_weight=cfg.views.global_global_weight,
         global_local_weight=cfg.views.global_local_weight, **{key: ssl[key] for key in method.settings},
     )
 
 
-def flops_reference(encoder: SuperNet, space: SearchSpace, resolution: int, threshold: float) -> FlopsReference:
-    """The dense and the gated-with-every-channel-kept FLOPs of the full network (fvcore)."""
-    encoder.set_max()
-    dense = count_flops(encoder, resolution)
-    encoder.set_active(space.max_config(gate_threshold=threshold))
-    gated = static_flops(encoder, resolution)
-    encoder.set_max()
-    return FlopsReference(dense=float(dense), gated_static=float(gated))
+def gate_options(cfg: TrainConfig) -> GateOptions:
+    return GateOptions(init_bias=cfg.gates.init_bias, separate_norms=cfg.gates.separate_bn)
 
 
-def view_options(cfg: TrainConfig) -> dict[str, Any]:
-    if cfg.views.name == "sslight":
-        return {"num_local": cfg.views.num_local, "local_resolution": cfg.views.local_resolution}
-    return {}
+def view_options(cfg: TrainConfig) -> ViewOptions:
+    """The view sampler's knobs (``views.*``) with what the data allows (``data.augment.*``)."""
+    views, augment = cfg.views, cfg.data.augment
+    return ViewOptions(
+        num_local=views.num_local, local_resolution=views.local_resolution,
+        global_scale=tuple(views.global_scale) if views.global_scale else None,  # type: ignore[arg-type]
+        local_scale=tuple(views.local_scale), min_crop_scale=augment.min_crop_scale,  # type: ignore[arg-type]
+        flip=augment.flip, photometric=augment.photometric, jitter=tuple(views.jitter),  # type: ignore[arg-type]
+        blur=tuple(views.blur), local_blur=views.local_blur, solarize=tuple(views.solarize),  # type: ignore[arg-type]
+    )
 
 
 # -- checkpoints --------------------------------------------------------------------------------------
@@ -177,6 +206,7 @@ def save_checkpoint(run: Run) -> None:
         **{key: value for key, value in provenance().items() if key in ("version", "git_commit")},
         "space": run.space.name,
         "with_gates": bool(run.cfg.gates.enabled),
+        "gate_options": asdict(run.encoder.gate_options),
         "config": settings_dict(run.cfg),
         "step": run.step,
         "total_steps": run.total_steps,

@@ -25,7 +25,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``tiny`` supernet trained for 2 steps at 16 px on 256 MNIST images (holdout 200)."""
     out_dir = tmp_path_factory.mktemp("tiny_supernet")
     overrides = [
-        "model=tiny", "data.max_images=256", "data.holdout_size=200", "data.resolution=16", "batch_size=32",
+        "recipe=none", "model=tiny", "optim.lr=0.5", "data.max_images=256", "data.holdout_size=200", "data.resolution=16", "batch_size=32",
         "knn.enabled=false", "progress=false", "ssl.proj_hidden_dim=64", "ssl.pred_hidden_dim=64", "ssl.proj_dim=32",
         "epochs=1", "max_steps=2", f"out_dir={out_dir}",
     ]

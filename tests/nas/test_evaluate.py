@@ -64,6 +64,18 @@ def test_table_output(exported, search_overrides, capsys) -> None:
     assert main(["--export", str(directory), "--device", "cpu", *search_overrides, *PROBE]) == 0
     out = capsys.readouterr().out
     assert "kNN top-1 (k=20, T=0.07)" in out and "linear probe top-1" in out and "one multiply-add = one flop" in out
+    assert "trained" in out and "untrained" in out and "raw pixels" in out
+
+
+def test_every_score_stands_beside_the_untrained_network_and_raw_pixels(exported, search_overrides, capsys) -> None:
+    directory, _ = exported
+    result = run_json(["--export", str(directory), *search_overrides, *PROBE], capsys)
+    untrained, raw = result["baselines"]["untrained"], result["baselines"]["raw_pixels"]
+    assert set(untrained) == set(raw) == {"knn", "linear_probe"}
+    assert all(0.0 <= score <= 1.0 for score in (*untrained.values(), *raw.values()))
+    # 16-px digits: 768 raw dimensions, small enough for the raw-pixel probe
+    assert raw["linear_probe"] is not None and raw["linear_probe"] > 0.5
+    assert "initial weights" in result["protocol"]["untrained"]
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "checkpoint_with_export", "bad_override", "truncated_weights"])

@@ -172,7 +172,7 @@ def _image_tree(root: Path, *, images: bool, junk: bool) -> Path:
     return root
 
 
-TRAIN = ["model=tiny", "batch_size=8", "data.resolution=16", "epochs=1", "max_steps=1", "knn.enabled=false",
+TRAIN = ["recipe=none", "model=tiny", "optim.lr=0.5", "batch_size=8", "data.resolution=16", "epochs=1", "max_steps=1", "knn.enabled=false",
          "progress=false", "ssl.proj_hidden_dim=32", "ssl.pred_hidden_dim=32", "ssl.proj_dim=16"]
 
 

@@ -89,7 +89,9 @@ def _check_shared_study(storage: optuna.storages.BaseStorage | str, trials: int,
     assert not [t for t in all_trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert len({t.number for t in all_trials}) == len(all_trials)  # no trial twice
     runners = {t.user_attrs["worker"]["pid"] for t in complete}
-    assert len(runners) == workers  # every worker took part, each trial ran in exactly one of them
+    # The study is shared: trials come from more than one process (a worker that starts after the others
+    # have finished every trial may run none, so "all of them" would be a race, not a property).
+    assert 2 <= len(runners) <= workers
     assert all("result" in t.user_attrs for t in complete)
     return all_trials
 

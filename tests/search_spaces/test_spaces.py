@@ -43,7 +43,7 @@ def _decision_groups(space: SearchSpace) -> list[set[str]]:
 def test_registry_names_the_documented_spaces() -> None:
     assert set(ALL_SPACES) == {
         "resnet18", "resnet34", "resnet50", "resnet18_cifar", "resnet50_cifar",
-        "mobilenet_v2", "mobilenet_v2_cifar", "tiny",
+        "mobilenet_v2", "mobilenet_v2_cifar", "tiny", "small",
     }
     for name in ALL_SPACES:
         assert get_space(name).name == name

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from torch.utils.data import Dataset
 
-from supernet.data import datasets as data_module
+from supernet.data import sources as data_module
 from supernet.data.datasets import (
     DATASETS,
     DataError,
@@ -266,9 +266,10 @@ class _FakeCIFAR10(Dataset):
     base_folder = "cifar-10-batches-py"
 
     def __init__(self, root: str, *, train: bool, download: bool) -> None:
-        rng = np.random.default_rng(0)
-        self.data = rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
-        self.targets = [i % 10 for i in range(50)]
+        rng = np.random.default_rng(0 if train else 1)
+        size = 50 if train else 30
+        self.data = rng.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8)
+        self.targets = [i % 10 for i in range(size)]
         self.classes = [str(i) for i in range(10)]
 
 
@@ -286,10 +287,11 @@ class _FakeSTL10(Dataset):
     base_folder = "stl10_binary"
 
     def __init__(self, root: str, *, split: str, download: bool) -> None:
-        assert split == "train"
+        assert split in ("train", "test")
         rng = np.random.default_rng(0)
         self.data = rng.integers(0, 256, (20, 3, 96, 96), dtype=np.uint8)  # (N, C, H, W) like torchvision
         self.labels = np.arange(20) % 10
+        self.classes = [f"class{i}" for i in range(10)]
 
 
 def test_stl10_unlabeled_images_go_to_train_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -317,3 +319,58 @@ def test_stl10_unlabeled_images_go_to_train_only(monkeypatch: pytest.MonkeyPatch
     copy = pickle.loads(pickle.dumps(pool))
     assert copy.datasets[1]._images is None  # workers reopen the memory map instead of copying it
     assert np.array_equal(np.asarray(copy[23][0]), pixels)
+
+
+# -- test splits -------------------------------------------------------------------------------------
+def test_official_test_split_is_torchvisions_test_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(data_module.datasets, "CIFAR10", _FakeCIFAR10)
+    data = load_image_data("cifar10", root=str(tmp_path), max_images=None, holdout_size=0, download=False, seed=0,
+                           official_test=True)
+    assert (len(data.train), len(data.holdout), len(data.test)) == (50, 0, 30)  # a test split frees the holdout
+    image, label = data.test[7]
+    assert np.array_equal(np.asarray(image), _FakeCIFAR10(str(tmp_path), train=False, download=False).data[7])
+    assert label == 7
+
+
+def test_official_test_split_only_where_one_exists() -> None:
+    with pytest.raises(DataError, match="data.official_test: mnist_embedded has no official test split"):
+        load_image_data("mnist_embedded", root=None, max_images=None, holdout_size=10, download=False, seed=0,
+                        official_test=True)
+
+
+def _class_tree(root: Path, classes: list[str], per_class: int) -> Path:
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (8, 8), (label * 20, i, 0)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_test_root_labels_follow_the_training_class_names(tmp_path: Path) -> None:
+    train = _class_tree(tmp_path / "train", ["ant", "bee", "cat"], 4)
+    test = _class_tree(tmp_path / "test", ["bee", "cat"], 3)  # a subset: its own indices would be 0 and 1
+    data = load_image_data("imagefolder", root=str(train), max_images=None, holdout_size=0, download=False, seed=0,
+                           test_root=str(test))
+    labels = sorted(data.test[i][1] for i in range(len(data.test)))
+    assert labels == [1, 1, 1, 2, 2, 2]
+    # the images are the test tree's: bee's drawn with red 0, cat's with red 20
+    assert [data.test[i][0].getpixel((0, 0))[0] for i in range(len(data.test))] == [0] * 3 + [20] * 3
+
+
+def test_test_root_with_unknown_classes_is_refused(tmp_path: Path) -> None:
+    train = _class_tree(tmp_path / "train", ["ant", "bee"], 4)
+    test = _class_tree(tmp_path / "test", ["bee", "dog"], 2)
+    with pytest.raises(DataError, match="data.test_root: class folders dog are not training classes"):
+        load_image_data("imagefolder", root=str(train), max_images=None, holdout_size=1, download=False, seed=0,
+                        test_root=str(test))
+
+
+def test_a_missing_test_root_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"^data.test_root: .*nowhere does not exist"):
+        load_image_data("mnist_embedded", root=None, max_images=None, holdout_size=10, download=False, seed=0,
+                        test_root=str(tmp_path / "nowhere"))
+
+
+def test_without_a_test_split_the_holdout_must_hold_images() -> None:
+    with pytest.raises(DataError, match="data.holdout_size"):
+        load_image_data("mnist_embedded", root=None, max_images=None, holdout_size=0, download=False, seed=0)

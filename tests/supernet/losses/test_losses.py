@@ -14,8 +14,9 @@ from supernet.losses import (
     flops_budget_loss,
     info_nce,
     logit_distillation,
+    loss_weights,
     negative_cosine,
-    size_weights,
+    nt_xent,
 )
 
 
@@ -170,44 +171,67 @@ def test_flops_budget_rejects_bad_inputs() -> None:
         flops_budget_loss(torch.ones(2), 0.0, target=0.5)
 
 
-def test_density_bounds_start_open_and_converge_to_target() -> None:
-    assert density_bounds(0.4, epoch=0) == (0.0, 1.0)
-    lower, upper = density_bounds(0.4, epoch=50)
-    a = math.exp(-1.0)
-    assert lower == pytest.approx(0.4 * (1 - a)) and upper == pytest.approx(0.4 + 0.6 * a)
-    previous = (0.0, 1.0)
-    for epoch in range(1, 1001, 50):
-        current = density_bounds(0.4, epoch)
-        assert previous[0] <= current[0] <= 0.4 <= current[1] <= previous[1]
-        previous = current
-    assert density_bounds(0.4, 2000) == pytest.approx((0.4, 0.4), abs=1e-12)
+def test_density_bounds_start_tight_at_sqrt_target_and_relax_per_epoch() -> None:
+    # Krishna et al.: [p sqrt(t), 1 - p + p sqrt(t)], p = exp(-0.02 * epoch), epoch counted in whole epochs
+    assert density_bounds(0.25, 0.0) == pytest.approx((0.5, 0.5))
+    assert density_bounds(0.25, 0.99) == density_bounds(0.25, 0.0)  # refreshed once per epoch
+    p = math.exp(-0.02 * 50)
+    assert density_bounds(0.25, 50.5) == pytest.approx((0.5 * p, 1 - p + 0.5 * p))
+    lower, upper = density_bounds(0.3, 1000)
+    assert lower == pytest.approx(0.0, abs=1e-8) and upper == pytest.approx(1.0, abs=1e-8)
+    widths = [density_bounds(0.5, epoch) for epoch in range(0, 200, 10)]
+    assert all(a[0] >= b[0] and a[1] <= b[1] for a, b in zip(widths, widths[1:]))  # they only ever widen
 
 
-def test_density_bound_loss_penalises_only_outside_bounds() -> None:
-    densities = torch.tensor([0.1, 0.5, 0.95])
-    assert density_bound_loss(densities, 0.0, 1.0).item() == 0.0
-    assert density_bound_loss(densities, 0.2, 0.9).item() == pytest.approx(0.1**2 + 0.05**2, rel=1e-5)
-    with pytest.raises(ValueError, match="exceeds"):
-        density_bound_loss(densities, 0.6, 0.5)
+def test_density_bound_loss_is_the_layer_mean_of_squared_hinges() -> None:
+    densities = torch.tensor([0.2, 0.5, 0.9, 0.6])
+    # below 0.4: (0.4 - 0.2)^2 = 0.04; above 0.7: (0.9 - 0.7)^2 = 0.04; each term averaged over 4 layers
+    loss = density_bound_loss(densities, 0.4, 0.7)
+    assert float(loss) == pytest.approx(0.04 / 4 + 0.04 / 4)
+    assert float(density_bound_loss(densities, 0.4, 0.7, weight=3.0)) == pytest.approx(3 * float(loss))
+    assert float(density_bound_loss(torch.tensor([0.5, 0.6]), 0.4, 0.7)) == 0.0
+    with pytest.raises(ValueError):
+        density_bound_loss(densities, 0.8, 0.7)
 
 
-# --- size weights ---------------------------------------------------------------------------------
+def test_slimclr_weights_match_its_released_recipe() -> None:
+    # SlimCLR scripts/mocov2.sh: widths [1, .75, .5, .25], option 5 -> [2.5, 1, 1, 1]
+    assert loss_weights("slimclr", [1.0, 0.75, 0.5, 0.25]) == pytest.approx([2.5, 1.0, 1.0, 1.0])
+    # sizes are relative to the full network, whatever unit they come in
+    assert loss_weights("slimclr", [400.0, 100.0, 200.0]) == pytest.approx([1.75, 1.0, 1.0])
+    assert loss_weights("slimclr", [1.0]) == [1.0]
 
 
-def test_size_weights_known_example() -> None:
-    assert size_weights([1.0, 0.25, 0.5]) == pytest.approx([1.75, 0.25, 0.5])
-    # sizes in any unit: FLOPs in MFLOPs give the same weights as the ratios
-    assert size_weights([400.0, 100.0, 200.0]) == pytest.approx([1.75, 0.25, 0.5])
-    assert size_weights([1.0]) == [1.0]
+def test_us3l_weighs_every_network_equally() -> None:
+    assert loss_weights("equal", [1.0, 0.25, 0.6]) == [1.0, 1.0, 1.0]
 
 
-def test_size_weights_full_weight_is_one_plus_sum_minus_max() -> None:
-    widths = [1.0, 0.3, 0.8, 0.55]
-    weights = size_weights(widths)
-    assert weights[0] == pytest.approx(1 + sum(widths) - max(widths))
-    assert weights[1:] == pytest.approx(widths[1:])
+def test_loss_weights_need_the_full_network_first() -> None:
+    with pytest.raises(ValueError, match="full network first"):
+        loss_weights("slimclr", [0.5, 1.0])
+    with pytest.raises(ValueError, match="not one of"):
+        loss_weights("size", [1.0])
 
 
-def test_size_weights_requires_full_network_first() -> None:
-    with pytest.raises(ValueError, match="largest"):
-        size_weights([0.5, 1.0])
+
+
+def test_nt_xent_matches_a_hand_computation() -> None:
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 1.0], [-1.0, 1.0]])
+    temperature = 0.5
+    z = torch.nn.functional.normalize(torch.cat([a, b]), dim=1).tolist()
+    total = 0.0
+    for i in range(4):
+        partner = (i + 2) % 4
+        sims = {j: sum(x * y for x, y in zip(z[i], z[j])) / temperature for j in range(4) if j != i}
+        total += -sims[partner] + math.log(sum(math.exp(s) for s in sims.values()))
+    assert float(nt_xent(a, b, temperature)) == pytest.approx(total / 4, rel=1e-6)
+
+
+def test_nt_xent_learns_from_the_teacher_side_only_through_the_student(generator: torch.Generator) -> None:
+    student = torch.randn(6, 8, generator=generator, requires_grad=True)
+    teacher = torch.randn(6, 8, generator=generator, requires_grad=True)
+    nt_xent(student, teacher.detach()).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0 and teacher.grad is None
+    with pytest.raises(ValueError, match="B >= 2"):
+        nt_xent(torch.randn(1, 4), torch.randn(1, 4))

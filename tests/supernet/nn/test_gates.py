@@ -13,8 +13,10 @@ from supernet import build_supernet
 from supernet.nn.gates import (
     GUMBEL_TEMPERATURE,
     ChannelGate,
+    GateOptions,
     gumbel_sigmoid_straight_through,
 )
+from supernet.nn.ops import BranchBatchNorm2d
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -91,20 +93,38 @@ def test_eval_gate_keeps_channels_whose_probability_reaches_the_threshold(random
     assert (kept_counts[0] > 0).all() and (kept_counts[-1] < 32).all()
 
 
-def test_fresh_gates_start_open() -> None:
-    gate = ChannelGate(16, 8, 32)
+@pytest.mark.parametrize(("init_bias", "low", "high"), [(0.0, 0.45, 0.55), (2.0, 0.85, 0.91)])
+def test_fresh_gates_start_at_the_sigmoid_of_their_bias(init_bias: float, low: float, high: float) -> None:
+    # Krishna et al.: no bias, about half the channels open; a bias of 2 opens about 88%
+    gate = ChannelGate(16, 8, 32, init_bias=init_bias)
     gate.reset_parameters()
     gate.eval()
     with torch.no_grad():
         probabilities = torch.sigmoid(gate.logits(torch.randn(4, 16, 8, 8)))
-    assert (probabilities > 0.8).all()
-    assert gate(torch.randn(4, 16, 8, 8), 0.5).all()
+    assert ((probabilities > low) & (probabilities < high)).all()
+
+
+def test_training_at_a_threshold_keeps_with_probability_sigmoid_of_the_shifted_logit() -> None:
+    """Keep iff logit + logistic noise >= logit(t): P(keep) = sigmoid(logit - logit(t)); noise-free it is
+    exactly the inference rule sigmoid(logit) >= t."""
+    gate = ChannelGate(4, 8, 3)
+    gate.reset_parameters()
+    with torch.no_grad():
+        gate.fc2.weight.zero_()
+        gate.fc2.bias.copy_(torch.tensor([-1.0, 0.0, 1.5]))
+    gate.train()
+    x = torch.randn(4000, 4, 2, 2)
+    torch.manual_seed(0)
+    for threshold in (0.2, 0.5, 0.8):
+        rate = gate(x, threshold).mean(dim=0)
+        expected = torch.sigmoid(gate.fc2.bias - torch.logit(torch.tensor(threshold)))
+        torch.testing.assert_close(rate, expected, atol=0.03, rtol=0)
 
 
 def test_training_gate_is_hard_and_differentiable(randomize_gates: Callable) -> None:
     gate = _gate(randomize_gates).train()
     x = torch.randn(4, 16, 8, 8)
-    mask = gate(x, 0.9)  # the threshold is an inference knob; training samples
+    mask = gate(x, 0.9)  # training samples, around the threshold
     assert ((mask == 0) | (mask == 1)).all() and 0 < mask.sum() < mask.numel()
     (mask * torch.randn(4, 32)).sum().backward()
     assert gate.fc2.weight.grad.abs().sum() > 0 and gate.fc1.weight.grad.abs().sum() > 0
@@ -165,3 +185,58 @@ def test_gathered_batch1_equals_masked(name: str, make_gated_subnet: Callable, r
         batched_in_gathered_mode = sub(x)  # batch > 1 falls back to masks
     torch.testing.assert_close(gathered, masked, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(batched_in_gathered_mode, masked, rtol=0, atol=0)
+
+
+# -- separate BatchNorm for the gated branch (Krishna et al.'s --separate_bn) ----------------------------
+def _separate(space, seed: int = 0):
+    from tests.conftest import randomize_batchnorm, randomize_gate_logits
+
+    net = build_supernet(space, gate_options=GateOptions(separate_norms=True))
+    net = randomize_gate_logits(randomize_batchnorm(net, seed=seed), seed=seed)
+    with torch.no_grad():  # the gated twins get statistics of their own
+        for module in net.modules():
+            if isinstance(module, BranchBatchNorm2d):
+                module.gated.running_mean.normal_(0.0, 0.3)
+                module.gated.weight.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck", "inverted_residual"])
+def test_gated_passes_use_their_own_batchnorm_and_dense_passes_do_not(kind: str, small_spaces) -> None:
+    space = small_spaces[kind]
+    net = _separate(space)
+    block = dict(net.named_modules())[space.gated_blocks[-1].name]
+    assert any(name.endswith(".gated.weight") for name in net.state_dict())
+    x = torch.randn(2, 3, space.default_resolution, space.default_resolution)
+    dense_cfg = space.uniform_config(0.75)
+    thresholds = {b.name: 0.5 for b in space.gated_blocks}
+    with torch.no_grad():
+        net.set_active(dense_cfg)
+        dense = net(x)
+        net.set_active(dense_cfg.with_gates(thresholds))
+        gated = net(x)
+        for name in block.branch_norm_names:  # perturb the gated twins: only the gated pass may move
+            block.get_submodule(name).gated.bias.add_(1.0)
+        gated_after = net(x)
+        net.set_active(dense_cfg)
+        dense_after = net(x)
+    torch.testing.assert_close(dense_after, dense, rtol=0, atol=0)
+    assert not torch.allclose(gated_after, gated)
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck", "inverted_residual"])
+def test_separate_norms_extract_and_gather_exactly(kind: str, small_spaces) -> None:
+    space = small_spaces[kind]
+    net = _separate(space, seed=1)
+    cfg = space.uniform_config(0.75).with_gates({b.name: 0.5 for b in space.gated_blocks})
+    x = torch.randn(3, 3, space.default_resolution, space.default_resolution)
+    sub = net.extract(cfg).eval()
+    with torch.no_grad():
+        net.set_active(cfg)
+        expected = net(x)
+        torch.testing.assert_close(sub(x), expected, rtol=1e-5, atol=1e-5)
+        sub.set_gate_mode("gathered")
+        gathered = torch.cat([sub(x[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(gathered, expected, rtol=1e-4, atol=1e-4)
+    static = net.extract(space.uniform_config(0.75))  # a static sub-network needs no gated twins
+    assert not any(".gated." in name for name in static.state_dict())

@@ -15,7 +15,7 @@ import torch
 from supernet.io.checkpoint import CheckpointError, load_checkpoint, previous_path
 
 ARGS = [
-    "model=tiny", "data.max_images=64", "data.holdout_size=200", "data.resolution=16", "batch_size=16",
+    "recipe=none", "model=tiny", "optim.lr=0.5", "data.max_images=64", "data.holdout_size=200", "data.resolution=16", "batch_size=16",
     "knn.enabled=false", "progress=false", "ssl.proj_hidden_dim=64", "ssl.pred_hidden_dim=64", "ssl.proj_dim=32",
     "epochs=3", "log_every_steps=1", "checkpoint_every_steps=3",
 ]

@@ -13,7 +13,7 @@ from supernet.nn.models import build_supernet
 from supernet.training.distributed import DistEnv, average_gradients, parameter_digest
 
 ARGS = [
-    "model=tiny", "data.max_images=128", "data.holdout_size=200", "data.resolution=16", "batch_size=32",
+    "recipe=none", "model=tiny", "optim.lr=0.5", "data.max_images=128", "data.holdout_size=200", "data.resolution=16", "batch_size=32",
     "knn.enabled=false", "progress=false", "ssl.proj_hidden_dim=64", "ssl.pred_hidden_dim=64", "ssl.proj_dim=32",
     "epochs=1", "max_steps=3", "device=cpu", "optim.warmup_epochs=0", "optim.lr=0.05", "gates.enabled=false",
     # no slow start, so the sandwich's random sub-networks run and must agree across ranks

@@ -18,11 +18,11 @@ from supernet.settings import config_dir, settings_dict
 from supernet.ssl import BYOL
 from supernet.train import load_train_settings
 from supernet.training.loop import train
-from supernet.training.sandwich import plan_subnets
+from supernet.training.sandwich import plan_subnets, relative_size
 from supernet.training.schema import TrainConfig
 
 FAST = [
-    "model=tiny", "data.max_images=256", "data.holdout_size=200", "data.resolution=16", "batch_size=32", "knn.enabled=false",
+    "recipe=none", "model=tiny", "optim.lr=0.5", "data.max_images=256", "data.holdout_size=200", "data.resolution=16", "batch_size=32", "knn.enabled=false",
     "progress=false", "ssl.proj_hidden_dim=64", "ssl.pred_hidden_dim=64", "ssl.proj_dim=32",
 ]
 
@@ -87,7 +87,10 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 
 def test_budget_loss_moves_effective_flops_toward_target(tmp_path: Path) -> None:
+    # at the reference threshold and full width the ratio is one quantity the budget can move; the
+    # per-layer bounds (tight at sqrt(t) for the first epochs) are switched off to see the budget alone
     cfg = compose_train([*FAST, "epochs=4", "sandwich.enabled=false", "gates.target=0.3", "gates.budget_weight=20",
+                         "gates.bound_weight=0", "gates.sample_thresholds=false", "gates.sample_widths=false",
                          f"out_dir={tmp_path}", "log_every_steps=1"])
     train(cfg)
     ratios = [r["gated/flops_ratio"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
@@ -122,7 +125,7 @@ def test_every_yaml_composes_to_its_own_values(group: str) -> None:
     """A group's YAML sets what it says, except where train.yaml (composed after it) sets a key itself."""
     top_level = OmegaConf.to_container(OmegaConf.load(config_dir() / "train.yaml")).get(group) or {}
     for path in sorted((config_dir() / group).glob("*.yaml")):
-        composed = settings_dict(compose_train([f"{group}={path.stem}"]))[group]
+        composed = settings_dict(compose_train(["recipe=none", f"{group}={path.stem}"]))[group]
         written = {**OmegaConf.to_container(OmegaConf.load(path)), **top_level}
         assert written and {key: composed[key] for key in written} == written, path.name
 
@@ -172,3 +175,45 @@ def test_non_finite_loss_stops_the_run(tmp_path: Path) -> None:
     if (tmp_path / "checkpoint.pt").exists():  # whatever was saved before the blow-up is a finite state
         state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["method"]
         assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("per_network", 4), ("per_batch", 1)])
+def test_optimizer_steps_per_network_or_per_batch(mode: str, expected: int, tmp_path: Path) -> None:
+    """US3L steps the optimizer after each network's loss (3 sandwich networks + the gated pass = 4);
+    SlimCLR adds the gradients of all of them up into one step."""
+    from supernet.training.loop import train_step
+    from supernet.training.setup import build_run
+
+    cfg = compose_train([*FAST, "epochs=1", f"out_dir={tmp_path}", f"sandwich.optimizer_steps={mode}",
+                         "sandwich.num_subnets=3"])
+    run = build_run(cfg)
+    calls = []
+    original = run.optimizer.step
+    run.optimizer.step = lambda *a, **k: calls.append(1) or original(*a, **k)  # type: ignore[method-assign]
+    views = [torch.randn(32, 3, 16, 16), torch.randn(32, 3, 16, 16)]
+    run.step = run.total_steps - 1  # last stage: the whole sandwich trains
+    terms = train_step(run, views)
+    assert terms["num_subnets"] == 3.0 and len(calls) == expected
+
+
+def test_slimclr_weights_scale_each_sub_network_loss_by_one(tmp_path: Path) -> None:
+    from supernet.training.loop import train_step
+    from supernet.training.setup import build_run
+
+    logged = {}
+    for weighting in ("equal", "slimclr"):
+        cfg = compose_train([*FAST, "epochs=1", f"out_dir={tmp_path / weighting}", f"sandwich.loss_weights={weighting}",
+                             "gates.enabled=false", "sandwich.optimizer_steps=per_batch"])
+        run = build_run(cfg)
+        run.step = run.total_steps - 1
+        torch.manual_seed(0)
+        views = [torch.randn(32, 3, 16, 16), torch.randn(32, 3, 16, 16)]
+        logged[weighting] = train_step(run, views)
+    equal, slimclr = logged["equal"], logged["slimclr"]
+    # one accumulated step on the same weights and data: every logged (unweighted) term is equal, and
+    # the totals differ by the full network's extra weight, sum of the sub-networks' widths, times its loss
+    assert {k: v for k, v in slimclr.items() if "/" in k} == pytest.approx({k: v for k, v in equal.items() if "/" in k})
+    plan = plan_subnets(run.space, seed=cfg.seed, step=run.step, total_steps=run.total_steps, num_subnets=4,
+                        stage_min_widths=list(cfg.sandwich.stage_min_widths), stage_ends=list(cfg.sandwich.stage_ends))
+    sub_widths = sum(relative_size(run.space, sub) for label, sub in plan if label != "max")
+    assert slimclr["loss"] - equal["loss"] == pytest.approx(sub_widths * equal["max/byol"], rel=1e-4)

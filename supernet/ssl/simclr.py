@@ -1,0 +1,39 @@
+"""US3L's SimCLR-momentum (Cao et al., CVPR 2023): NT-Xent between the student and an EMA teacher.
+
+Full width: the student's projection of each view (no predictor) against the EMA teacher's
+projection of the other view, NT-Xent with temperature 0.5 (US3L ``InfoNCEv2_distill``).
+Sub-networks regress the teacher through the auxiliary head like every method here (US3L; in
+US3L's SimCLR-momentum the predictor exists only as that head).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+
+from supernet.losses import nt_xent
+from supernet.nn.models import SuperNet
+from supernet.ssl.base import SSLMethod
+
+
+class SimCLRMomentum(SSLMethod):
+    name = "simclr_momentum"
+    settings = ("temperature",)
+
+    def __init__(self, encoder: SuperNet, *, proj_hidden_dim: int, proj_dim: int, pred_hidden_dim: int,
+                 temperature: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(encoder, proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim, pred_hidden_dim=pred_hidden_dim, **kwargs)
+        self.temperature = temperature
+
+    def full_width_loss(
+        self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        projections = self.project(views)
+        pair_loss = partial(_nt_xent_to_teacher, temperature=self.temperature)
+        return {"ntxent": self.cross_view(projections, targets, pair_loss)}, projections
+
+
+def _nt_xent_to_teacher(output: torch.Tensor, target: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    return nt_xent(output, target.detach(), temperature)
