@@ -119,7 +119,7 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     alpha = group_alpha(run.step, run.total_steps, max_alpha=cfg.regularization.max_alpha,
-                        ramp_fraction=cfg.regularization.alpha_ramp_fraction)
+                        ramp_fraction=cfg.regularization.alpha_ramp_fraction) if cfg.regularization.group else 0.0
     per_network = cfg.sandwich.optimizer_steps == "per_network"
     method.train()
     with run.autocast:
