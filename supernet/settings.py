@@ -24,6 +24,7 @@ import dataclasses
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,8 +62,25 @@ class SettingsError(UserError):
 
 # -- where the YAML lives ---------------------------------------------------------------------------
 def config_dir() -> Path:
-    """The folder of the YAML settings (``configs/``)."""
-    return Path(__file__).resolve().parents[1] / "configs"
+    """The folder of the YAML settings: the package data ``supernet.configs``.
+
+    That package is the repository's top-level ``configs/`` (mapped in ``pyproject.toml``), so a
+    source checkout, an editable install and an installed wheel all read the same files. A checkout
+    that was never installed falls back to ``configs/`` beside the source tree.
+    """
+    try:
+        packaged = Path(str(resources.files("supernet.configs")))
+    except ModuleNotFoundError:
+        packaged = None
+    if packaged is not None and (packaged / "train.yaml").is_file():
+        return packaged
+    source_tree = Path(__file__).resolve().parents[1] / "configs"
+    if (source_tree / "train.yaml").is_file():
+        return source_tree
+    raise SettingsError(
+        "the YAML settings (train.yaml, search.yaml, ...) were found neither as the package data supernet.configs "
+        f"nor in {source_tree}; reinstall with pip install slimnas (or pip install -e . from a checkout)"
+    )
 
 
 # -- choices and ranges -----------------------------------------------------------------------------
