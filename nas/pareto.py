@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -80,36 +82,90 @@ def _csv(front: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+LOG_SPAN = 30.0  # points spanning more than this factor in cost get a log x axis
+MARGIN = 0.06  # of the data's span (linear) or of its log-span (log), either side
+
+
+@dataclass(frozen=True)
+class CostAxis:
+    """How the cost axis of ``pareto.png`` is drawn: from the data, not from the budget.
+
+    ``limits`` are in the plotted unit; ``budget_shown`` says whether the budget line falls inside
+    them (else ``note`` says where it lies, for the title).
+    """
+
+    log: bool
+    limits: tuple[float, float]
+    budget_shown: bool
+    note: str | None
+
+
+def cost_axis(costs: Sequence[float], budget: float | None, *, budget_text: str = "") -> CostAxis:
+    """The x axis for points at ``costs`` (> 0, plotted unit) and an optional ``budget`` (same unit).
+
+    The axis covers the points with a margin; it is logarithmic when they span more than
+    :data:`LOG_SPAN` x. A budget inside that range is drawn; one outside is only named in the title,
+    so a 1 GFLOP budget cannot squeeze points below 35 MFLOPs into the left edge.
+    """
+    positive = [c for c in costs if c > 0 and math.isfinite(c)]
+    if not positive:
+        low = high = budget if budget is not None else 1.0
+    else:
+        low, high = min(positive), max(positive)
+    log = high / low > LOG_SPAN
+    if log:
+        pad = (math.log10(high) - math.log10(low)) * MARGIN or 0.05
+        limits = (10 ** (math.log10(low) - pad), 10 ** (math.log10(high) + pad))
+    else:
+        pad = (high - low) * MARGIN or high * 0.05
+        limits = (max(low - pad, 0.0), high + pad)
+    shown = budget is not None and limits[0] <= budget <= limits[1]
+    note = None
+    if budget is not None and not shown:
+        where = "above" if budget > limits[1] else "below"
+        note = f"budget {budget_text or budget} lies {where} every point"
+    return CostAxis(log=log, limits=limits, budget_shown=shown, note=note)
+
+
 def _plot(path: Path, records: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], *, objective: str,
-          budgets: dict[str, float], title: str) -> None:
+          budgets: dict[str, float], title: str) -> CostAxis:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     scale, unit = (1e3, "latency (ms)") if objective == "latency" else (1e-6, "FLOPs (M, fvcore: 1 multiply-add = 1 flop)")
-    figure, axes = plt.subplots(figsize=(7, 4.5))
     evaluated = [r for r in records if r.get("accuracy") is not None]
     infeasible = [r for r in records if r.get("accuracy") is None and (r.get("latency") or objective == "flops")]
+    budget = budgets.get(objective)
+    budget_text = format_cost(objective, budget) if budget is not None else ""  # type: ignore[arg-type]
+    axis = cost_axis([cost_of(r, objective) * scale for r in (*evaluated, *infeasible)],
+                     budget * scale if budget is not None else None, budget_text=budget_text)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
     if evaluated:
         axes.scatter([cost_of(r, objective) * scale for r in evaluated], [r["accuracy"] * 100 for r in evaluated],
                      s=14, c="tab:blue", alpha=0.6, label="evaluated trials")
     if infeasible:
-        axes.scatter([cost_of(r, objective) * scale for r in infeasible], [0] * len(infeasible), marker="x", s=14,
-                     c="tab:gray", label="over budget (not evaluated)")
+        # over budget, never scored: drawn at the bottom of the accuracy range
+        floor = min((r["accuracy"] * 100 for r in evaluated), default=0.0)
+        axes.scatter([cost_of(r, objective) * scale for r in infeasible], [floor] * len(infeasible), marker="x",
+                     s=14, c="tab:gray", label="over budget (not scored)")
     if front:
         axes.plot([cost_of(r, objective) * scale for r in front], [r["accuracy"] * 100 for r in front], "o-",
                   c="tab:red", label="Pareto front", drawstyle="steps-post")
-    budget = budgets.get(objective)
-    if budget is not None:
-        axes.axvline(budget * scale, ls="--", c="black", label=f"budget {format_cost(objective, budget)}")  # type: ignore[arg-type]
-    axes.set_xlabel(unit)
+    if axis.budget_shown:
+        axes.axvline(budget * scale, ls="--", c="black", label=f"budget {budget_text}")  # type: ignore[operator]
+    if axis.log:
+        axes.set_xscale("log")
+    axes.set_xlim(*axis.limits)
+    axes.set_xlabel(unit + (", log scale" if axis.log else ""))
     axes.set_ylabel("kNN top-1 (%)")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
+    axes.set_title(title if axis.note is None else f"{title}\n({axis.note})", fontsize=10)
+    axes.grid(alpha=0.3, which="both" if axis.log else "major")
     axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
     try:
         atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=120))
     finally:
         plt.close(figure)
+    return axis

@@ -163,3 +163,44 @@ def test_front_matches_brute_force_on_random_clouds(seed: int) -> None:
         assert config_key(best) in front_configs  # the most accurate feasible record is on the front
     else:
         assert best is None and front == []
+
+
+# -- pareto.png's cost axis ------------------------------------------------------------------------
+def test_cost_axis_follows_the_data_and_names_a_budget_outside_it():
+    from nas.pareto import cost_axis
+
+    axis = cost_axis([2.4, 12.0, 34.75], 1000.0, budget_text="1.00 GFLOPs")  # the default run's shape
+    assert not axis.log  # 14.5 x span
+    assert axis.limits[0] < 2.4 and 34.75 < axis.limits[1] < 40
+    assert not axis.budget_shown and axis.note == "budget 1.00 GFLOPs lies above every point"
+
+
+def test_cost_axis_draws_a_budget_inside_and_goes_log_past_30x():
+    from nas.pareto import LOG_SPAN, cost_axis
+
+    inside = cost_axis([10.0, 20.0, 40.0], 30.0)
+    assert inside.budget_shown and inside.note is None and not inside.log
+    wide = cost_axis([1.0, 1.0 * LOG_SPAN * 1.01], None)
+    assert wide.log and wide.limits[0] < 1.0 and wide.limits[1] > LOG_SPAN
+    assert not cost_axis([1.0, LOG_SPAN * 0.99], None).log
+    below = cost_axis([10.0, 20.0], 1.0)
+    assert below.note is not None and "below" in below.note
+
+
+def test_plot_uses_the_axis(tmp_path):
+    from nas.pareto import _plot
+
+    records = [record(0, 0.5, 2.4e6), record(1, 0.6, 34.75e6), record(2, None, 2e9, violation=1e9)]
+    axis = _plot(tmp_path / "p.png", records, [records[0], records[1]], objective="flops",
+                 budgets={"flops": 1e9}, title="t")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert axis.log and axis.limits[1] > 2000  # the over-budget point is data too, so the span passes 30 x
+    assert axis.budget_shown  # and the budget lies between the points
+
+
+def test_plot_latency_axis_in_milliseconds(tmp_path):
+    from nas.pareto import _plot
+
+    records = [record(0, 0.5, 1e6, latency=0.0008), record(1, 0.6, 2e6, latency=0.0016)]
+    axis = _plot(tmp_path / "p.png", records, records, objective="latency", budgets={"latency": 0.5}, title="t")
+    assert not axis.log and axis.limits[1] < 2.0 and axis.note is not None  # 500 ms budget named, not drawn
