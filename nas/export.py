@@ -9,12 +9,15 @@ Into the export directory (each file written atomically, ``subnet.json`` last):
   ``torch.load(path, weights_only=True)``; ``nas.evaluate`` rebuilds the network from the config;
 * ``model.pt2``: a self-contained ``torch.export`` program with a dynamic batch dimension
   (:mod:`nas.program`; gated networks in masked mode);
+* ``model.onnx`` (only with ``--onnx``): the same network as an ONNX model with a dynamic batch
+  dimension, checked in onnxruntime against the supernet (:mod:`nas.onnx_program`);
 * ``README.txt``: the three lines that load and run it.
 
 BatchNorm is recalibrated exactly as the search's oracle does it (same calibration images, seed,
 batch size). Before anything is written the program is checked: on real validation images its
 outputs, the extracted network's and the supernet's at ``set_active(config)`` (a copy of the supernet
-recalibrated on the same images) must agree to ``TOLERANCE``.
+recalibrated on the same images) must agree to ``TOLERANCE``; with ``--onnx``, so must onnxruntime's
+outputs, and the oracle's kNN must predict the same class from them on its validation images.
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ import optuna
 import torch
 
 from nas.candidates import CandidateEvaluator
+from nas.onnx_program import (
+    ONNX_FILE,
+    check_onnx,
+    export_onnx,
+    knn_probe,
+    onnx_record,
+    require_onnx,
+)
 from nas.oracle import Oracle, build_oracle, trained_data_settings
 from nas.program import (
     CHECK_IMAGES,
@@ -75,6 +86,7 @@ class ExportRequest:
     out: Path | None
     device: str
     settings: SearchSettings
+    onnx: bool = False  # also write model.onnx, checked with onnxruntime
 
 
 def default_out_dir(cfg: SubnetConfig) -> Path:
@@ -84,6 +96,8 @@ def default_out_dir(cfg: SubnetConfig) -> Path:
 
 def export(request: ExportRequest) -> dict[str, Any]:
     """Measure, export, check and write one sub-network; returns the ``subnet.json`` record."""
+    if request.onnx:
+        require_onnx()  # before the checkpoint is even read
     device = resolve_device(request.device, key="--device")
     cfg = request.source.config
     supernet, payload = load_supernet(request.checkpoint, map_location="cpu")
@@ -110,13 +124,21 @@ def export(request: ExportRequest) -> dict[str, Any]:
     try:
         torch.export.save(program, staging / FILES["program"])
         check = check_program(staging / FILES["program"], network, reference, images)
-        record = _record(request, cfg, payload, oracle, metrics, check, dynamic_batch, network, resolution, device)
+        onnx = None
+        if request.onnx:
+            onnx_export = export_onnx(network, images, staging / ONNX_FILE)
+            onnx_check = check_onnx(onnx_export, reference, images, knn_probe(reference, oracle, device=device))
+            onnx = onnx_record(onnx_export, onnx_check, gate_mode="masked" if cfg.gated else None)
+        record = _record(request, cfg, payload, oracle, metrics, check, onnx, dynamic_batch, network, resolution, device)
+        files = record["files"]
         atomic_save({name: tensor.detach().cpu() for name, tensor in network.state_dict().items()},
-                    staging / FILES["weights"])
-        atomic_write_text(staging / FILES["readme"], readme(record))
-        atomic_write_text(staging / FILES["config"], json.dumps(record, indent=2))
-        for key in ("weights", "program", "readme", "config"):  # subnet.json last: it describes the others
-            os.replace(staging / FILES[key], out_dir / FILES[key])
+                    staging / files["weights"])
+        atomic_write_text(staging / files["readme"], readme(record))
+        atomic_write_text(staging / files["config"], json.dumps(record, indent=2))
+        for key in [k for k in files if k != "config"] + ["config"]:  # subnet.json last: it describes the others
+            os.replace(staging / files[key], out_dir / files[key])
+        if "onnx" not in files:  # a model.onnx of an earlier export with --onnx no longer matches subnet.json
+            (out_dir / ONNX_FILE).unlink(missing_ok=True)
     except BaseException:
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -153,7 +175,7 @@ def _check_images(oracle: Oracle) -> torch.Tensor:
 
 
 def _record(request: ExportRequest, cfg: SubnetConfig, payload: dict[str, Any], oracle: Oracle, metrics: dict[str, Any],
-            check: dict[str, Any], dynamic_batch: bool, network: SuperNet, resolution: int,
+            check: dict[str, Any], onnx: dict[str, Any] | None, dynamic_batch: bool, network: SuperNet, resolution: int,
             device: torch.device) -> dict[str, Any]:
     return {
         "format": EXPORT_FORMAT,
@@ -166,7 +188,7 @@ def _record(request: ExportRequest, cfg: SubnetConfig, payload: dict[str, Any], 
         "with_gates": bool(payload.get("with_gates", True)),  # the supernet's: its untrained twin needs it
         "gate_options": payload.get("gate_options", {}),
         "source": request.source.origin,
-        "files": dict(FILES),
+        "files": {**FILES, "onnx": ONNX_FILE} if onnx else dict(FILES),
         "input": {
             "shape": [1, 3, resolution, resolution],
             "dynamic_batch": dynamic_batch,
@@ -179,6 +201,7 @@ def _record(request: ExportRequest, cfg: SubnetConfig, payload: dict[str, Any], 
         "recalibration": {"images": len(oracle.data.calibration), "seed": oracle.seed, "batch_size": oracle.batch_size,
                           "device": str(device)},
         "check": check,
+        **({"onnx": onnx} if onnx else {}),
         "data": trained_data_settings(payload),
         "settings": settings_dict(request.settings),
         "provenance": provenance(),
@@ -195,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m nas.export",
         description="Export a sub-network of a trained supernet: subnet.json (config + metrics), weights.pt, and a "
-        "torch.export program (model.pt2) that plain PyTorch loads. " + FLOP_CONVENTION + ".",
+        "torch.export program (model.pt2) that plain PyTorch loads; with --onnx also model.onnx, checked with "
+        "onnxruntime. " + FLOP_CONVENTION + ".",
         epilog="Extra key=value arguments override configs/search.yaml (data.*, oracle.*, latency.*), "
         "e.g. oracle.calibration_images=2000. Exit codes: 0 ok, 1 the equality check failed, 2 bad input.",
     )
@@ -212,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="export directory (default: runs/export/<space>-<hash>)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]: where BN is recalibrated and metrics "
                         "measured (the program is exported on CPU)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write model.onnx (dynamic batch; gates in masked mode), checked with onnxruntime "
+                        "against the supernet; needs pip install \"slimnas[onnx]\"")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
 
@@ -229,7 +256,8 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
     checkpoint = args.checkpoint or source.checkpoint or find_latest_checkpoint(".")
     if checkpoint is None:
         raise ExportError("--checkpoint: no checkpoint.pt under the current directory; pass --checkpoint PATH")
-    return ExportRequest(source=source, checkpoint=Path(checkpoint), out=args.out, device=args.device, settings=settings)
+    return ExportRequest(source=source, checkpoint=Path(checkpoint), out=args.out, device=args.device, settings=settings,
+                         onnx=args.onnx)
 
 
 def print_summary(record: dict[str, Any]) -> None:
@@ -243,6 +271,13 @@ def print_summary(record: dict[str, Any]) -> None:
     print(f"  check, max |difference| on {check['images']} validation images (tolerance {check['tolerance']:.0e}): "
           f"program vs network {check['program_vs_network']:.2e}, network vs supernet "
           f"{check['network_vs_supernet']:.2e}, program vs supernet {check['program_vs_supernet']:.2e}")
+    if "onnx" in record:
+        onnx = record["onnx"]
+        print(f"  onnx: {onnx['exporter']}, opset {onnx['opset']}, {'dynamic' if onnx['dynamic_batch'] else 'fixed'} "
+              f"batch; onnxruntime {onnx['onnxruntime']} vs supernet: max |difference| {onnx['max_abs_diff']:.2e} on "
+              f"{onnx['check_images']} images; on {onnx['agreement_images']} validation images "
+              f"{onnx['validation_within_tolerance']:.1%} within tolerance, kNN top-1 agreement "
+              f"{onnx['top1_agreement']:.1%}")
     print(f"  input {record['input']['shape']} ({'dynamic' if record['input']['dynamic_batch'] else 'fixed'} batch); "
           f"files: {', '.join(record['files'].values())}")
 

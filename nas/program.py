@@ -5,7 +5,8 @@
 exported in masked mode: the gates compute a 0/1 mask per input and every channel is computed,
 then the dropped ones are zeroed. Gathered mode (batch 1, only the kept channels' weights) has
 data-dependent shapes, which ``torch.export`` does not capture; the masked program computes the
-same outputs, but without the gathered mode's savings.
+same outputs, but without the gathered mode's savings. ``model.onnx`` (``--onnx``,
+:mod:`nas.onnx_program`) is exported from the same network, so it too is in masked mode.
 """
 
 from __future__ import annotations
@@ -91,22 +92,35 @@ def check_program(program_path: Path, network: SuperNet, reference: SuperNet, im
 def readme(record: dict[str, Any]) -> str:
     cfg, shape = record["config"], record["input"]["shape"]
     batch = "B" if record["input"]["dynamic_batch"] else "1"
-    gates = ("\nGates: exported in masked mode (every channel computed, the dropped ones zeroed), so the program\n"
-             "computes the gated outputs without the gathered mode's speedup; gathered (batch-1) execution needs\n"
+    onnx = record.get("onnx")
+    programs = f"{FILES['program']} and\n{onnx['file']} compute" if onnx else "the program\ncomputes"
+    gates = (f"\nGates: exported in masked mode (every channel computed, the dropped ones zeroed), so {programs} "
+             "the gated outputs without the gathered mode's speedup; gathered (batch-1) execution needs\n"
              "the slimnas network: rebuild it from subnet.json and weights.pt (see nas.evaluate).\n"
              if record["gate_mode"] else "")
+    onnx_lines = (
+        "\nOr with onnxruntime (pip install onnxruntime):\n\n"
+        "    import onnxruntime\n"
+        f"    session = onnxruntime.InferenceSession(\"{onnx['file']}\", providers=[\"CPUExecutionProvider\"])\n"
+        f"    features = session.run([\"{onnx['output']}\"], {{\"{onnx['input']}\": images}})[0]  # images: numpy float32 "
+        f"({'B' if onnx['dynamic_batch'] else '1'}, 3, {shape[2]}, {shape[3]})\n"
+        f"\n{onnx['file']}: {onnx['exporter']}, opset {onnx['opset']}, checked with onnxruntime {onnx['onnxruntime']}\n"
+        f"against the supernet (max |difference| {onnx['max_abs_diff']:.1e}, kNN top-1 agreement "
+        f"{onnx['top1_agreement']:.0%}).\n"
+        if onnx else "")
     return (
         f"{cfg['space']} sub-network exported by python -m nas.export (slimnas {record['provenance']['version']}).\n\n"
         "Load and run it with plain PyTorch (this project need not be installed):\n\n"
         "    import torch\n"
         f"    model = torch.export.load(\"{FILES['program']}\").module()\n"
         f"    features = model(images)  # images: float32 ({batch}, 3, {shape[2]}, {shape[3]}) -> ({batch}, "
-        f"{record['output']['shape'][1]})\n\n"
+        f"{record['output']['shape'][1]})\n{onnx_lines}\n"
         f"Images: RGB scaled to [0, 1], then normalised per channel with mean {record['input']['normalization']['mean']}\n"
         f"and std {record['input']['normalization']['std']} (torchvision's Normalize).\n"
         f"Output: {record['output']['meaning']}.\n{gates}\n"
         f"Files: {FILES['config']} (config, metrics, FLOPs by {FLOP_CONVENTION}), {FILES['weights']} (state_dict,\n"
-        f"torch.load(..., weights_only=True)), {FILES['program']} (the torch.export program).\n"
+        f"torch.load(..., weights_only=True)), {FILES['program']} (the torch.export program)"
+        + (f", {onnx['file']} (the ONNX model)" if onnx else "") + ".\n"
     )
 
 
