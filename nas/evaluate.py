@@ -1,20 +1,28 @@
-"""``python -m nas.evaluate``: the frozen-feature accuracies a paper reports, for one sub-network.
+"""``python -m nas.evaluate``: the accuracies a paper reports, for one sub-network (or, with the
+switchable probe, for the uniform widths of one supernet), each beside the same architecture untrained
+(the supernet's initial weights, BatchNorm recalibrated the same way) and, where it applies, raw
+pixels (the flattened images as features).
 
-Two evaluations of the same frozen, pooled features (no augmentation), each printed beside the same
-architecture untrained (the supernet's initial weights, BatchNorm recalibrated the same way) and
-raw pixels (the flattened images as features):
+``--protocol`` (or ``probe.protocol``) chooses what is measured:
 
-* weighted kNN top-1 (cosine, k = 20, T = 0.07; Wu et al. 2018, as in DINO): the labeled training
-  images (the oracle's bank) vote for each held-out image;
-* linear probe top-1: a logistic-regression head fitted on the same labeled training images
-  (features standardised with their mean and standard deviation, full-batch L-BFGS, L2 on the
-  weights; :func:`supernet.evaluation.linear_probe`) and scored on the held-out split.
+* ``fast`` (default): two evaluations of the same frozen, pooled, cached features (no augmentation):
+  weighted kNN top-1 (cosine, k = 20, T = 0.07; Wu et al. 2018, as in DINO) with the oracle's
+  labeled bank voting for each held-out image, and a logistic-regression probe fitted on the same
+  bank (standardised features, full-batch L-BFGS, L2 on the weights; :func:`supernet.evaluation.linear_probe`);
+* ``linear``: standard linear evaluation (SimCLR, BYOL, MoCo v3, DINO): frozen encoder, a linear head
+  on a non-affine BatchNorm trained by SGD on random-resized crops and flips of the whole labelled
+  training split (``probe.linear.*``; :func:`supernet.evaluation.linear_evaluation`);
+* ``switchable``: SlimCLR's switchable linear probe, one head per uniform width of the supernet of
+  ``--checkpoint``, trained jointly (``probe.switchable.*``; :mod:`supernet.evaluation.switchable`);
+* ``semi``: SSLight's semi-supervised evaluation, the sub-network fine-tuned with a linear head on a
+  class-balanced 1 % and 10 % of the training labels (``probe.semi.*``; :mod:`supernet.evaluation.semi`).
 
 The sub-network is an export directory (``--export DIR``: rebuilt from ``subnet.json`` and
 ``weights.pt``, whose BatchNorm statistics were recalibrated at export, so no checkpoint is needed)
 or a config (``--config JSON [--checkpoint CKPT]``: extracted from the supernet and recalibrated as
 the search does it). Data: the data set the supernet was trained on, split and sized by the
-``data.*`` and ``oracle.*`` settings of configs/search.yaml; the probe by ``probe.*``.
+``data.*`` and ``oracle.*`` settings of configs/search.yaml (``probe.train_images`` for the training
+split of the trained-head protocols); the protocols by ``probe.*``.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +39,12 @@ import torch
 from nas.cost import measure_costs
 from nas.oracle import build_eval_data, build_oracle, trained_data_settings
 from nas.program import load_exported
-from nas.settings import SearchSettings, load_search_settings
+from nas.settings import (
+    PROBE_PROTOCOLS,
+    ProbeProtocol,
+    SearchSettings,
+    load_search_settings,
+)
 from nas.sources import check_fits, source_from_config
 from nas.study import SearchError
 from search_spaces import SubnetConfig, get_space
@@ -39,18 +52,30 @@ from supernet.cli import ArgumentParser, command
 from supernet.devices import resolve_device
 from supernet.evaluation import (
     EvalData,
+    ProtocolReport,
+    ProtocolScore,
     embed_tensor,
     knn_accuracy,
+    linear_evaluation,
     linear_probe,
     raw_pixel_knn,
+    raw_pixel_linear_evaluation,
     raw_pixel_probe,
+    raw_pixel_semi_supervised,
+    scaled_lr,
+    semi_supervised_evaluation,
+    switchable_linear_probe,
     untrained_network,
+    untrained_supernet,
+    width_networks,
 )
+from supernet.evaluation.settings import KnnSettings
 from supernet.io.checkpoint import find_latest_checkpoint, load_supernet
 from supernet.nn.bn import recalibrate_bn
-from supernet.nn.flops import FLOP_CONVENTION
+from supernet.nn.flops import FLOP_CONVENTION, count_flops, count_params
 from supernet.nn.gates import GateOptions
 from supernet.nn.models import SuperNet
+from supernet.settings import SettingsError, settings_dict
 
 
 @dataclass
@@ -59,19 +84,24 @@ class EvaluateRequest:
     config: Path | None
     checkpoint: Path | None
     device: str
-    settings: SearchSettings
+    settings: SearchSettings  # settings.probe.protocol says what is measured
 
 
 def evaluate(request: EvaluateRequest) -> dict[str, Any]:
-    """kNN and linear-probe top-1 (in [0, 1]), FLOPs and parameters of the requested sub-network."""
+    """The requested protocol's top-1 (in [0, 1]) beside its baselines, with FLOPs and parameters."""
     device = resolve_device(request.device, key="--device")
     settings = request.settings
+    protocol = _protocol(settings)
+    _check_source(request, protocol)
+    if protocol == "switchable":
+        return evaluate_switchable(_checkpoint(request), settings, device)
+    data_settings = eval_data_settings(settings)
     if request.export_dir is not None:
         network, record = load_exported(request.export_dir)
         cfg = network.source_config
         assert cfg is not None
         trained = record.get("data") or {}
-        data = build_eval_data(trained, settings.data, settings.oracle, default_resolution=get_space(cfg.space).default_resolution)
+        data = build_eval_data(trained, settings.data, data_settings, default_resolution=get_space(cfg.space).default_resolution)
         network = network.to(device).eval()
         source = {"export": str(request.export_dir)}
         seed, with_gates = int(trained.get("seed", 0)), bool(record.get("with_gates", True))
@@ -79,21 +109,59 @@ def evaluate(request: EvaluateRequest) -> dict[str, Any]:
     else:
         assert request.config is not None
         cfg = source_from_config(request.config).config
-        checkpoint = request.checkpoint or find_latest_checkpoint(".")
-        if checkpoint is None:
-            raise SearchError("--checkpoint: no checkpoint.pt under the current directory; pass --checkpoint PATH")
-        network, data, seed, with_gates, options = _extract(cfg, Path(checkpoint), request.config, settings, device)
-        source = {"config": str(request.config), "checkpoint": str(Path(checkpoint).resolve())}
+        checkpoint = _checkpoint(request)
+        network, data, seed, with_gates, options = _extract(cfg, checkpoint, request.config, settings, data_settings,
+                                                            device)
+        source = {"config": str(request.config), "checkpoint": str(checkpoint.resolve())}
     untrained = untrained_network(cfg, seed=seed, with_gates=with_gates, gate_options=options)
-    return {**evaluate_network(network, cfg, data, settings, device, untrained=untrained), "source": source}
+    if protocol == "fast":
+        result = evaluate_network(network, cfg, data, settings, device, untrained=untrained)
+    else:
+        result = evaluate_trained_head(protocol, network, cfg, data, settings, device, untrained=untrained)
+    return {**result, "source": source}
 
 
-def _extract(cfg: SubnetConfig, checkpoint: Path, where: Path, settings: SearchSettings,
+def _protocol(settings: SearchSettings) -> str:
+    return ProbeProtocol(settings.probe.protocol).value
+
+
+def _check_source(request: EvaluateRequest, protocol: str) -> None:
+    if protocol == "switchable":
+        if request.export_dir is not None or request.config is not None:
+            raise SearchError(f"--{'export' if request.export_dir is not None else 'config'}: the switchable probe "
+                              "evaluates the uniform widths probe.switchable.widths of a whole supernet; pass only "
+                              "--checkpoint CKPT")
+    elif request.export_dir is None and request.config is None:
+        raise SearchError(f"--protocol {protocol}: say which sub-network, with --export DIR or --config JSON "
+                          "[--checkpoint CKPT]")
+    if protocol == "semi" and len(request.settings.probe.semi.epochs) != len(request.settings.probe.semi.fractions):
+        semi = request.settings.probe.semi
+        raise SettingsError(f"probe.semi.epochs: {list(semi.epochs)} has {len(semi.epochs)} entries for "
+                            f"{len(semi.fractions)} fractions {list(semi.fractions)}; expected one per fraction")
+
+
+def _checkpoint(request: EvaluateRequest) -> Path:
+    checkpoint = request.checkpoint or find_latest_checkpoint(".")
+    if checkpoint is None:
+        raise SearchError("--checkpoint: no checkpoint.pt under the current directory; pass --checkpoint PATH")
+    return Path(checkpoint)
+
+
+def eval_data_settings(settings: SearchSettings) -> KnnSettings:
+    """How the evaluation images are drawn: the oracle's own for ``fast``; for the trained-head
+    protocols the same calibration and validation images, and ``probe.train_images`` labelled
+    training images (null: the whole training split) instead of the oracle's bank."""
+    if _protocol(settings) == "fast":
+        return settings.oracle
+    return replace(settings.oracle, bank_size=settings.probe.train_images or sys.maxsize)
+
+
+def _extract(cfg: SubnetConfig, checkpoint: Path, where: Path, settings: SearchSettings, data_settings: KnnSettings,
              device: torch.device) -> tuple[SuperNet, EvalData, int, bool, GateOptions]:
     supernet, payload = load_supernet(checkpoint, map_location="cpu")
     supernet = supernet.to(device).eval()
     check_fits(cfg, supernet, where=str(where), checkpoint=checkpoint)
-    oracle = build_oracle(supernet, payload, settings.data, settings.oracle, device)
+    oracle = build_oracle(supernet, payload, settings.data, data_settings, device)
     seed = int(trained_data_settings(payload)["seed"])
     return oracle.subnet(cfg).eval(), oracle.data, seed, supernet.with_gates, supernet.gate_options
 
@@ -143,6 +211,7 @@ def evaluate_network(network: SuperNet, cfg: SubnetConfig, data: EvalData, setti
         "resolution": data.resolution,
         "flop_convention": FLOP_CONVENTION,
         "protocol": {
+            "name": "fast",
             "features": f"pooled, frozen, {network.feature_dim} dimensions",
             "train_images": len(data.bank),
             "test_images": len(data.val),
@@ -157,12 +226,133 @@ def evaluate_network(network: SuperNet, cfg: SubnetConfig, data: EvalData, setti
     }
 
 
+# -- the protocols that train a head ----------------------------------------------------------------
+LINEAR = ("standard linear evaluation: frozen encoder (eval mode, BatchNorm statistics fixed), a linear head (on "
+          "BatchNorm1d without affine parameters when head_norm), SGD, random-resized crop + horizontal flip")
+LINEAR_SOURCE = ("SimCLR (Chen et al. 2020), BYOL (Grill et al. 2020), MoCo v3 (Chen et al. 2021), DINO (Caron et al. "
+                 "2021); head BatchNorm as MoCo v3 and MAE; 100 epochs as DINO and US3L's CIFAR evaluation")
+SWITCHABLE = ("SlimCLR's switchable linear probe: one linear head per uniform width of the frozen supernet (each width "
+              "extracted and BN-recalibrated), all trained on the same batches, losses summed; top-1 per width")
+SWITCHABLE_SOURCE = ("SlimCLR (Zhao et al. 2023), main_ssl_lincls.py --slim_fc supervised_switch --inplace_distill 1 "
+                     "--inplace_distill_mixed 1 (narrower heads: 0.5 CE + 0.5 distillation from the widest head)")
+SEMI = ("SSLight's semi-supervised evaluation: the sub-network fine-tuned (train mode) with a linear head on a "
+        "class-balanced, seeded subset of the training labels, scored on the test split")
+SEMI_SOURCE = ("SSLight (Liu et al. ICLR 2023), classification/config/exp_yamls/dino/dino_r18_semi.yaml and "
+               "experiments/dino/resnet18/semi_{1,10}per.sh")
+SEMI_NOTE = ("SSLight's head starts from the pre-trained projector's first two layers plus a new linear layer; a "
+             "sub-network has no projector, so the head here is linear")
+SEMI_SUBSETS = ("labelled subsets: the same number of images from every class, max(1, round(fraction x train_images "
+                "/ classes)), drawn with probe.seed")
+SGD = {"optimizer": "SGD", "schedule": "cosine per step from lr to 0, no warm-up", "lr_rule": "base_lr x batch_size / 256"}
+
+
+def _features(augment: bool, *, finetuned: bool = False) -> str:
+    if finetuned:
+        return "recomputed every step (the network trains)" + (" from augmented uint8 images" if augment else "")
+    if augment:
+        return ("recomputed every step from freshly augmented uint8 images (augmentation means features cannot be "
+                "cached): one encoder pass over the training split per epoch")
+    return "center crops embedded once and cached (augment=false)"
+
+
+def _untrained_ready(untrained: SuperNet, data: EvalData, settings: SearchSettings, device: torch.device) -> SuperNet:
+    untrained = untrained.to(device)
+    recalibrate_bn(untrained, data.calibration, len(data.calibration), batch_size=settings.oracle.batch_size,
+                   seed=settings.oracle.seed, device=device)
+    return untrained.eval()
+
+
+def evaluate_trained_head(protocol: str, network: SuperNet, cfg: SubnetConfig, data: EvalData, settings: SearchSettings,
+                          device: torch.device, *, untrained: SuperNet) -> dict[str, Any]:
+    """``linear`` or ``semi`` top-1 of a ready network beside the untrained twin and raw pixels, with its costs."""
+    probe = settings.probe
+    network.set_gate_mode("masked")
+    costs = measure_costs(network, cfg, data.calibration[: settings.effective_flops_images], resolution=data.resolution,
+                          batch_size=settings.oracle.batch_size, device=device)
+    untrained = _untrained_ready(untrained, data, settings, device)
+    if protocol == "linear":
+        linear = probe.linear
+        run = {"settings": linear, "seed": probe.seed, "device": device}
+        top1 = linear_evaluation(network, data, **run)
+        scores: tuple[ProtocolScore, ...] = (ProtocolScore(
+            "linear", top1, linear_evaluation(untrained, data, **run), raw_pixel_linear_evaluation(data, **run),
+            len(data.bank)),)
+        report = ProtocolReport(
+            name="linear", description=LINEAR, source=LINEAR_SOURCE,
+            hyperparameters={**settings_dict(linear), "lr": scaled_lr(linear.base_lr, linear.batch_size),
+                             **SGD, "seed": probe.seed},
+            features=_features(linear.augment), train_images=len(data.bank), test_images=len(data.val),
+            test_split=data.val_source, num_classes=data.num_classes, scores=scores)
+    else:
+        semi = probe.semi
+        run = {"settings": semi, "seed": probe.seed, "device": device}
+        trained_scores = semi_supervised_evaluation(network, data, **run)
+        untrained_scores = semi_supervised_evaluation(untrained, data, **run)
+        raw_scores = raw_pixel_semi_supervised(data, **run)
+        scores = tuple(
+            ProtocolScore(f"{score.fraction * 100:g}% labels", score.top1, twin.top1,
+                          None if raw_scores is None else raw_scores[i].top1, score.labelled_images)
+            for i, (score, twin) in enumerate(zip(trained_scores, untrained_scores)))
+        lr = scaled_lr(semi.base_lr, semi.batch_size)
+        report = ProtocolReport(
+            name="semi", description=SEMI, source=SEMI_SOURCE,
+            hyperparameters={**settings_dict(semi), "lr": lr, "backbone_lr": lr * semi.backbone_lr_scale,
+                             **SGD, "seed": probe.seed},
+            features=_features(semi.augment, finetuned=True), train_images=len(data.bank),
+            test_images=len(data.val), test_split=data.val_source, num_classes=data.num_classes, scores=scores,
+            notes=(SEMI_NOTE, SEMI_SUBSETS))
+    return {**report.to_dict(), "config": cfg.to_dict(), **costs.to_dict(), "resolution": data.resolution,
+            "flop_convention": FLOP_CONVENTION}
+
+
+def evaluate_switchable(checkpoint: Path, settings: SearchSettings, device: torch.device) -> dict[str, Any]:
+    """SlimCLR's switchable probe on the supernet of ``checkpoint``: top-1 per uniform width beside the
+    untrained supernet's same widths, each width's FLOPs and parameters."""
+    supernet, payload = load_supernet(checkpoint, map_location="cpu")
+    supernet = supernet.to(device).eval()
+    trained_data = trained_data_settings(payload)
+    data = build_eval_data(trained_data, settings.data, eval_data_settings(settings),
+                           default_resolution=supernet.space.default_resolution)
+    oracle, probe, switchable = settings.oracle, settings.probe, settings.probe.switchable
+    space = supernet.space.name
+    ready = {"batch_size": oracle.batch_size, "seed": oracle.seed, "device": device}
+    trained = width_networks(supernet, switchable.widths, data, **ready)
+    twin = untrained_supernet(supernet.space, seed=int(trained_data["seed"]), with_gates=supernet.with_gates,
+                              gate_options=supernet.gate_options)
+    untrained = width_networks(twin, switchable.widths, data, **ready)
+    del supernet, twin  # the width networks hold copies of what they need
+    run = {"settings": switchable, "seed": probe.seed, "device": device}
+    top1, twin_top1 = switchable_linear_probe(trained, data, **run), switchable_linear_probe(untrained, data, **run)
+    scores = tuple(
+        ProtocolScore(f"width {label}", top1[label], twin_top1[label], None, len(data.bank), width=float(label),
+                      flops=count_flops(network, data.resolution), params=count_params(network))
+        for label, network in trained.items())
+    report = ProtocolReport(
+        name="switchable", description=SWITCHABLE, source=SWITCHABLE_SOURCE,
+        hyperparameters={**settings_dict(switchable), "lr": scaled_lr(switchable.base_lr, switchable.batch_size),
+                         **SGD, "seed": probe.seed},
+        features=_features(switchable.augment), train_images=len(data.bank), test_images=len(data.val),
+        test_split=data.val_source, num_classes=data.num_classes, scores=scores)
+    configs = {label: network.source_config.to_dict() for label, network in trained.items()
+               if network.source_config is not None}
+    return {**report.to_dict(), "config": None, "configs": configs, "space": space,
+            "resolution": data.resolution, "flop_convention": FLOP_CONVENTION,
+            "source": {"checkpoint": str(checkpoint.resolve())}}
+
+
 # -- command line ----------------------------------------------------------------------------------
 def print_table(result: dict[str, Any]) -> None:
+    if result["protocol"]["name"] != "fast":
+        print_protocol_table(result)
+        return
     cfg, protocol, baselines = result["config"], result["protocol"], result["baselines"]
     where = result["source"].get("export") or result["source"].get("config")
     print(f"{cfg['space']} sub-network (gates {'on' if cfg['gate_thresholds'] else 'off'}) at {result['resolution']} px, "
           f"from {where}")
+    knn, probe = protocol["knn"], protocol["linear_probe"]
+    print(f"  protocol fast: kNN (k={knn['k']}, T={knn['temperature']}, cosine) and logistic regression (L-BFGS, "
+          f"{probe['epochs']} iterations, lr={probe['lr']}, weight_decay={probe['weight_decay']}, seed={probe['seed']}) "
+          "on frozen, cached, standardised features")
     names = [f"kNN top-1 (k={protocol['knn']['k']}, T={protocol['knn']['temperature']})",
              f"linear probe top-1 (L-BFGS, {protocol['linear_probe']['epochs']} iterations)"]
     width = max(len(name) for name in names)
@@ -177,20 +367,61 @@ def print_table(result: dict[str, Any]) -> None:
           f"{protocol['test_split']} images ({protocol['num_classes']} classes)")
 
 
+def print_protocol_table(result: dict[str, Any]) -> None:
+    """The ``linear``, ``switchable`` and ``semi`` report: protocol, hyper-parameters, splits, scores."""
+    protocol, cfg = result["protocol"], result["config"]
+    if cfg is not None:
+        where = result["source"].get("export") or result["source"].get("config")
+        print(f"{cfg['space']} sub-network (gates {'on' if cfg['gate_thresholds'] else 'off'}) at "
+              f"{result['resolution']} px, from {where}")
+    else:
+        print(f"{result['space']} supernet at uniform widths, {result['resolution']} px, from "
+              f"{result['source']['checkpoint']}")
+    print(f"  protocol {protocol['name']}: {protocol['description']}")
+    print(f"    source: {protocol['source']}")
+    print("    hyper-parameters: " + ", ".join(f"{key}={value}" for key, value in protocol["hyperparameters"].items()))
+    print(f"    features: {protocol['features']}")
+    for note in protocol["notes"]:
+        print(f"    note: {note}")
+    print(f"  splits: {protocol['train_images']} labelled training images, {protocol['test_images']} "
+          f"{protocol['test_split']} test images, {protocol['num_classes']} classes")
+    names = [f"{row['name']} top-1 ({row['labelled_images']} labelled)" for row in result["scores"]]
+    width = max(len(name) for name in names)
+    print(f"  {'':<{width}}  {'trained':>10} {'untrained':>10} {'raw pixels':>10}"
+          + (f" {'FLOPs':>10} {'params':>9}" if cfg is None else ""))
+    for name, row in zip(names, result["scores"]):
+        raw = row["raw_pixels"]
+        costs = f" {row['flops'] / 1e6:>9.2f}M {row['params'] / 1e6:>8.3f}M" if cfg is None else ""
+        print(f"  {name:<{width}}  {row['top1']:>10.2%} {row['untrained']:>10.2%} "
+              f"{'-' if raw is None else f'{raw:.2%}':>10}{costs}")
+    print(f"  untrained: {protocol['untrained']}")
+    if cfg is not None:
+        print(f"  FLOPs {result['flops'] / 1e6:.2f} M ({FLOP_CONVENTION}); effective (gates on, mean per image) "
+              f"{result['effective_flops'] / 1e6:.2f} M; parameters {result['params'] / 1e6:.3f} M")
+    else:
+        print(f"  FLOPs: {FLOP_CONVENTION}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m nas.evaluate",
-        description="kNN and linear-probe top-1 on frozen features of an exported sub-network (or a config), with "
-        f"its FLOPs ({FLOP_CONVENTION}) and parameters.",
-        epilog="Extra key=value arguments override configs/search.yaml: data.* (data set), oracle.bank_size (labeled "
-        "training images), oracle.val_size, oracle.k, oracle.temperature, probe.epochs, probe.lr, probe.weight_decay.",
+        description="Top-1 of an exported sub-network (or a config) under an evaluation protocol, beside the same "
+        f"architecture untrained and raw pixels, with its FLOPs ({FLOP_CONVENTION}) and parameters.",
+        epilog="Protocols: fast (kNN + L-BFGS logistic regression on cached features; default), linear (standard "
+        "linear evaluation, SGD on augmented images), switchable (SlimCLR: one head per uniform width; --checkpoint "
+        "only), semi (SSLight: fine-tuning on 1 and 10 percent of the labels). Extra key=value arguments override "
+        "configs/search.yaml: data.* (data set), oracle.bank_size (fast: labeled training images), oracle.val_size, "
+        "oracle.k, oracle.temperature, probe.epochs / probe.lr / probe.weight_decay (fast), probe.train_images, "
+        "probe.linear.*, probe.switchable.*, probe.semi.* (e.g. probe.linear.epochs=2 for a smoke run).",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--export", type=Path, metavar="DIR", help="a directory written by python -m nas.export")
     source.add_argument("--config", type=Path, metavar="JSON", help="a SubnetConfig JSON file (with --checkpoint)")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="with --config: the supernet checkpoint (default: the newest checkpoint.pt under the "
-                        "current directory)")
+                        help="with --config, or alone for --protocol switchable: the supernet checkpoint (default: "
+                        "the newest checkpoint.pt under the current directory)")
+    parser.add_argument("--protocol", choices=PROBE_PROTOCOLS, default=None,
+                        help="what to measure (default: probe.protocol of configs/search.yaml, fast)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
@@ -202,8 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # key=value overrides may sit between options
     if args.export is not None and args.checkpoint is not None:
         raise SearchError("--checkpoint: an export directory holds its own weights; use --checkpoint with --config")
+    settings = load_search_settings(args.overrides)
+    if args.protocol is not None:
+        settings.probe.protocol = ProbeProtocol(args.protocol)
     request = EvaluateRequest(export_dir=args.export, config=args.config, checkpoint=args.checkpoint,
-                              device=args.device, settings=load_search_settings(args.overrides))
+                              device=args.device, settings=settings)
     result = evaluate(request)
     if args.json:
         print(json.dumps(result))

@@ -11,11 +11,23 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from supernet.data.datasets import DataName
-from supernet.evaluation.settings import KnnSettings
-from supernet.settings import Rules, at_least, compose_settings, optional, positive
+from supernet.evaluation.settings import (
+    KnnSettings,
+    LinearEvalSettings,
+    SemiSupervisedSettings,
+    SwitchableProbeSettings,
+)
+from supernet.settings import (
+    Rules,
+    at_least,
+    choice,
+    compose_settings,
+    optional,
+    positive,
+)
 
-__all__ = ["DataOverrides", "LatencySettings", "ProbeSettings", "SearchSettings", "StorageSettings",
-           "load_search_settings"]
+__all__ = ["PROBE_PROTOCOLS", "DataOverrides", "LatencySettings", "ProbeProtocol", "ProbeSettings", "SearchSettings",
+           "StorageSettings", "load_search_settings"]
 
 
 @dataclass
@@ -45,16 +57,35 @@ class LatencySettings:
                               "threads": optional(at_least(1))}
 
 
+PROBE_PROTOCOLS = ("fast", "linear", "switchable", "semi")
+ProbeProtocol = choice("ProbeProtocol", PROBE_PROTOCOLS)
+"""``probe.protocol``: what ``nas.evaluate`` measures (``--protocol`` overrides it)."""
+
+
 @dataclass
 class ProbeSettings:
-    """``nas.evaluate``'s linear probe: logistic regression on frozen, standardised features (L-BFGS)."""
+    """``nas.evaluate``'s evaluation protocol and its settings.
 
-    epochs: int = 100  # full-batch L-BFGS iterations
-    lr: float = 1.0
-    weight_decay: float = 1e-4  # L2 on the weights (not the bias)
-    seed: int = 0
+    ``fast`` (default): kNN and a logistic-regression probe (full-batch L-BFGS) on frozen, cached,
+    standardised features of the oracle's bank (``epochs``, ``lr``, ``weight_decay``). ``linear``:
+    standard linear evaluation, SGD on augmented images (``linear.*``). ``switchable``: SlimCLR's one
+    head per uniform width, from a checkpoint (``switchable.*``). ``semi``: SSLight's fine-tuning on
+    1 % / 10 % of the labels (``semi.*``). The last three train on ``train_images`` labelled training
+    images and score on the oracle's validation split; ``seed`` fixes every random draw of each.
+    """
 
-    RULES: ClassVar[Rules] = {"epochs": at_least(1), "lr": positive, "weight_decay": at_least(0)}
+    protocol: ProbeProtocol = ProbeProtocol.fast  # type: ignore[valid-type]
+    epochs: int = 100  # fast: full-batch L-BFGS iterations
+    lr: float = 1.0  # fast: L-BFGS step scale
+    weight_decay: float = 1e-4  # fast: L2 on the weights (not the bias)
+    seed: int = 0  # head initialisation, batch order, augmentation, labelled subsets
+    train_images: Optional[int] = None  # linear, switchable, semi: labelled training images; null = all of them
+    linear: LinearEvalSettings = field(default_factory=LinearEvalSettings)
+    switchable: SwitchableProbeSettings = field(default_factory=SwitchableProbeSettings)
+    semi: SemiSupervisedSettings = field(default_factory=SemiSupervisedSettings)
+
+    RULES: ClassVar[Rules] = {"epochs": at_least(1), "lr": positive, "weight_decay": at_least(0),
+                              "train_images": optional(at_least(2))}
 
 
 @dataclass

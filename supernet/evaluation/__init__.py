@@ -1,7 +1,16 @@
-"""Evaluators on frozen features: weighted kNN and a linear probe, on in-memory evaluation data, and
-the baselines every accuracy stands beside (the untrained network, raw pixels)."""
+"""Evaluators: weighted kNN and an L-BFGS linear probe on frozen features (the fast protocol), the
+standard linear evaluation, SlimCLR's switchable probe and SSLight's semi-supervised fine-tuning on
+in-memory uint8 evaluation data, and the baselines every accuracy stands beside (the untrained
+network, raw pixels)."""
 
-from supernet.evaluation.baselines import raw_pixel_probe, untrained_network
+from supernet.evaluation.augment import random_resized_crop
+from supernet.evaluation.baselines import (
+           raw_pixel_linear_evaluation,
+           raw_pixel_probe,
+           raw_pixel_semi_supervised,
+           untrained_network,
+           untrained_supernet,
+)
 from supernet.evaluation.data import EvalData, ImageBank, prepare_eval_data
 from supernet.evaluation.knn import (
            embed_tensor,
@@ -11,6 +20,27 @@ from supernet.evaluation.knn import (
            raw_pixel_knn,
 )
 from supernet.evaluation.linear import linear_probe
+from supernet.evaluation.protocols import (
+           ProtocolReport,
+           ProtocolScore,
+           fit_heads,
+           linear_evaluation,
+           scaled_lr,
+           score_heads,
+)
+from supernet.evaluation.semi import (
+           LabelFractionScore,
+           class_balanced_subset,
+           semi_supervised_evaluation,
+)
+from supernet.evaluation.switchable import (
+           switchable_linear_probe,
+           width_label,
+           width_networks,
+)
 
-__all__ = ["EvalData", "ImageBank", "embed_tensor", "knn_accuracy", "knn_predict", "knn_score", "linear_probe",
-           "prepare_eval_data", "raw_pixel_knn", "raw_pixel_probe", "untrained_network"]
+__all__ = ["EvalData", "ImageBank", "LabelFractionScore", "ProtocolReport", "ProtocolScore", "class_balanced_subset",
+           "embed_tensor", "fit_heads", "knn_accuracy", "knn_predict", "knn_score", "linear_evaluation", "linear_probe",
+           "prepare_eval_data", "random_resized_crop", "raw_pixel_knn", "raw_pixel_linear_evaluation",
+           "raw_pixel_probe", "raw_pixel_semi_supervised", "scaled_lr", "score_heads", "semi_supervised_evaluation",
+           "switchable_linear_probe", "untrained_network", "untrained_supernet", "width_label", "width_networks"]
