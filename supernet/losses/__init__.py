@@ -10,6 +10,13 @@ from supernet.losses.budget import (
     density_bounds,
     flops_budget_loss,
 )
+from supernet.losses.dino import (
+    DINO_CENTER_MOMENTUM,
+    DINO_STUDENT_TEMPERATURE,
+    dino_center_update,
+    dino_loss,
+    dino_teacher_temperature,
+)
 from supernet.losses.distill import (
     SLIMCLR_KD_TEMPERATURE,
     SLIMCLR_KD_WEIGHT,
@@ -18,22 +25,43 @@ from supernet.losses.distill import (
 from supernet.losses.infonce import contrastive_logits, info_nce
 from supernet.losses.ntxent import nt_xent
 from supernet.losses.regression import byol_loss, negative_cosine
+from supernet.losses.vicreg import (
+    VICREG_COVARIANCE_WEIGHT,
+    VICREG_INVARIANCE_WEIGHT,
+    VICREG_VARIANCE_WEIGHT,
+    vicreg_covariance,
+    vicreg_invariance,
+    vicreg_loss,
+    vicreg_variance,
+)
 from supernet.losses.weighting import LOSS_WEIGHTINGS, loss_weights
 
 __all__ = [
     "LOSS_WEIGHTINGS",
     "BUDGET_LOSS_WEIGHT",
     "DENSITY_ANNEALING_RATE",
+    "DINO_CENTER_MOMENTUM",
+    "DINO_STUDENT_TEMPERATURE",
     "SLIMCLR_KD_TEMPERATURE",
     "SLIMCLR_KD_WEIGHT",
+    "VICREG_COVARIANCE_WEIGHT",
+    "VICREG_INVARIANCE_WEIGHT",
+    "VICREG_VARIANCE_WEIGHT",
     "byol_loss",
     "contrastive_logits",
     "density_bound_loss",
     "density_bounds",
+    "dino_center_update",
+    "dino_loss",
+    "dino_teacher_temperature",
     "flops_budget_loss",
     "info_nce",
     "logit_distillation",
     "negative_cosine",
     "nt_xent",
     "loss_weights",
+    "vicreg_covariance",
+    "vicreg_invariance",
+    "vicreg_loss",
+    "vicreg_variance",
 ]

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from supernet.ssl.base import SSLMethod
 from supernet.ssl.byol import BYOL
+from supernet.ssl.dino import DINO
 from supernet.ssl.moco import MoCoV2
-from supernet.ssl.simclr import SimCLRMomentum
+from supernet.ssl.simclr import SimCLR, SimCLRMomentum
+from supernet.ssl.simsiam import SimSiam
+from supernet.ssl.vicreg import VICReg
 
-METHODS: dict[str, type[SSLMethod]] = {BYOL.name: BYOL, MoCoV2.name: MoCoV2, SimCLRMomentum.name: SimCLRMomentum}
+METHODS: dict[str, type[SSLMethod]] = {
+    method.name: method for method in (BYOL, MoCoV2, SimCLRMomentum, SimCLR, SimSiam, DINO, VICReg)
+}
 
 
 def get_method(name: str) -> type[SSLMethod]:
@@ -17,4 +22,4 @@ def get_method(name: str) -> type[SSLMethod]:
         raise ValueError(f"ssl.name: {name!r} is not a method; valid: {', '.join(sorted(METHODS))}") from None
 
 
-__all__ = ["BYOL", "METHODS", "MoCoV2", "SSLMethod", "SimCLRMomentum", "get_method"]
+__all__ = ["BYOL", "DINO", "METHODS", "MoCoV2", "SSLMethod", "SimCLR", "SimCLRMomentum", "SimSiam", "VICReg", "get_method"]

@@ -2,9 +2,14 @@
 
 A method owns the student (the supernet encoder plus its heads), an EMA teacher at full width
 (US3L: the temporally consistent target every sub-network regresses), and the losses. The training
-loop owns the schedules: it calls :meth:`teacher_targets` once per step, then :meth:`full_width_loss`
-at full width and :meth:`subnet_loss` at each sampled sub-network, then
+loop owns the schedules: it calls :meth:`set_epoch` with the training progress of the step, then
+:meth:`teacher_targets` once, then :meth:`full_width_loss` at full width, :meth:`subnet_loss` at
+each sampled sub-network and :meth:`gated_loss` for the gated pass, then :meth:`after_step` and
 :meth:`update_teacher` with the momentum of the step.
+
+Methods whose papers have no momentum encoder (SimCLR, SimSiam, VICReg) keep the teacher with
+momentum 0: it is then a copy of the student taken before the step, so the sub-networks regress the
+full-width student's own output, as US3L's code does for SimCLR and SimSiam.
 """
 
 from __future__ import annotations
@@ -43,11 +48,16 @@ class SSLMethod(nn.Module):
         num_global: int = 2,
         global_global_weight: float = 1.0,
         global_local_weight: float = 0.0,
+        projector: nn.Module | None = None,
     ) -> None:
+        """``projector``: the method's own head (B, C') -> (B, proj_dim), reading the first C' <=
+        ``encoder.feature_dim`` features; default ``MLPHead(feature_dim, proj_hidden_dim, proj_dim)``."""
         super().__init__()
         encoder.set_max()
         self.encoder = encoder
-        self.projector = MLPHead(encoder.feature_dim, proj_hidden_dim, proj_dim, layers=proj_layers)
+        if projector is None:
+            projector = MLPHead(encoder.feature_dim, proj_hidden_dim, proj_dim, layers=proj_layers)
+        self.projector = projector
         # US3L: sub-networks regress the teacher through their own head, so the full network's
         # predictor is not pulled toward what small networks can produce.
         self.aux_predictor = MLPHead(proj_dim, pred_hidden_dim, proj_dim)
@@ -84,7 +94,15 @@ class SSLMethod(nn.Module):
                 teacher_buffer.copy_(student_buffer)
 
     def after_step(self, targets: list[torch.Tensor], gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
-        """Hook after the optimizer step; ``gather`` concatenates a tensor over data-parallel ranks."""
+        """Hook after the optimizer step, before the teacher's update; ``gather`` concatenates a
+        tensor's rows over data-parallel ranks."""
+
+    def set_epoch(self, epoch: float) -> dict[str, float]:
+        """Take the method's schedules at ``epoch`` (epochs done, fractional), before the step's losses.
+
+        The loop calls it once per step; the values returned are logged with the step's terms.
+        """
+        return {}
 
     # -- losses ----------------------------------------------------------------------------------
     def project(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -96,6 +114,7 @@ class SSLMethod(nn.Module):
 
         Global-global pairs and local-global pairs are averaged separately and mixed with the
         SSLight weights (0.4 / 0.6); with no local views the global-global mean is the loss.
+        ``pair_loss`` may return a scalar or a vector of terms (averaged element-wise).
         """
         global_terms, local_terms = [], []
         for i, output in enumerate(outputs):
@@ -103,10 +122,10 @@ class SSLMethod(nn.Module):
                 if i == j:
                     continue
                 (global_terms if i < self.num_global else local_terms).append(pair_loss(output, target))
-        global_loss = torch.stack(global_terms).mean()
+        global_loss = torch.stack(global_terms).mean(dim=0)
         if not local_terms:
             return global_loss
-        local_loss = torch.stack(local_terms).mean()
+        local_loss = torch.stack(local_terms).mean(dim=0)
         return self.global_global_weight * global_loss + self.global_local_weight * local_loss
 
     def full_width_loss(
@@ -122,6 +141,13 @@ class SSLMethod(nn.Module):
         self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """US3L: the active sub-network regresses the teacher's full-width output via the auxiliary head."""
+        return self.regression_loss(views, targets)
+
+    def gated_loss(
+        self, views: list[torch.Tensor], targets: list[torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """The gated pass's SSL terms against ``targets`` (the dense network's or the teacher's
+        projections of the global views): by default the auxiliary-head regression."""
         return self.regression_loss(views, targets)
 
     def regression_loss(

@@ -8,7 +8,8 @@ Each step (US3L + SlimCLR + Krishna et al.):
    regress the teacher through the auxiliary head; during the slow start only full width trains;
 3. a gated pass with Gumbel-sigmoid gates, plus the budget loss toward ``gates.target`` and the
    per-layer density bounds;
-4. group regularization (US3L) on the encoder's gradients, optimizer step, EMA update.
+4. group regularization (US3L) on the encoder's gradients, optimizer step, the method's
+   ``after_step`` (MoCo's queue, DINO's center), EMA update.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
                         ramp_fraction=cfg.regularization.alpha_ramp_fraction) if cfg.regularization.group else 0.0
     per_network = cfg.sandwich.optimizer_steps == "per_network"
     method.train()
+    method_schedule = method.set_epoch(run.step / run.steps_per_epoch)  # e.g. DINO's teacher temperature
     with run.autocast:
         targets = method.teacher_targets(views)
     plan = plan or plan_subnets(
@@ -157,10 +159,11 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
     _check_collapse(run, projections["max"][0] if "max" in projections else next(iter(projections.values()))[0])
     momentum = cfg.ssl.base_momentum if cfg.ssl.momentum_schedule == "constant" else \
         ema_momentum(run.step, run.total_steps, base=cfg.ssl.base_momentum)
-    method.update_teacher(momentum)
+    # Before the teacher moves: DINO's center takes the teacher's scores of this step, as its loss saw them.
     method.after_step(targets, gather=lambda rows: all_gather_rows(rows, run.dist))
+    method.update_teacher(momentum)
     return {"loss": total, **logged, "lr": lr, "ema_momentum": momentum, "group_alpha": alpha,
-            "min_width": min(sizes), "num_subnets": float(len(plan))}
+            "min_width": min(sizes), "num_subnets": float(len(plan)), **method_schedule}
 
 
 def _optimizer_step(run: Run, alpha: float) -> None:
@@ -177,10 +180,11 @@ def _gated_pass(run: Run, views: list[torch.Tensor], targets: list[torch.Tensor]
                 projections: dict[str, list[torch.Tensor]], logged: dict[str, float]) -> float:
     """Gumbel-sigmoid gates at one of the step's widths and sampled thresholds (Krishna et al.).
 
-    SSL term: the gated network regresses, through the auxiliary head, the dense network's
-    projection of the other view at the same width (``gates.link=dense``) or the EMA teacher's
-    (``teacher``). Budget terms: ``lambda * (FLOPs ratio - t_d)^2`` against that width's dense
-    FLOPs, and the per-layer density bounds around ``sqrt(t_d)``. The budget uses the masks of the
+    SSL term (the method's ``gated_loss``): the gated network regresses, through the auxiliary
+    head, the dense network's projection of the other view at the same width (``gates.link=dense``)
+    or the EMA teacher's (``teacher``); VICReg takes its own loss against it (Krishna et al.).
+    Budget terms: ``lambda * (FLOPs ratio - t_d)^2`` against that width's dense FLOPs, and the
+    per-layer density bounds around ``sqrt(t_d)``. The budget uses the masks of the
     last global view's forward (an unbiased one-view estimate).
     """
     cfg, encoder, gates = run.cfg, run.encoder, run.cfg.gates
@@ -192,7 +196,7 @@ def _gated_pass(run: Run, views: list[torch.Tensor], targets: list[torch.Tensor]
     global_views = views[: run.method.num_global]
     with run.autocast:
         link = projections[label] if gates.link == "dense" else targets
-        terms, _ = run.method.regression_loss(global_views, link)
+        terms, _ = run.method.gated_loss(global_views, link)
         saved = encoder.gate_flops_saved()
         assert saved is not None
         gated_flops = flops.gated_static - saved.float()

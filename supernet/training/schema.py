@@ -120,16 +120,33 @@ class SSLConfig:
     proj_dim: int = 256
     proj_layers: int = 2  # 2: Linear-BN-ReLU-Linear (BYOL); 3: one more hidden layer (US3L's CIFAR projector)
     pred_hidden_dim: int = 2048
-    base_momentum: float = 0.99  # EMA teacher momentum (US3L: 0.99)
+    base_momentum: float = 0.99  # EMA teacher momentum (US3L: 0.99); 0: the teacher is the student (SimCLR, SimSiam, VICReg)
     momentum_schedule: MomentumSchedule = MomentumSchedule.constant  # type: ignore[valid-type]  # US3L; cosine: BYOL's ramp to 1
     byol_loss: RegressionLoss = RegressionLoss.negative_cosine  # type: ignore[valid-type]  # US3L; normalized_mse: BYOL's 2 - 2cos
-    temperature: float = 0.2  # MoCo v2
+    temperature: float = 0.2  # MoCo v2's InfoNCE; SimCLR's NT-Xent (0.5)
     queue_size: int = 4096  # MoCo v2
     online_distillation: bool = False  # SlimCLR logit distillation for sub-networks (MoCo)
+    # DINO (Caron et al. 2021): K prototypes after the proj_dim bottleneck; temperatures; center EMA
+    num_prototypes: int = 65536
+    student_temperature: float = 0.1
+    teacher_temperature: float = 0.07  # reached after the warm-up
+    warmup_teacher_temperature: float = 0.04  # the first epoch's
+    warmup_teacher_temperature_epochs: int = 30  # linear, one value per epoch (DINO's code)
+    center_momentum: float = 0.9
+    head_batch_norm: bool = False  # BN in the DINO head's hidden layers (DINO: off; SSLight's CNNs: on)
+    freeze_prototypes_epochs: float = 1.0  # DINO's freeze_last_layer
+    # VICReg (Bardes et al. 2022): weights of the invariance, variance and covariance terms
+    invariance_weight: float = 25.0
+    variance_weight: float = 25.0
+    covariance_weight: float = 1.0
 
     RULES: ClassVar[Rules] = {"proj_hidden_dim": at_least(1), "proj_dim": at_least(1), "proj_layers": in_range(2, 3),
                               "pred_hidden_dim": at_least(1), "base_momentum": in_range(0, 1), "temperature": positive,
-                              "queue_size": at_least(1)}
+                              "queue_size": at_least(1), "num_prototypes": at_least(1), "student_temperature": positive,
+                              "teacher_temperature": positive, "warmup_teacher_temperature": positive,
+                              "warmup_teacher_temperature_epochs": at_least(0), "center_momentum": in_range(0, 1),
+                              "freeze_prototypes_epochs": at_least(0), "invariance_weight": at_least(0),
+                              "variance_weight": at_least(0), "covariance_weight": at_least(0)}
 
 
 @dataclass

@@ -37,3 +37,15 @@ def test_without_local_views_the_loss_is_the_global_mean() -> None:
     method = _byol(global_global_weight=0.4, global_local_weight=0.6)
     outputs, targets = [torch.tensor(1.0), torch.tensor(2.0)], [torch.tensor(10.0), torch.tensor(20.0)]
     assert float(method.cross_view(outputs, targets, lambda o, t: o * t)) == pytest.approx((20 + 20) / 2)
+
+
+def test_vector_valued_pair_losses_are_averaged_term_by_term() -> None:
+    """VICReg returns its three terms from one pair loss; each is mixed like a scalar loss would be."""
+    method = _byol(global_global_weight=0.4, global_local_weight=0.6)
+    outputs = [torch.tensor(float(i)) for i in range(3)]  # 2 global views, then 1 local view
+    targets = [torch.tensor(10.0), torch.tensor(20.0)]
+    loss = method.cross_view(outputs, targets, lambda o, t: torch.stack([o + t, o * t]))
+    scalar = [method.cross_view(outputs, targets, lambda o, t, k=k: torch.stack([o + t, o * t])[k]) for k in range(2)]
+    assert loss.shape == (2,)
+    torch.testing.assert_close(loss, torch.stack(scalar))
+    assert float(loss[1]) == pytest.approx(0.4 * (0 * 20 + 1 * 10) / 2 + 0.6 * (2 * 10 + 2 * 20) / 2)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from supernet.settings import config_dir
 from supernet.train import load_train_settings
+from supernet.training.loop import train
 from supernet.training.setup import view_options
+
+NEW_RECIPES = ["us3l_simclr_cifar", "us3l_simsiam_cifar", "us3l_dino_cifar", "sslight_dino_mobilenet",
+               "krishna_vicreg_gated_cifar", "krishna_gated_cifar"]
 
 
 def _recipe(name: str):
@@ -15,7 +23,7 @@ def _recipe(name: str):
 
 def test_every_recipe_composes() -> None:
     names = sorted(path.stem for path in (config_dir() / "recipe").glob("*.yaml"))
-    assert {"quickstart", "us3l_byol_cifar", "us3l_simclr_momentum_cifar", "slimclr_mocov2", "krishna_gated_cifar"} <= set(names)
+    assert {"quickstart", "us3l_byol_cifar", "us3l_simclr_momentum_cifar", "slimclr_mocov2", *NEW_RECIPES} <= set(names)
     for name in names:
         _recipe(name)
 
@@ -49,13 +57,83 @@ def test_slimclr_mocov2() -> None:
     assert cfg.sandwich.optimizer_steps == "per_batch"
 
 
-def test_krishna_gated_cifar() -> None:
-    cfg = _recipe("krishna_gated_cifar")
+@pytest.mark.parametrize("name", ["krishna_gated_cifar", "krishna_vicreg_gated_cifar"])
+def test_krishna_gated_cifar(name: str) -> None:
+    cfg = _recipe(name)
     assert (cfg.model.space, cfg.data.name, cfg.epochs, cfg.batch_size) == ("resnet18_cifar", "cifar10", 500, 512)
     assert cfg.optim.name == "lars" and cfg.optim.lars_eta == 0.02 and cfg.optim.lr * 512 / 256 == pytest.approx(0.6)
     gates = cfg.gates
     assert (gates.target, gates.budget_weight, gates.bound_weight, gates.bound_rate) == (0.5, 5.0, 1.0, 0.02)
     assert gates.separate_bn and gates.link == "dense" and not gates.sample_widths and not cfg.sandwich.enabled
+    # their SSL loss: VICReg 25/25/1 on a 2048-2048-2048 projector (vicreg_gating.sh)
+    assert cfg.ssl.name == "vicreg" and (cfg.ssl.invariance_weight, cfg.ssl.variance_weight, cfg.ssl.covariance_weight) == (25, 25, 1)
+    assert (cfg.ssl.proj_layers, cfg.ssl.proj_hidden_dim, cfg.ssl.proj_dim) == (3, 2048, 2048)
+
+
+def test_us3l_simclr_cifar() -> None:
+    cfg = _recipe("us3l_simclr_cifar")  # configs/cifar/us_resnet18_simclr_cifar.yaml
+    assert (cfg.model.space, cfg.data.name, cfg.ssl.name, cfg.epochs, cfg.batch_size) == (
+        "resnet18_cifar", "cifar100", "simclr", 400, 512)
+    assert cfg.optim.lr * cfg.batch_size / 256 == pytest.approx(0.5) and cfg.optim.warmup_epochs == 0
+    assert (cfg.ssl.temperature, cfg.ssl.proj_layers, cfg.ssl.proj_hidden_dim, cfg.ssl.proj_dim) == (0.5, 3, 2048, 256)
+    assert cfg.ssl.base_momentum == 0.0  # no momentum encoder: sub-networks regress the full-width student
+    assert cfg.sandwich.stage_min_widths == [0.25] and cfg.sandwich.num_subnets == 3  # no dynamic sampling
+    assert not cfg.regularization.group and cfg.regularization.weight_decay == pytest.approx(1e-4)
+
+
+def test_us3l_simsiam_cifar() -> None:
+    cfg = _recipe("us3l_simsiam_cifar")  # configs/cifar/us_resnet18_simsiam_cifar.yaml
+    assert (cfg.ssl.name, cfg.epochs, cfg.batch_size) == ("simsiam", 400, 512)
+    assert cfg.optim.lr * cfg.batch_size / 256 == pytest.approx(0.05)
+    assert (cfg.ssl.proj_layers, cfg.ssl.proj_hidden_dim, cfg.ssl.proj_dim, cfg.ssl.pred_hidden_dim) == (3, 2048, 2048, 2048)
+    assert cfg.ssl.base_momentum == 0.0 and cfg.sandwich.stage_min_widths == [0.25]
+    assert not cfg.regularization.group and cfg.regularization.weight_decay == pytest.approx(5e-4)
+
+
+def test_us3l_dino_cifar() -> None:
+    cfg = _recipe("us3l_dino_cifar")
+    ssl = cfg.ssl
+    assert (cfg.model.space, cfg.ssl.name, cfg.epochs, cfg.batch_size) == ("resnet18_cifar", "dino", 400, 512)
+    assert (ssl.student_temperature, ssl.warmup_teacher_temperature, ssl.teacher_temperature) == (0.1, 0.04, 0.07)
+    assert (ssl.warmup_teacher_temperature_epochs, ssl.center_momentum, ssl.freeze_prototypes_epochs) == (30, 0.9, 1.0)
+    assert (ssl.base_momentum, ssl.momentum_schedule) == (0.996, "cosine")
+    assert (ssl.proj_layers, ssl.proj_hidden_dim, ssl.proj_dim, ssl.num_prototypes) == (3, 2048, 256, 4096)
+    assert cfg.sandwich.stage_min_widths == [1.0, 0.75, 0.5, 0.25] and cfg.regularization.group  # US3L's sandwich
+
+
+def test_sslight_dino_mobilenet() -> None:
+    cfg = _recipe("sslight_dino_mobilenet")  # src/config/exp_yamls/mnv2/dino.yaml + defaults.py
+    ssl = cfg.ssl
+    assert (cfg.model.space, cfg.ssl.name, cfg.views.name, cfg.epochs, cfg.batch_size) == (
+        "mobilenet_v2", "dino", "sslight", 200, 1024)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.final_lr, cfg.optim.warmup_epochs) == ("lars", 0.48, 0.0048, 10)
+    assert cfg.regularization.weight_decay == pytest.approx(1e-6) and not cfg.regularization.group
+    assert (ssl.num_prototypes, ssl.head_batch_norm, ssl.warmup_teacher_temperature_epochs) == (4096, True, 50)
+    assert (ssl.base_momentum, ssl.momentum_schedule, ssl.teacher_temperature) == (0.996, "cosine", 0.07)
+    assert (cfg.views.global_local_weight, cfg.views.global_global_weight, cfg.views.num_local) == (0.6, 0.4, 6)
+    assert not cfg.sandwich.enabled and not cfg.gates.enabled
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("name", NEW_RECIPES)
+def test_new_recipes_run_two_steps(tmp_path: Path, name: str) -> None:
+    """Each recipe's method, views, optimizer and sandwich settings, on the tiny space and 64 digits."""
+    cfg = load_train_settings([
+        f"recipe={name}", "model=tiny", "data=mnist_embedded", "data.max_images=64", "data.holdout_size=200",
+        "data.resolution=16", "batch_size=16", "knn.enabled=false", "progress=false", "max_steps=2", "log_every_steps=1",
+        "ssl.proj_hidden_dim=32", "ssl.proj_dim=16", "ssl.pred_hidden_dim=32", "ssl.num_prototypes=64", f"out_dir={tmp_path}",
+    ])
+    assert cfg.epochs >= 200  # the recipe's own schedule length is kept; max_steps stops early
+    train(cfg)
+    steps = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
+    assert len(steps) == 2 and all(np.isfinite(step["loss"]) for step in steps)
+    ssl_name = cfg.ssl.name
+    expected = {"simclr": "max/ntxent", "simsiam": "max/simsiam", "dino": "max/dino", "vicreg": "max/invariance"}[ssl_name]
+    assert expected in steps[0]
+    if cfg.sandwich.enabled and cfg.sandwich.stage_min_widths[0] < 1.0:  # no slow start: sub-networks trained
+        assert "min/distill" in steps[0]
+    if cfg.gates.enabled:  # Krishna et al.: the gated network's VICReg against the dense network
+        assert "gated/invariance" in steps[0] and "gated/budget" in steps[0]
 
 
 def test_sslight_views_follow_its_code() -> None:
