@@ -3,8 +3,9 @@
 Costs (cached per config with the result): fvcore FLOPs of the extracted network (one
 multiply-add = one flop; gates counted with every channel kept), effective FLOPs with gates on
 (mean over calibration images of the per-input FLOPs), parameters, and latency measured on the
-device. A candidate over a budget never pays for BN recalibration or the kNN evaluation, except
-that a gated candidate needs recalibrated gates before its effective FLOPs can be known.
+device (or predicted by a latency table, :mod:`nas.latency_table`, with nothing timed). A candidate
+over a budget never pays for BN recalibration or the kNN evaluation, except that a gated candidate
+needs recalibrated gates before its effective FLOPs can be known.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from nas.cost import Costs, count_flops, measure_costs
 from nas.latency import measure_latency
+from nas.latency_table import LatencyPredictor
 from nas.oracle import Oracle
 from nas.settings import LatencySettings
 from search_spaces import SearchSpace, SubnetConfig
@@ -67,12 +69,14 @@ class CandidateEvaluator:
         latency: LatencySettings,
         effective_flops_images: int = 256,
         device: torch.device | str = "cpu",
+        latency_predictor: LatencyPredictor | None = None,
     ) -> None:
         self.supernet, self.oracle = supernet, oracle
         self.flops_budget, self.latency_budget = flops_budget, latency_budget
         self.latency_settings = latency
         self.effective_flops_images = effective_flops_images
         self.device = torch.device(device)
+        self.latency_predictor = latency_predictor  # None: latency is measured on the device
         self.resolution = oracle.data.resolution
         self._cache: dict[SubnetConfig, CandidateResult] = {}
         self._static_flops: dict[str, int] = {}
@@ -122,7 +126,13 @@ class CandidateEvaluator:
         return cost > budget
 
     def measure_latency(self, network: SuperNet, cfg: SubnetConfig) -> dict[str, Any]:
-        """Median latency on the device; a gated network runs gathered at batch 1 over real images."""
+        """Median latency on the device; a gated network runs gathered at batch 1 over real images.
+
+        With a latency predictor, its prediction instead (same dict, method ``"table"``); the device is not timed.
+        """
+        if self.latency_predictor is not None:
+            images = self.oracle.data.calibration[: self.effective_flops_images]
+            return self.latency_predictor.predicted_latency(network, cfg, images, batch_size=self.oracle.batch_size)
         settings = self.latency_settings
         batch = settings.batch_size
         if cfg.gated and batch == 1:

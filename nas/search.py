@@ -1,7 +1,8 @@
 """``python -m nas.search --budget 1GFLOP``: multi-objective search of a trained supernet's sub-networks.
 
 Objectives: kNN accuracy of the weight-sharing oracle (up) and cost (down): effective FLOPs (fvcore:
-one multiply-add = one flop) or latency measured on the device. Budgets are Optuna constraints
+one multiply-add = one flop) or latency measured on the device, or predicted by a latency table built
+on another (``--latency-table``, :mod:`nas.latency_table`). Budgets are Optuna constraints
 (``trial.set_constraint``); an over-budget candidate is never evaluated for accuracy. The study
 lives in a journal file in the run directory (or any ``--storage`` URL), so re-running the same
 command resumes it, and several workers can share it.
@@ -33,6 +34,7 @@ from nas.candidates import (
     config_params,
     suggest_config,
 )
+from nas.latency_table import LatencyTable
 from nas.oracle import build_oracle
 from nas.pareto import cost_of, write_outputs
 from nas.settings import SearchSettings, load_search_settings
@@ -75,6 +77,7 @@ class SearchRequest:
     out: Path | None
     settings: SearchSettings
     progress: bool = True
+    latency_table: Path | None = None  # predict latency from this table (python -m nas.latency_table) instead of timing
 
 
 @dataclass
@@ -90,15 +93,19 @@ class SearchSummary:
 
 def search(request: SearchRequest) -> SearchSummary:
     """Run (or resume) the study; write the outputs; return the front and the best record."""
+    table = LatencyTable.load(request.latency_table) if request.latency_table is not None else None
     device = resolve_device(request.device, key="--device")
     supernet, payload = load_supernet(request.checkpoint, map_location="cpu")
     supernet = supernet.to(device).eval()
-    evaluator = build_evaluator(supernet, payload, request, device)
+    evaluator = build_evaluator(supernet, payload, request, device, table)
+    if table is not None:  # before anything is written, like the budgets
+        table.check_matches(space=supernet.space.name, resolution=evaluator.resolution,
+                            batch_size=request.settings.latency.batch_size)
     budgets = check_budgets(request, evaluator)  # before anything is written: a refused run leaves nothing
     study_name = request.study_name or default_study_name(supernet.space, request)
     out_dir = request.out or Path("runs") / "search" / study_name
     study, created = open_search_study(request, study_name, out_dir)
-    claim_study(study, study_identity(request, payload, supernet.space, evaluator.resolution, budgets))
+    claim_study(study, study_identity(request, payload, supernet.space, evaluator.resolution, budgets, table))
     queue_seeds(study, evaluator, budgets, created=created, shared=request.storage is not None)
     for record in finished_records(study):
         evaluator.remember(CandidateResult.from_dict(record))
@@ -131,13 +138,13 @@ def open_search_study(request: SearchRequest, study_name: str, out_dir: Path) ->
 
 
 def build_evaluator(supernet: SuperNet, payload: dict[str, Any], request: SearchRequest,
-                    device: torch.device) -> CandidateEvaluator:
+                    device: torch.device, latency_table: LatencyTable | None = None) -> CandidateEvaluator:
     settings = request.settings
     oracle = build_oracle(supernet, payload, settings.data, settings.oracle, device)
     return CandidateEvaluator(
         supernet, oracle, flops_budget=request.flops_budget.value if request.flops_budget else None,
         latency_budget=request.latency_budget.value if request.latency_budget else None, latency=settings.latency,
-        effective_flops_images=settings.effective_flops_images, device=device,
+        effective_flops_images=settings.effective_flops_images, device=device, latency_predictor=latency_table,
     )
 
 
@@ -150,6 +157,8 @@ def check_budgets(request: SearchRequest, evaluator: CandidateEvaluator) -> dict
             continue
         smallest, largest = (_cost_of(evaluator, space.min_config(), budget.kind),
                              _cost_of(evaluator, space.max_config(), budget.kind))
+        if budget.kind == "latency":  # two timings of tiny networks can come out in either order on a busy machine
+            smallest, largest = sorted((smallest, largest))
         warning = check_budget_against(budget, smallest=smallest, largest=largest)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
@@ -165,16 +174,21 @@ def _cost_of(evaluator: CandidateEvaluator, cfg: SubnetConfig, kind: str) -> flo
 
 
 def study_identity(request: SearchRequest, payload: dict[str, Any], space: SearchSpace, resolution: int,
-                   budgets: dict[str, float]) -> dict[str, Any]:
+                   budgets: dict[str, float], latency_table: LatencyTable | None = None) -> dict[str, Any]:
     """Everything that changes a trial's score, as flat ``key: value`` (see :func:`nas.study.claim_study`)."""
     settings = settings_dict(request.settings)
+    latency_matters = request.objective == "latency" or "latency" in budgets  # times are then part of the score
     identity: dict[str, Any] = {
         "checkpoint": str(request.checkpoint.resolve()), "checkpoint_step": int(payload["step"]), "space": space.name,
         "objective": request.objective, "resolution": resolution, "effective_flops_images": settings["effective_flops_images"],
         **{f"budgets.{kind}": value for kind, value in budgets.items()},
         **flatten(settings["data"], "data."), **flatten(settings["oracle"], "oracle."),
     }
-    if request.objective == "latency" or "latency" in budgets:  # measured times are then part of the score
+    if latency_matters and latency_table is not None:  # predicted: the table is what was "measured on"
+        identity.update({"device": f"latency table {latency_table.sha256[:12]} ({latency_table.device})",
+                         "latency_table.sha256": latency_table.sha256, "latency_table.device": latency_table.device,
+                         "latency.batch_size": settings["latency"]["batch_size"]})
+    elif latency_matters:
         identity.update({"device": str(resolve_device(request.device, key="--device")),
                          **flatten(settings["latency"], "latency.")})
     return identity
@@ -257,7 +271,9 @@ def print_table(summary: SearchSummary) -> None:
     else:
         print("no feasible trial was evaluated; raise the budget or run more trials")
     if front and front[0].get("latency"):
-        print(f"latency measured on {front[0]['latency']['device']}, batch size {front[0]['latency']['batch_size']}")
+        latency = front[0]["latency"]
+        how = f"predicted by the table {latency.get('table')} for" if latency["method"] == "table" else "measured on"
+        print(f"latency {how} {latency['device']}, batch size {latency['batch_size']}")
     print(f"outputs: {summary.out_dir}/{{pareto.json,pareto.csv,pareto.png,best.json}}")
 
 
@@ -273,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", default=None,
                         help="FLOP budget (1GFLOP, 300MFLOPs, 5e8; one multiply-add = one flop) or latency (2.5ms, 200us)")
     parser.add_argument("--latency-budget", default=None, help="latency budget on --device, e.g. 2.5ms or 200us")
+    parser.add_argument("--latency-table", type=Path, default=None, metavar="TABLE.json",
+                        help="predict latency from this table (python -m nas.latency_table, built on the target "
+                        "device) instead of timing --device")
     parser.add_argument("--objective", choices=("flops", "latency"), default=None,
                         help="cost to minimise (default: latency if only a latency budget is given, else flops)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="nsga2")
@@ -308,7 +327,8 @@ def request_from_args(args: argparse.Namespace) -> SearchRequest:
     return SearchRequest(checkpoint=Path(checkpoint), flops_budget=flops_budget, latency_budget=latency_budget,
                          objective=objective, sampler=args.sampler, trials=args.trials, timeout=args.timeout,
                          device=args.device, storage=args.storage, study_name=args.study_name, seed=args.seed,
-                         out=args.out, settings=load_search_settings(args.overrides), progress=not args.no_progress)
+                         out=args.out, settings=load_search_settings(args.overrides), progress=not args.no_progress,
+                         latency_table=args.latency_table)
 
 
 @command(interrupted="interrupted: finished trials are kept in the study; re-run the same command to resume")
