@@ -33,7 +33,11 @@ class CandidateResult:
     flops: int  # static (gates counted, every channel kept)
     effective_flops: float  # mean per input with gates on; equals flops when gates are off
     params: int
-    latency: dict[str, Any] | None = None  # nas.latency.Latency.to_dict()
+    latency: dict[str, Any] | None = None  # nas.latency.Latency.to_dict() at latency.batch_size: the objective
+    # Scored candidates: latency at batch 1 and at latency.batch_size ("1", "B"); for a gated one also the
+    # same widths without gates, so the output can say whether the gates saved time at each batch.
+    latency_by_batch: dict[str, dict[str, Any]] | None = None
+    static_latency_by_batch: dict[str, dict[str, Any]] | None = None
     accuracy: float | None = None
     violations: dict[str, float] = field(default_factory=dict)  # cost - budget per budget; <= 0 is feasible
 
@@ -110,7 +114,28 @@ class CandidateEvaluator:
         if not cfg.gated:
             self.oracle.recalibrate(network)
         result.accuracy = self.oracle.accuracy(cfg, network)
+        result.latency_by_batch, result.static_latency_by_batch = self.latency_profile(network, cfg, result.latency)
         return result
+
+    def latency_profile(self, network: SuperNet, cfg: SubnetConfig, at_batch: dict[str, Any]
+                        ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]] | None]:
+        """Latency at batch 1 and at ``latency.batch_size`` (``at_batch``, already measured), and for a gated
+        config the same at its widths without gates.
+
+        Gates change the cost only at batch 1, where they run gathered (only kept channels); at larger
+        batches every channel is computed and masked, which never saves time. A latency table answers for
+        its own batch size only, so with one the other batch is left out.
+        """
+        batch = self.latency_settings.batch_size
+        by_batch = {str(batch): at_batch}
+        if batch != 1 and self.latency_predictor is None:
+            by_batch["1"] = self.measure_latency(network, cfg, batch_size=1)
+        if not cfg.gated:
+            return by_batch, None
+        static_cfg = cfg.with_gates(None)
+        static = self.supernet.extract(static_cfg).to(self.device).eval()
+        static_by_batch = {size: self.measure_latency(static, static_cfg, batch_size=int(size)) for size in by_batch}
+        return by_batch, static_by_batch
 
     def costs(self, network: SuperNet, cfg: SubnetConfig) -> Costs:
         """:func:`nas.cost.measure_costs` on the oracle's calibration images."""
@@ -125,16 +150,18 @@ class CandidateEvaluator:
         result.violations[kind] = float(cost - budget)
         return cost > budget
 
-    def measure_latency(self, network: SuperNet, cfg: SubnetConfig) -> dict[str, Any]:
-        """Median latency on the device; a gated network runs gathered at batch 1 over real images.
+    def measure_latency(self, network: SuperNet, cfg: SubnetConfig, *, batch_size: int | None = None) -> dict[str, Any]:
+        """Median latency on the device at ``batch_size`` (default ``latency.batch_size``); a gated network
+        runs gathered at batch 1 over real images.
 
-        With a latency predictor, its prediction instead (same dict, method ``"table"``); the device is not timed.
+        With a latency predictor, its prediction instead (same dict, method ``"table"``; the table's own batch
+        size); the device is not timed.
         """
         if self.latency_predictor is not None:
             images = self.oracle.data.calibration[: self.effective_flops_images]
             return self.latency_predictor.predicted_latency(network, cfg, images, batch_size=self.oracle.batch_size)
         settings = self.latency_settings
-        batch = settings.batch_size
+        batch = settings.batch_size if batch_size is None else batch_size
         if cfg.gated and batch == 1:
             network.set_gate_mode("gathered")
         images = self.oracle.data.calibration

@@ -47,6 +47,7 @@ from nas.onnx_program import (
     require_onnx,
 )
 from nas.oracle import Oracle, build_oracle, trained_data_settings
+from nas.pareto import gate_speed_note
 from nas.program import (
     CHECK_IMAGES,
     EXPORT_FORMAT,
@@ -154,8 +155,11 @@ def measure(network: SuperNet, cfg: SubnetConfig, oracle: Oracle, settings: Sear
     evaluator = CandidateEvaluator(network, oracle, flops_budget=None, latency_budget=None, latency=settings.latency,
                                    effective_flops_images=settings.effective_flops_images, device=device)
     costs = evaluator.costs(network, cfg)
-    return {"accuracy": oracle.accuracy(cfg, network), **costs.to_dict(),
-            "latency": evaluator.measure_latency(network, cfg), "resolution": oracle.data.resolution}
+    latency = evaluator.measure_latency(network, cfg)
+    by_batch, static_by_batch = evaluator.latency_profile(network, cfg, latency)
+    return {"accuracy": oracle.accuracy(cfg, network), **costs.to_dict(), "latency": latency,
+            "latency_by_batch": by_batch, "static_latency_by_batch": static_by_batch,
+            "resolution": oracle.data.resolution}
 
 
 def supernet_reference(supernet: SuperNet, cfg: SubnetConfig, oracle: Oracle) -> SuperNet:
@@ -278,6 +282,9 @@ def print_summary(record: dict[str, Any]) -> None:
               f"{onnx['check_images']} images; on {onnx['agreement_images']} validation images "
               f"{onnx['validation_within_tolerance']:.1%} within tolerance, kNN top-1 agreement "
               f"{onnx['top1_agreement']:.1%}")
+    note = gate_speed_note(metrics, label="latency")
+    if note:
+        print(f"  {note}")
     print(f"  input {record['input']['shape']} ({'dynamic' if record['input']['dynamic_batch'] else 'fixed'} batch); "
           f"files: {', '.join(record['files'].values())}")
 

@@ -1,8 +1,9 @@
 """Pareto front of accuracy (up) vs cost (down), and the search's output files.
 
 Outputs (atomic writes): ``pareto.json`` and ``pareto.csv`` (front members with config, accuracy,
-FLOPs, effective FLOPs, parameters, latency with device and batch size), ``pareto.png`` (every
-trial, the front, the budget line), ``best.json`` (the most accurate feasible config).
+FLOPs, effective FLOPs, parameters, latency with device and batch size, at batch 1 too, and for gated
+configs the same widths without gates: :func:`gate_speed_note`), ``pareto.png`` (every trial, the
+front, the budget line when it falls among them), ``best.json`` (the most accurate feasible config).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def write_outputs(
     front = pareto_front(records, objective)
     best = best_record(records, objective)
     header = {**meta, "objective": objective, "budgets": budgets, "flop_convention": FLOP_CONVENTION}
-    atomic_write_text(out_dir / "pareto.json", json.dumps({**header, "front": front}, indent=2))
+    notes = [note for note in map(gate_speed_note, front) if note]
+    atomic_write_text(out_dir / "pareto.json", json.dumps({**header, "gate_latency_notes": notes, "front": front},
+                                                          indent=2))
     atomic_write_text(out_dir / "pareto.csv", _csv(front))
     if best is not None:
         atomic_write_text(out_dir / "best.json", json.dumps({**header, **best}, indent=2))
@@ -69,15 +72,49 @@ def write_outputs(
     return front, best
 
 
+def gate_speed_note(record: dict[str, Any], *, label: str | None = None) -> str | None:
+    """What the gates of a scored gated record did to its latency at each batch measured, or None.
+
+    Gated networks run gathered at batch 1 (only the kept channels are computed) and masked at larger
+    batches (every channel computed, then zeroed), so gates can save time at batch 1 only; a batch
+    where the gated network is no faster than the same widths without gates is called out.
+    """
+    gated, static = record.get("latency_by_batch"), record.get("static_latency_by_batch")
+    if not gated or not static:
+        return None
+    parts, slower = [], []
+    for size in sorted(gated, key=int):
+        with_gates, without = gated[size]["seconds"], static[size]["seconds"]
+        mode = "gathered" if size == "1" else "masked"
+        parts.append(f"batch {size} ({mode}) {with_gates * 1e3:.3f} ms vs {without * 1e3:.3f} ms without gates "
+                     f"({with_gates / without:.2f}x)")
+        if with_gates >= without:
+            slower.append(size)
+    note = f"{label or 'trial ' + str(record.get('trial', '?'))}, gates on: " + "; ".join(parts)
+    if slower:
+        note += (f" -- no faster than static width at batch {', '.join(slower)}: gates save time only at batch 1 "
+                 "(gathered); masks never do")
+    return note
+
+
+def _seconds(by_batch: dict[str, Any] | None, size: str) -> Any:
+    entry = (by_batch or {}).get(size)
+    return entry["seconds"] if entry else ""
+
+
 def _csv(front: Sequence[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["trial", "accuracy", "flops", "effective_flops", "params", "latency_s", "latency_device",
-                     "latency_batch_size", "gated", "config"])
+                     "latency_batch_size", "latency_batch1_s", "static_latency_s", "static_latency_batch1_s", "gated",
+                     "config"])
     for r in front:
         latency = r.get("latency") or {}
+        size = str(latency.get("batch_size", ""))
         writer.writerow([r["trial"], f"{r['accuracy']:.6f}", r["flops"], f"{r['effective_flops']:.0f}", r["params"],
                          latency.get("seconds", ""), latency.get("device", ""), latency.get("batch_size", ""),
+                         _seconds(r.get("latency_by_batch"), "1"), _seconds(r.get("static_latency_by_batch"), size),
+                         _seconds(r.get("static_latency_by_batch"), "1"),
                          r["config"]["gate_thresholds"] is not None, json.dumps(r["config"], sort_keys=True)])
     return buffer.getvalue()
 

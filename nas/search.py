@@ -36,7 +36,7 @@ from nas.candidates import (
 )
 from nas.latency_table import LatencyTable
 from nas.oracle import build_oracle
-from nas.pareto import cost_of, write_outputs
+from nas.pareto import cost_of, gate_speed_note, write_outputs
 from nas.settings import SearchSettings, load_search_settings
 from nas.study import (
     SAMPLERS,
@@ -258,12 +258,21 @@ def default_study_name(space: SearchSpace, request: SearchRequest) -> str:
 def print_table(summary: SearchSummary) -> None:
     objective, front = summary.objective, summary.front
     print(f"\nPareto front of {summary.study} ({len(front)} of {len(summary.records)} trials; {FLOP_CONVENTION}):")
-    print(f"{'trial':>6} {'kNN top-1':>10} {'MFLOPs':>10} {'eff. MFLOPs':>12} {'params (M)':>11} {'latency':>12}  gates")
+    batch = next((r["latency"]["batch_size"] for r in front if r.get("latency")), 1)
+    batch1 = batch != 1 and any("1" in (r.get("latency_by_batch") or {}) for r in front)
+    print(f"{'trial':>6} {'kNN top-1':>10} {'MFLOPs':>10} {'eff. MFLOPs':>12} {'params (M)':>11} "
+          f"{f'latency b{batch}':>12}" + (f" {'latency b1':>12}" if batch1 else "") + "  gates")
     for r in front:
         latency = r.get("latency")
         latency_text = f"{latency['seconds'] * 1e3:.2f} ms" if latency else "-"
+        if batch1:
+            at_one = (r.get("latency_by_batch") or {}).get("1")
+            at_one_text = f"{at_one['seconds'] * 1e3:.2f} ms" if at_one else "-"
+            latency_text = f"{latency_text:>12} {at_one_text:>12}"
         print(f"{r['trial']:>6} {r['accuracy']:>10.2%} {r['flops'] / 1e6:>10.2f} {r['effective_flops'] / 1e6:>12.2f} "
               f"{r['params'] / 1e6:>11.3f} {latency_text:>12}  {'on' if r['config']['gate_thresholds'] else 'off'}")
+    for note in filter(None, map(gate_speed_note, front)):
+        print(f"  {note}")
     best = summary.best
     if best is not None:
         print(f"best feasible: trial {best['trial']}, kNN {best['accuracy']:.2%} at "

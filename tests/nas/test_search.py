@@ -357,3 +357,42 @@ def test_other_samplers_run_end_to_end(sampler: str, tiny_checkpoint: Path, make
         costs.space.validate(SubnetConfig.from_dict(r["config"]))
     assert (tmp_path / "pareto.json").is_file() and (tmp_path / "best.json").is_file()
     assert json.loads((tmp_path / "pareto.json").read_text())["sampler"] == sampler
+
+
+# -- latency at batch 1 and at latency.batch_size ---------------------------------------------------
+def test_scored_candidates_record_latency_at_batch_1_and_at_the_batch_size(tiny_checkpoint, make_request, tmp_path):
+    request = make_request(tiny_checkpoint, tmp_path / "run", budget=None, trials=10,
+                           overrides=("latency.batch_size=4", "latency.warmup=1", "latency.repeats=3"))
+    summary = search(request)
+    scored = [r for r in summary.records if r["accuracy"] is not None]
+    gated = [r for r in scored if r["config"]["gate_thresholds"]]
+    assert scored and gated, "seed 0 should score configs with and without gates"
+    for r in scored:
+        by_batch = r["latency_by_batch"]
+        assert set(by_batch) == {"1", "4"} and by_batch["4"] == r["latency"]
+        assert {size: entry["batch_size"] for size, entry in by_batch.items()} == {"1": 1, "4": 4}
+        if r["config"]["gate_thresholds"]:
+            assert {k: v["batch_size"] for k, v in r["static_latency_by_batch"].items()} == {"1": 1, "4": 4}
+        else:
+            assert r["static_latency_by_batch"] is None
+    front_gated = [r for r in summary.front if r["config"]["gate_thresholds"]]
+    notes = json.loads((summary.out_dir / "pareto.json").read_text())["gate_latency_notes"]
+    assert len(notes) == len(front_gated)
+    rows = list(csv.DictReader((summary.out_dir / "pareto.csv").open()))
+    assert all(float(row["latency_batch1_s"]) > 0 for row in rows)
+
+
+def test_gate_speed_note_calls_out_a_batch_where_gates_save_nothing():
+    from nas.pareto import gate_speed_note
+
+    def timing(seconds: float, batch: int) -> dict[str, Any]:
+        return {"seconds": seconds, "batch_size": batch}
+
+    record = {"trial": 3, "latency_by_batch": {"1": timing(0.4e-3, 1), "8": timing(2.2e-3, 8)},
+              "static_latency_by_batch": {"1": timing(0.5e-3, 1), "8": timing(2.0e-3, 8)}}
+    note = gate_speed_note(record)
+    assert note.startswith("trial 3, gates on: batch 1 (gathered) 0.400 ms vs 0.500 ms without gates (0.80x)")
+    assert "batch 8 (masked) 2.200 ms vs 2.000 ms" in note and "no faster than static width at batch 8" in note
+    record["latency_by_batch"]["8"] = timing(1.9e-3, 8)
+    assert "no faster" not in gate_speed_note(record)
+    assert gate_speed_note({"trial": 1, "latency_by_batch": {"1": timing(1e-3, 1)}, "static_latency_by_batch": None}) is None
