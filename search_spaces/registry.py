@@ -9,6 +9,7 @@ from typing import Callable
 from search_spaces.mobilenet import mobilenet_v2_space
 from search_spaces.resnet import resnet_space
 from search_spaces.spec import SearchSpace
+from search_spaces.vit import vit_space, vit_tiny_space
 
 SPACE_BUILDERS: dict[str, Callable[[], SearchSpace]] = {
     "resnet18": lambda: resnet_space("resnet18", block="basic", depths=(2, 2, 2, 2)),
@@ -35,6 +36,13 @@ SPACE_BUILDERS: dict[str, Callable[[], SearchSpace]] = {
         stem_width=32,
         cifar_stem=True,
         default_resolution=32,
+    ),
+    # ViT-Tiny (DeiT-Ti): 224 px with 16-px patches; 32 px with 4-px patches (8x8 tokens, as CIFAR ViTs use)
+    "vit_tiny": lambda: vit_tiny_space("vit_tiny"),
+    "vit_tiny_cifar": lambda: vit_tiny_space("vit_tiny_cifar", patch_size=4, default_resolution=32),
+    # two blocks of two 16-wide heads on 4x4 tokens: the ViT build path at a size that runs in milliseconds
+    "vit_test": lambda: vit_space(
+        "vit_test", embed_dim=32, depth=2, num_heads=2, head_dim=16, patch_size=8, default_resolution=32
     ),
 }
 

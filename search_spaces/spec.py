@@ -16,8 +16,8 @@ import numpy as np
 
 from search_spaces.config import ConfigError, SubnetConfig
 
-BlockKind = Literal["basic", "bottleneck", "inverted_residual"]
-Family = Literal["resnet", "mobilenet_v2"]
+BlockKind = Literal["basic", "bottleneck", "inverted_residual", "transformer"]
+Family = Literal["resnet", "mobilenet_v2", "vit"]
 
 DEFAULT_MULTIPLIERS: tuple[float, ...] = tuple(0.25 + i / 8 for i in range(7))  # 0.25 ... 1.0
 CHANNEL_DIVISOR = 8
@@ -98,6 +98,7 @@ class SearchSpace:
     ties: tuple[tuple[str, ...], ...]
     gate_threshold_range: tuple[float, float] = (0.1, 0.9)
     default_resolution: int = 224
+    head_dim: int | None = None  # ViT: width of one attention head (attention widths are whole heads)
     _by_name: dict[str, LayerSpec] = field(init=False, repr=False, compare=False)
     _decision_of: dict[str, str] = field(init=False, repr=False, compare=False)
 

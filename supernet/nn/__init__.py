@@ -14,6 +14,7 @@ from supernet.nn.models import (
            SuperNet,
            build_supernet,
 )
+from supernet.nn.vit import ViTSuperNet
 
-__all__ = ["FLOP_CONVENTION", "MobileNetV2SuperNet", "ResNetSuperNet", "SuperNet", "build_supernet", "count_flops",
-           "count_params", "effective_flops", "recalibrate_bn", "static_flops"]
+__all__ = ["FLOP_CONVENTION", "MobileNetV2SuperNet", "ResNetSuperNet", "SuperNet", "ViTSuperNet", "build_supernet",
+           "count_flops", "count_params", "effective_flops", "recalibrate_bn", "static_flops"]

@@ -7,13 +7,27 @@ sequence), so torchvision weights load. A gated block runs in one of two modes:
   the block records the mask and the FLOPs one inner channel costs, from which the network
   derives each input's effective FLOPs;
 * gathered (batch 1, eval): the kept channels' weights are picked with ``index_select`` and a
-  smaller convolution runs, so compute really falls (DS-Net's dense-with-masks gave no speedup).
+  smaller convolution runs, so compute really falls (DS-Net's dense-with-masks gave no speedup). The
+  BatchNorms on the gated channels (``folded_norms``: ResNet's bn1, MobileNetV2's expansion and
+  depthwise BNs) are folded into the convolution before them, so a kept channel costs one weight row
+  and one bias entry to gather instead of a row and four BN vectors, and no BN pass runs.
+
+The folded weights are cached per block: built when ``set_gate_mode("gathered")`` is called (so the
+first input does not pay for folding), dropped by ``set_gate_mode("masked")`` and ``train()``, and
+refolded when a source tensor changed (each is fingerprinted by its storage and in-place version
+counter, so ``load_state_dict``, optimiser steps, ``.to()`` and in-place edits are seen; edits through
+``tensor.data`` bypass the version counter and are not). With gradients enabled the fold is computed
+on the fly, so the gathered path stays differentiable.
 
 FLOPs follow fvcore's convention (one multiply-add = one flop; inference BatchNorm with affine
-parameters = 2 flops per element), so effective FLOPs equal fvcore's count of the gathered run.
+parameters = 2 flops per element) and count the network as defined, BatchNorms unfolded: effective
+FLOPs equal fvcore's count of a gathered run plus 2 flops per element of the folded BatchNorms
+(``folded_norm_flops``), which the folded run no longer executes.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +38,9 @@ from supernet.nn.ops import (
     BranchBatchNorm2d,
     DynamicBatchNorm2d,
     DynamicConv2d,
-    batch_norm_select,
+    fold_batch_norm,
+    gated_pass_norm,
+    gathered_conv2d,
 )
 
 BN_FLOPS_PER_ELEMENT = 2  # fvcore, inference BatchNorm with affine parameters
@@ -52,16 +68,31 @@ class ConvBNAct(nn.Sequential):
         )
 
 
+class _FoldedConv(NamedTuple):
+    """A convolution with the BatchNorm after it folded in, as gathered mode caches it."""
+
+    weight: torch.Tensor  # (C_out, C_in / groups, kh, kw), every channel of the module
+    bias: torch.Tensor  # (C_out,)
+    sources: tuple[tuple[int, int], ...]  # fingerprint of the tensors it was folded from
+
+
+def _fingerprint(tensors: tuple[torch.Tensor, ...]) -> tuple[tuple[int, int], ...]:
+    """(storage address, in-place version) of each tensor: either changes when the tensor does."""
+    return tuple((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
+
+
 class GatedBlock(nn.Module):
     """Gate bookkeeping shared by all blocks.
 
     ``gate_threshold`` is None when gates are off. After a masked forward, ``last_mask`` (B, C')
-    holds the mask (with its straight-through gradient) and ``inner_channel_flops`` the FLOPs
-    removed per dropped channel per input.
+    holds the mask (with its straight-through gradient), ``inner_channel_flops`` the FLOPs removed
+    per dropped channel per input and ``folded_norm_channel_flops`` the FLOPs of the folded
+    BatchNorms per kept channel per input (which a gathered run does not execute).
     """
 
     gate: ChannelGate | None
     branch_norm_names: tuple[str, ...] = ()  # the BatchNorms the gate's mask reaches (inside the residual branch)
+    folded_norms: tuple[tuple[str, str], ...] = ()  # (conv, its BatchNorm) on the gated channels: folded when gathered
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,6 +100,40 @@ class GatedBlock(nn.Module):
         self.gather = False
         self.last_mask: torch.Tensor | None = None
         self.inner_channel_flops = 0
+        self.folded_norm_channel_flops = 0
+        self._folded: dict[str, _FoldedConv] = {}
+
+    def train(self, mode: bool = True) -> GatedBlock:
+        if mode:  # gathered mode is eval-only; training will change the weights
+            self.release_gathered()
+        return super().train(mode)
+
+    def prepare_gathered(self) -> None:
+        """Fold the gated channels' BatchNorms into their convolutions now, not on the first input."""
+        if self.gate_active:
+            with torch.no_grad():
+                for conv_name, norm_name in self.folded_norms:
+                    self._folded_conv(conv_name, norm_name)
+
+    def release_gathered(self) -> None:
+        """Drop the folded weights (they are rebuilt when a gathered forward needs them)."""
+        self._folded.clear()
+
+    def _folded_conv(self, conv_name: str, norm_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of conv ``conv_name`` with its gated-pass BatchNorm folded in; full width."""
+        conv = self.get_submodule(conv_name)
+        norm = gated_pass_norm(self.get_submodule(norm_name))
+        sources = (conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
+            return fold_batch_norm(conv.weight, norm)  # differentiable; not cached
+        fingerprint = _fingerprint(sources)
+        cached = self._folded.get(conv_name)
+        if cached is None or cached.sources != fingerprint:
+            # ordinary tensors even when the first gathered input runs under inference_mode
+            with torch.inference_mode(False), torch.no_grad():
+                weight, bias = fold_batch_norm(conv.weight, norm)
+            cached = self._folded[conv_name] = _FoldedConv(weight.contiguous(), bias.contiguous(), fingerprint)
+        return cached.weight, cached.bias
 
     @property
     def gate_active(self) -> bool:
@@ -96,9 +161,10 @@ class GatedBlock(nn.Module):
     def _gathered(self, x: torch.Tensor) -> bool:
         return self.gather and not self.training and x.shape[0] == 1
 
-    def _record(self, mask: torch.Tensor, inner_channel_flops: int) -> None:
+    def _record(self, mask: torch.Tensor, inner_channel_flops: int, folded_norm_channel_flops: int) -> None:
         self.last_mask = mask
         self.inner_channel_flops = inner_channel_flops
+        self.folded_norm_channel_flops = folded_norm_channel_flops
 
     def flops_saved(self) -> torch.Tensor | None:
         """(B,) FLOPs the last masked forward skipped per input, differentiable through the mask."""
@@ -106,6 +172,12 @@ class GatedBlock(nn.Module):
             return None
         dropped = self.last_mask.shape[1] - self.last_mask.sum(dim=1)
         return dropped * self.inner_channel_flops
+
+    def folded_norm_flops(self) -> torch.Tensor | None:
+        """(B,) FLOPs of the BatchNorms a gathered run of each input of the last masked forward folds away."""
+        if self.last_mask is None:
+            return None
+        return self.last_mask.detach().sum(dim=1) * self.folded_norm_channel_flops
 
 
 def _projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -137,6 +209,8 @@ class _ResNetBlock(GatedBlock):
     differ only in their tail (:meth:`_tail`).
     """
 
+    folded_norms = (("conv1", "bn1"),)
+
     conv1: DynamicConv2d
     bn1: DynamicBatchNorm2d
     conv2: DynamicConv2d
@@ -152,7 +226,7 @@ class _ResNetBlock(GatedBlock):
             out = self.relu(self.bn1(self.conv1(x)))
             if mask is not None:
                 out = out * mask[:, :, None, None]
-                self._record(mask, self._inner_channel_flops(x, out))
+                self._record(mask, self._inner_channel_flops(x, out), _spatial(out) * BN_FLOPS_PER_ELEMENT)
             out = self.conv2(out)
         return self.relu(self._tail(out) + identity)
 
@@ -168,16 +242,17 @@ class _ResNetBlock(GatedBlock):
         )
 
     def _inner_gathered(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """conv1 -> bn1 -> ReLU -> conv2 on the kept inner channels only."""
+        """conv1 (bn1 folded in) -> ReLU -> conv2 on the kept inner channels only."""
         conv1, conv2 = self.conv1, self.conv2
         keep = _kept_index(mask)
         if keep.numel() == 0:
             after_conv2 = _conv_output_size(_conv_output_size(x.shape[-2:], conv1), conv2)
             return _all_dropped(mask, (1, conv2.active_out, *after_conv2))
-        out = F.conv2d(x, conv1.weight[:, : x.shape[1]].index_select(0, keep), None, conv1.stride, conv1.padding)
-        out = F.relu(batch_norm_select(self.bn1, out, keep))
+        weight1, bias1 = self._folded_conv("conv1", "bn1")
+        weight1 = weight1[:, : x.shape[1]].index_select(0, keep)
+        out = gathered_conv2d(x, weight1, bias1.index_select(0, keep), stride=conv1.stride, padding=conv1.padding)
         weight2 = conv2.weight[: conv2.active_out].index_select(1, keep)
-        return F.conv2d(out, weight2, None, conv2.stride, conv2.padding)
+        return gathered_conv2d(F.relu(out, inplace=True), weight2, None, stride=conv2.stride, padding=conv2.padding)
 
 
 class BasicBlock(_ResNetBlock):
@@ -248,6 +323,7 @@ class InvertedResidual(GatedBlock):
         self.conv = nn.Sequential(*layers)
         self.expands = expanded_channels is not None
         self.branch_norm_names = ("conv.0.1", "conv.1.1", "conv.3") if self.expands else ()
+        self.folded_norms = (("conv.0.0", "conv.0.1"), ("conv.1.0", "conv.1.1")) if self.expands else ()
         self.gate = (
             ChannelGate(in_channels, gate_hidden_channels, hidden)
             if gate_hidden_channels is not None and self.expands
@@ -270,23 +346,26 @@ class InvertedResidual(GatedBlock):
             per_channel = _spatial(x) * (x.shape[1] + BN_FLOPS_PER_ELEMENT) + _spatial(out) * (
                 kernel[0] * kernel[1] + BN_FLOPS_PER_ELEMENT + project.active_out
             )
-            self._record(mask, per_channel)
+            self._record(mask, per_channel, (_spatial(x) + _spatial(out)) * BN_FLOPS_PER_ELEMENT)
             out = project_bn(project(out))
         return x + out if self.use_res_connect else out
 
     def _forward_gathered(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """expand and depthwise (their BNs folded in) on the kept channels, then the projection and its BN."""
         expand, depthwise, project, project_bn = self.conv
-        dw_conv = depthwise[0]
+        expand_conv, dw_conv = expand[0], depthwise[0]
         keep = _kept_index(mask)
         if keep.numel() == 0:
             return project_bn(_all_dropped(mask, (1, project.active_out, *_conv_output_size(x.shape[-2:], dw_conv))))
-        out = F.conv2d(x, expand[0].weight[:, : x.shape[1]].index_select(0, keep))
-        out = F.relu6(batch_norm_select(expand[1], out, keep))
-        out = F.conv2d(
-            out, dw_conv.weight.index_select(0, keep), None, dw_conv.stride, dw_conv.padding, groups=keep.numel()
-        )
-        out = F.relu6(batch_norm_select(depthwise[1], out, keep))
-        out = F.conv2d(out, project.weight[: project.active_out].index_select(1, keep))
+        weight, bias = self._folded_conv("conv.0.0", "conv.0.1")
+        weight = weight[:, : x.shape[1]].index_select(0, keep)
+        out = gathered_conv2d(x, weight, bias.index_select(0, keep), stride=expand_conv.stride,
+                              padding=expand_conv.padding)
+        weight, bias = self._folded_conv("conv.1.0", "conv.1.1")
+        out = gathered_conv2d(F.relu6(out, inplace=True), weight.index_select(0, keep), bias.index_select(0, keep),
+                              stride=dw_conv.stride, padding=dw_conv.padding, groups=keep.numel())
+        weight = project.weight[: project.active_out].index_select(1, keep)
+        out = gathered_conv2d(F.relu6(out, inplace=True), weight, None, stride=project.stride, padding=project.padding)
         return project_bn(out)
 
 

@@ -119,11 +119,19 @@ class SuperNet(nn.Module):
         return cfg
 
     def set_gate_mode(self, mode: GateMode) -> None:
-        """``"masked"`` (batched; training and calibration) or ``"gathered"`` (batch-1 inference)."""
+        """``"masked"`` (batched; training and calibration) or ``"gathered"`` (batch-1 inference).
+
+        Entering ``"gathered"`` folds each active gated block's BatchNorms on its gated channels into the
+        convolutions before them (cached, see :mod:`supernet.nn.blocks`); ``"masked"`` drops the cache.
+        """
         if mode not in ("masked", "gathered"):
             raise ValueError(f"gate mode: {mode!r} is not valid; expected 'masked' or 'gathered'")
         for block in self.gated_blocks():
             block.gather = mode == "gathered"
+            if block.gather:
+                block.prepare_gathered()
+            else:
+                block.release_gathered()
 
     @property
     def gate_mode(self) -> GateMode:
@@ -271,7 +279,14 @@ def build_supernet(
     """
     if isinstance(space, str):
         space = get_space(space)
-    network = _FAMILIES[space.family](space, num_classes=num_classes, with_gates=with_gates, gate_options=gate_options)
+    family: type[SuperNet]
+    if space.family == "vit":  # imported here: supernet.nn.vit builds on this module's SuperNet
+        from supernet.nn.vit import ViTSuperNet
+
+        family = ViTSuperNet
+    else:
+        family = _FAMILIES[space.family]
+    network = family(space, num_classes=num_classes, with_gates=with_gates, gate_options=gate_options)
     network.set_max()
     return network
 

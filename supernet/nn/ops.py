@@ -137,9 +137,9 @@ class BranchBatchNorm2d(DynamicBatchNorm2d):
         return _dynamic_batch_norm(self.gated if self.use_gated else self, x)
 
 
-def active_norm(norm: nn.BatchNorm2d) -> nn.BatchNorm2d:
-    """The parameter set ``norm`` applies now (the gated twin of a :class:`BranchBatchNorm2d` in use)."""
-    return norm.gated if isinstance(norm, BranchBatchNorm2d) and norm.use_gated else norm
+def gated_pass_norm(norm: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    """The parameter set ``norm`` applies in a gated pass (the gated twin of a :class:`BranchBatchNorm2d`)."""
+    return norm.gated if isinstance(norm, BranchBatchNorm2d) else norm
 
 
 class DynamicBatchNorm1d(nn.BatchNorm1d):
@@ -164,16 +164,60 @@ class DynamicLinear(nn.Linear):
         return F.linear(x, weight, bias)
 
 
-def batch_norm_select(bn: nn.BatchNorm2d, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Inference BatchNorm over the channels ``index`` of ``bn`` (x holds exactly those channels)."""
-    bn = active_norm(bn)
-    return F.batch_norm(
-        x,
-        bn.running_mean.index_select(0, index),
-        bn.running_var.index_select(0, index),
-        bn.weight.index_select(0, index),
-        bn.bias.index_select(0, index),
-        False,
-        0.0,
-        bn.eps,
+def fold_batch_norm(weight: torch.Tensor, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference BatchNorm ``norm`` folded into the convolution before it: ``(weight', bias')`` with
+    ``conv(x, weight', bias') == norm(conv(x, weight))`` up to float rounding (a few 1e-7 relative).
+
+    ``weight``: (C_out, C_in / groups, kh, kw) -> weight' of the same shape and bias' (C_out,). The
+    norm's running statistics and affine parameters are read (first C_out channels); no state changes.
+    """
+    channels = weight.shape[0]
+    if norm.running_mean is None or norm.running_var is None or norm.weight is None or norm.bias is None:
+        raise ValueError("fold_batch_norm: the norm needs running statistics and affine parameters")
+    scale = norm.weight[:channels] * torch.rsqrt(norm.running_var[:channels] + norm.eps)
+    bias = norm.bias[:channels] - norm.running_mean[:channels] * scale
+    return weight * scale.view(-1, *(1,) * (weight.dim() - 1)), bias
+
+
+def _eager_cpu_float(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``x`` and ``weight`` are plain CPU float32 tensors in an eager, gradient-free call.
+
+    Anything else (tracing: fvcore's FLOP counter, ``torch.onnx``; scripting; compiling or exporting,
+    whose fake tensors are Tensor subclasses; other devices and dtypes; autograd) keeps ``F.conv2d``.
+    """
+    compiling = getattr(torch.compiler, "is_compiling", None)
+    return (
+        type(x) is torch.Tensor
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.jit.is_scripting()
+        and not torch.jit.is_tracing()
+        and not (compiling is not None and compiling())
     )
+
+
+def gathered_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    groups: int = 1,
+) -> torch.Tensor:
+    """``F.conv2d`` for a convolution narrowed to a gate's kept channels (gathered batch-1 inference).
+
+    ATen sends a batch-1 convolution whose input has at most 20,480 elements to its im2col kernel instead
+    of oneDNN (``ConvParams::use_mkldnn``), so narrowing ResNet-18's layer-4 conv2 (7x7 maps) to about
+    half its inputs moved it onto a kernel ~1.7x slower per FLOP than the full-width convolution's. On
+    CPU float32, kernels wider than 1x1 therefore call oneDNN directly (same arithmetic as ``F.conv2d``'s
+    oneDNN path); 1x1 kernels keep ATen's choice, which at one thread is sometimes the faster one. Traced,
+    scripted, compiled and exported runs use ``F.conv2d``, which FLOP counters and exporters know.
+    """
+    if _eager_cpu_float(x, weight) and (weight.shape[-2] > 1 or weight.shape[-1] > 1):
+        return torch.mkldnn_convolution(x, weight, bias, padding, stride, (1, 1), groups)
+    return F.conv2d(x, weight, bias, stride, padding, 1, groups)

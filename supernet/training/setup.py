@@ -138,6 +138,7 @@ def build_run(cfg: TrainConfig) -> Run:
         raise SetupError(f"batch_size: {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller batch_size")
     total_steps = cfg.epochs * steps_per_epoch
     _, views = build_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
+    _check_patch_size(space, views)
     encoder = build_supernet(space, with_gates=cfg.gates.enabled, gate_options=gate_options(cfg))
     method = build_method(cfg, encoder, views).to(device)
     if dist.enabled:
@@ -166,6 +167,17 @@ def build_run(cfg: TrainConfig) -> Run:
         atomic_write_text(out_dir / "run_info.json", json.dumps({**run_info(device), "world_size": dist.world_size}, indent=2))
     barrier(dist)
     return run
+
+
+def _check_patch_size(space: SearchSpace, views: ViewSpec) -> None:
+    """A ViT cuts every view into whole patches: its global and local crop sizes must be multiples of the patch."""
+    if space.family != "vit":
+        return
+    patch = space.stem_stride
+    for key, side in (("data.resolution", views.resolution), ("views.local_resolution", views.local_resolution)):
+        if side is not None and side % patch:
+            raise SetupError(f"{key}: {side} px is not a multiple of {space.name}'s {patch}-px patch; "
+                             f"use e.g. {max(patch, round(side / patch) * patch)}")
 
 
 def build_method(cfg: TrainConfig, encoder: SuperNet, views: ViewSpec) -> SSLMethod:

@@ -43,7 +43,7 @@ def _decision_groups(space: SearchSpace) -> list[set[str]]:
 def test_registry_names_the_documented_spaces() -> None:
     assert set(ALL_SPACES) == {
         "resnet18", "resnet34", "resnet50", "resnet18_cifar", "resnet50_cifar",
-        "mobilenet_v2", "mobilenet_v2_cifar", "tiny", "small",
+        "mobilenet_v2", "mobilenet_v2_cifar", "tiny", "small", "vit_tiny", "vit_tiny_cifar", "vit_test",
     }
     for name in ALL_SPACES:
         assert get_space(name).name == name
@@ -85,6 +85,9 @@ def test_layers_blocks_and_width_choices_are_consistent(name: str) -> None:
         assert all(c % 8 == 0 for c in choices[:-1])
         # multipliers 0.25 ... 1.0 in steps of 1/8
         assert choices[0] >= min(8, layer.max_channels)
+        if space.head_dim is not None and layer.name.endswith(".attn.qkv"):
+            assert choices[0] == space.head_dim  # whole heads: one head is the smallest attention
+            continue
         assert choices[0] <= max(8, math.ceil(layer.max_channels * DEFAULT_MULTIPLIERS[0] / 8) * 8)
         assert len(choices) <= len(DEFAULT_MULTIPLIERS)
 

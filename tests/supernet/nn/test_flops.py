@@ -14,7 +14,11 @@ import torchvision
 from nas.cost import count_flops, count_params, effective_flops, static_flops
 from search_spaces import SearchSpace, SubnetConfig, get_space
 from supernet import build_supernet
-from supernet.nn.flops import FlopCountAnalysis, per_input_effective_flops
+from supernet.nn.flops import (
+    FlopCountAnalysis,
+    folded_norm_flops,
+    per_input_effective_flops,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -166,6 +170,33 @@ def _kept_channels(sub, cfg: SubnetConfig, space: SearchSpace, index: int) -> di
     return channels
 
 
+# the BatchNorms on each kind's gated channels, which a gathered run folds into the conv before them
+FOLDED_NORMS = {"basic": ("bn1",), "bottleneck": ("bn1",), "inverted_residual": ("conv.0.1", "conv.1.1")}
+
+
+def _folded_norm_flops_closed_form(sub, space: SearchSpace, kind: str, x: torch.Tensor) -> list[int]:
+    """Per input of ``x``: 2 flops (fvcore's inference BN) per element of every folded BatchNorm's kept
+    channels, from the masks and the norms' output sizes of a masked forward."""
+    modules = dict(sub.named_modules())
+    sizes: dict[str, int] = {}
+    hooks = [
+        modules[f"{block.name}.{norm}"].register_forward_hook(
+            lambda _m, _i, out, key=f"{block.name}.{norm}": sizes.__setitem__(key, out.shape[-2] * out.shape[-1])
+        )
+        for block in space.gated_blocks for norm in FOLDED_NORMS[kind]
+    ]
+    sub.set_gate_mode("masked")
+    with torch.no_grad():
+        sub(x)
+    for hook in hooks:
+        hook.remove()
+    return [
+        sum(2 * int(modules[block.name].last_mask[i].sum()) * sizes[f"{block.name}.{norm}"]
+            for block in space.gated_blocks for norm in FOLDED_NORMS[kind])
+        for i in range(x.shape[0])
+    ]
+
+
 def _distinct_inputs(resolution: int) -> torch.Tensor:
     """Two inputs with different statistics, so the gates (which see pooled features) treat them differently."""
     scale, shift = torch.tensor([0.5, 2.0]).view(2, 1, 1, 1), torch.tensor([-0.5, 0.5]).view(2, 1, 1, 1)
@@ -191,11 +222,15 @@ def test_effective_flops_equal_gathered_and_static_counts(
     full = static_flops(sub, resolution)
     gate_flops = full - count_flops(net.extract(cfg.with_gates(None)), resolution)
     assert gate_flops > 0
+    folded = _folded_norm_flops_closed_form(sub, space, kind, x)
+    assert all(f > 0 for f in folded)
+    assert folded_norm_flops(sub, x).tolist() == folded
     sub.set_gate_mode("gathered")
     for i in range(2):
+        # effective FLOPs count the network as defined; the gathered run executes its BNs folded
         gathered = count_flops(sub, inputs=x[i : i + 1])
         static = build_supernet(space.narrow(kept[i]), with_gates=False)
-        assert per_input[i].item() == gathered == count_flops(static, resolution) + gate_flops
+        assert per_input[i].item() == gathered + folded[i] == count_flops(static, resolution) + gate_flops
         assert gathered < full
     assert sub.gate_mode == "gathered"  # counting left the mode alone
 
@@ -210,11 +245,12 @@ def test_effective_flops_with_a_block_that_keeps_nothing(
     per_input = per_input_effective_flops(sub, x)
     dead = dict(sub.named_modules())[space.gated_blocks[1].name]
     assert dead.last_mask.sum() == 0
+    folded = _folded_norm_flops_closed_form(sub, space, kind, x)
     with torch.no_grad():
         masked = sub(x)
     sub.set_gate_mode("gathered")
     for i in range(2):
-        assert per_input[i].item() == count_flops(sub, inputs=x[i : i + 1])
+        assert per_input[i].item() == count_flops(sub, inputs=x[i : i + 1]) + folded[i]
         with torch.no_grad():
             torch.testing.assert_close(sub(x[i : i + 1]), masked[i : i + 1], rtol=1e-5, atol=1e-5)
 

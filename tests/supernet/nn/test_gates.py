@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from search_spaces import get_space
 from supernet import build_supernet
@@ -16,7 +18,13 @@ from supernet.nn.gates import (
     GateOptions,
     gumbel_sigmoid_straight_through,
 )
-from supernet.nn.ops import BranchBatchNorm2d
+from supernet.nn.ops import (
+    BranchBatchNorm2d,
+    DynamicBatchNorm2d,
+    fold_batch_norm,
+    gated_pass_norm,
+    gathered_conv2d,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -185,6 +193,129 @@ def test_gathered_batch1_equals_masked(name: str, make_gated_subnet: Callable, r
         batched_in_gathered_mode = sub(x)  # batch > 1 falls back to masks
     torch.testing.assert_close(gathered, masked, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(batched_in_gathered_mode, masked, rtol=0, atol=0)
+
+
+def test_fold_batch_norm_equals_conv_then_norm(randomize_bn: Callable) -> None:
+    """Folding holds for a prefix of the norm's channels (a narrower active width) and for depthwise convs."""
+    norm = randomize_bn(DynamicBatchNorm2d(16)).eval()
+    x = torch.randn(2, 8, 9, 9)
+    for weight, groups in ((torch.randn(12, 8, 3, 3), 1), (torch.randn(8, 1, 3, 3), 8)):
+        folded_weight, folded_bias = fold_batch_norm(weight, norm)
+        assert folded_weight.shape == weight.shape and folded_bias.shape == (weight.shape[0],)
+        with torch.no_grad():
+            expected = norm(F.conv2d(x, weight, None, 1, 1, 1, groups))
+            folded = F.conv2d(x, folded_weight, folded_bias, 1, 1, 1, groups)
+        torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "out_channels", "kernel", "stride", "groups"),
+    [(37, 64, 3, 1, 1), (64, 19, 3, 2, 1), (21, 21, 3, 1, 21), (40, 24, 1, 1, 1)],
+)
+def test_gathered_conv2d_equals_conv2d(in_channels: int, out_channels: int, kernel: int, stride: int, groups: int) -> None:
+    x = torch.randn(1, in_channels, 7, 7)
+    weight = torch.randn(out_channels, in_channels // groups, kernel, kernel)
+    bias = torch.randn(out_channels)
+    padding = (kernel // 2, kernel // 2)
+    with torch.no_grad():
+        out = gathered_conv2d(x, weight, bias, stride=(stride, stride), padding=padding, groups=groups)
+        traced = torch.jit.trace(
+            lambda x: gathered_conv2d(x, weight, bias, stride=(stride, stride), padding=padding, groups=groups), x,
+            check_trace=False,
+        )
+    expected = F.conv2d(x, weight, bias, stride, padding, 1, groups)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+    # tracers (fvcore's FLOP counter, torch.onnx) see the standard op
+    assert "aten::_convolution" in str(traced.graph) and "mkldnn" not in str(traced.graph)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs a oneDNN build")
+def test_narrow_gathered_conv_keeps_the_onednn_kernel() -> None:
+    """A batch-1 3x3 conv with <= 20,480 input elements would fall onto ATen's slower im2col kernel."""
+    x, weight = torch.randn(1, 250, 7, 7), torch.randn(512, 250, 3, 3)
+    with torch.no_grad(), torch.profiler.profile() as profiler:
+        gathered_conv2d(x, weight, None, stride=(1, 1), padding=(1, 1))
+        F.conv2d(x, weight, None, 1, 1)
+    ops = {event.key for event in profiler.key_averages()}
+    assert "aten::mkldnn_convolution" in ops and "aten::_slow_conv2d_forward" in ops
+
+
+def _gathered(net, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([net(x[i : i + 1]) for i in range(x.shape[0])])
+
+
+def _masked_reference(net, x: torch.Tensor) -> torch.Tensor:
+    """The masked (batched) output of a copy of ``net``, whose own mode and cache stay as they are."""
+    reference = copy.deepcopy(net)
+    reference.set_gate_mode("masked")
+    with torch.no_grad():
+        return reference(x)
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck", "inverted_residual"])
+def test_gathered_mode_folds_once_and_sees_weight_changes(kind: str, small_spaces, make_gated_subnet) -> None:
+    space = small_spaces[kind]
+    _, sub, _ = make_gated_subnet(space, seed=3)
+    x = torch.randn(2, 3, space.default_resolution, space.default_resolution)
+    blocks = list(sub.gated_blocks())
+    sub.set_gate_mode("gathered")
+    assert all(len(block._folded) == len(block.folded_norms) > 0 for block in blocks), "folded at the mode switch"
+    folded = [folded.weight for block in blocks for folded in block._folded.values()]
+    before = _gathered(sub, x)
+    torch.testing.assert_close(before, _masked_reference(sub, x), rtol=1e-5, atol=1e-5)
+    assert [f.weight for b in blocks for f in b._folded.values()] == folded  # reused, not refolded per input
+    state = copy.deepcopy(sub.state_dict())
+
+    sub.set_gate_mode("masked")
+    assert not any(block._folded for block in blocks)
+    block = blocks[-1]
+    conv_name, norm_name = block.folded_norms[0]
+    with torch.no_grad():  # changed while masked, then gathered again
+        block.get_submodule(conv_name).weight.mul_(1.5)
+        gated_pass_norm(block.get_submodule(norm_name)).running_var.mul_(2.0)
+    sub.set_gate_mode("gathered")
+    changed = _gathered(sub, x)
+    torch.testing.assert_close(changed, _masked_reference(sub, x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(changed, before)
+
+    with torch.no_grad():  # changed in place while gathered: the fold is stale and redone
+        gated_pass_norm(block.get_submodule(norm_name)).bias.add_(0.5)
+    edited = _gathered(sub, x)
+    torch.testing.assert_close(edited, _masked_reference(sub, x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(edited, changed)
+
+    sub.load_state_dict(state)  # loaded while gathered
+    torch.testing.assert_close(_gathered(sub, x), before, rtol=0, atol=0)
+
+    sub.train()  # training drops the folds; the next gathered forward refolds
+    assert not any(block._folded for block in blocks)
+    sub.eval()
+    torch.testing.assert_close(_gathered(sub, x), before, rtol=0, atol=0)
+
+
+def test_gathered_without_set_gate_mode_folds_on_first_use(small_spaces, make_gated_subnet) -> None:
+    """``block.gather = True`` set directly (as nas.latency_entries does) works: the fold is built lazily."""
+    space = small_spaces["inverted_residual"]
+    _, sub, _ = make_gated_subnet(space, seed=5)
+    x = torch.randn(2, 3, space.default_resolution, space.default_resolution)
+    expected = _masked_reference(sub, x)
+    for block in sub.gated_blocks():
+        block.gather = True
+    torch.testing.assert_close(_gathered(sub, x), expected, rtol=1e-5, atol=1e-5)
+    assert all(block._folded for block in sub.gated_blocks())
+
+
+def test_gathered_path_stays_differentiable(small_spaces, make_gated_subnet) -> None:
+    space = small_spaces["basic"]
+    _, sub, _ = make_gated_subnet(space, seed=4)
+    sub.set_gate_mode("gathered")
+    x = torch.randn(1, 3, space.default_resolution, space.default_resolution)
+    sub(x).square().sum().backward()  # eval, batch 1, gradients on: folded on the fly
+    blocks = list(sub.gated_blocks())
+    assert sum(block.conv1.weight.grad.abs().sum() for block in blocks) > 0
+    assert sum(gated_pass_norm(block.bn1).weight.grad.abs().sum() for block in blocks) > 0
+    assert all(block.bn1.weight.grad is None for block in blocks if block.bn1 is not gated_pass_norm(block.bn1))
 
 
 # -- separate BatchNorm for the gated branch (Krishna et al.'s --separate_bn) ----------------------------
