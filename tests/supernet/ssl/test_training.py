@@ -99,3 +99,30 @@ def test_gated_pass_takes_vicreg_against_the_dense_network(tmp_path: Path) -> No
     assert {"gated/invariance", "gated/variance", "gated/covariance", "gated/budget"} <= set(record)
     assert "gated/distill" not in record
     assert all(np.isfinite(record[name]) for name in record if name.startswith("gated/"))
+
+
+# Every ssl= choice, on the CNN `tiny` (the four above already are) and on the ViT `vit_test` (32 px,
+# patch 8): settings, the margin (half the smallest fall seen with seeds 0, 1 and 2 on either network),
+# and the step the comparison starts at. MoCo's loss first rises while its queue fills with real
+# negatives (2 batches at queue_size=32), so its first window starts once the queue is full.
+ALL_METHODS = {
+    **{name: (overrides, margin, 0) for name, (overrides, margin) in METHODS.items()},
+    "byol": (["ssl=byol", "optim.lr=0.5"], 0.25, 0),
+    "moco": (["ssl=moco", "optim.lr=0.5", "ssl.queue_size=32"], 0.1, 4),
+    "simclr_momentum": (["ssl=simclr_momentum", "optim.lr=0.5"], 0.2, 0),
+}
+VIT = ["model=vit_test", "data.resolution=32"]
+
+
+@pytest.mark.parametrize("network", ["tiny", "vit_test"])
+@pytest.mark.parametrize("method", sorted(ALL_METHODS))
+def test_every_method_trains_each_network_family(tmp_path: Path, method: str, network: str) -> None:
+    if network == "tiny" and method in METHODS:
+        pytest.skip("covered with both view samplers above")
+    overrides, margin, start = ALL_METHODS[method]
+    run, batch = _run(tmp_path, [*overrides, *TWO_CROP, *(VIT if network == "vit_test" else [])])
+    assert run.space.family == ("vit" if network == "vit_test" else "resnet")
+    records = _steps(run, batch, start + 10)
+    losses = [sum(value for name, value in record.items() if name.startswith("max/")) for record in records]
+    assert all(np.isfinite(losses)) and all(np.isfinite(record["min/distill"]) for record in records)
+    assert np.mean(losses[-3:]) < np.mean(losses[start:start + 3]) - margin, losses
