@@ -209,7 +209,7 @@ TRAIN_CASES = {  # one bad value for every choice field, bad types and ranges, u
     "unknown model group option": ("model=nope", "model=nope: no such option; expected one of: "),
     "unknown space": ("model.space=resnet9000", "model.space: 'resnet9000' is not valid; expected a search space"),
     "optimizer choice": ("optim.name=adam", "optim.name: Invalid value 'adam', expected one of [sgd, lars]"),
-    "ssl method choice": ("ssl.name=simclr", "ssl.name: Invalid value 'simclr', expected one of"),
+    "ssl method choice": ("ssl.name=swav", "ssl.name: Invalid value 'swav', expected one of"),
     "views choice": ("views.name=fivecrop", "views.name: Invalid value 'fivecrop'"),
     "data set choice": ("data.name=mnist2", "data.name: Invalid value 'mnist2'"),
     "device": ("device=tpu", "device: 'tpu' is not valid; expected auto, cpu, cuda or cuda:N"),

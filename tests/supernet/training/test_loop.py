@@ -21,6 +21,8 @@ from supernet.training.loop import train
 from supernet.training.sandwich import plan_subnets, relative_size
 from supernet.training.schema import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # small networks: no OpenMP spin-waiting
+
 FAST = [
     "recipe=none", "model=tiny", "optim.lr=0.5", "data.max_images=256", "data.holdout_size=200", "data.resolution=16", "batch_size=32", "knn.enabled=false",
     "progress=false", "ssl.proj_hidden_dim=64", "ssl.pred_hidden_dim=64", "ssl.proj_dim=32",
