@@ -44,25 +44,17 @@ class SimCLR(SSLMethod):
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         projections = self.project(views)
         pair_loss = partial(nt_xent, temperature=self.temperature)
-        return {"ntxent": self.cross_view(projections, projections[: self.num_global], pair_loss)}, projections
+        return {"ntxent": self.cross_view(projections, self.contrast_with(projections, targets), pair_loss)}, projections
+
+    def contrast_with(self, projections: list[torch.Tensor], targets: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What each view is contrasted with: the student's own global projections, with gradient."""
+        return projections[: self.num_global]
 
 
-class SimCLRMomentum(SSLMethod):
+class SimCLRMomentum(SimCLR):
+    """SimCLR against the EMA teacher's (detached) projections of the global views."""
+
     name = "simclr_momentum"
-    settings = ("temperature",)
 
-    def __init__(self, encoder: SuperNet, *, proj_hidden_dim: int, proj_dim: int, pred_hidden_dim: int,
-                 temperature: float = 0.5, **kwargs: Any) -> None:
-        super().__init__(encoder, proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim, pred_hidden_dim=pred_hidden_dim, **kwargs)
-        self.temperature = temperature
-
-    def full_width_loss(
-        self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-        projections = self.project(views)
-        pair_loss = partial(_nt_xent_to_teacher, temperature=self.temperature)
-        return {"ntxent": self.cross_view(projections, targets, pair_loss)}, projections
-
-
-def _nt_xent_to_teacher(output: torch.Tensor, target: torch.Tensor, *, temperature: float) -> torch.Tensor:
-    return nt_xent(output, target.detach(), temperature)
+    def contrast_with(self, projections: list[torch.Tensor], targets: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [target.detach() for target in targets]

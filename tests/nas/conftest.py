@@ -1,17 +1,26 @@
-"""Fixtures for the search tests: a tiny trained supernet and small, fast search requests."""
+"""Fixtures for the search tests: a tiny trained supernet, small fast search requests, an oracle over the
+supernet and a static and a gated config of it (the export tests)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from nas.budget import parse_budget
+from nas.oracle import build_oracle
 from nas.search import SearchRequest
 from nas.settings import load_search_settings
+from search_spaces import SubnetConfig
+from supernet.io.checkpoint import load_supernet
+from supernet.nn.models import SuperNet
 from supernet.train import load_train_settings
 from supernet.training import train
+
+TINY_RESOLUTION = 16  # tiny_checkpoint's training resolution
 
 # Oracle and cost settings small enough for CPU tests (bank, calibration, latency repeats).
 SMALL_SEARCH_OVERRIDES = [
@@ -25,7 +34,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``tiny`` supernet trained for 2 steps at 16 px on 256 MNIST images (holdout 200)."""
     out_dir = tmp_path_factory.mktemp("tiny_supernet")
     overrides = [
-        "recipe=none", "model=tiny", "optim.lr=0.5", "data.max_images=256", "data.holdout_size=200", "data.resolution=16", "batch_size=32",
+        "recipe=none", "model=tiny", "optim.lr=0.5", "data.max_images=256", "data.holdout_size=200", f"data.resolution={TINY_RESOLUTION}", "batch_size=32",
         "knn.enabled=false", "progress=false", "ssl.proj_hidden_dim=64", "ssl.pred_hidden_dim=64", "ssl.proj_dim=32",
         "epochs=1", "max_steps=2", f"out_dir={out_dir}",
     ]
@@ -67,3 +76,50 @@ def make_request() -> Callable[..., SearchRequest]:
         )
 
     return build
+
+
+
+def oracle_settings(overrides: list[str]):
+    """The data and oracle settings of ``configs/search.yaml`` with ``overrides``."""
+    settings = load_search_settings(overrides)
+    return settings.data, settings.oracle
+
+
+def gate_thresholds_that_drop_channels(supernet: SuperNet, cfg: SubnetConfig, images: torch.Tensor) -> dict[str, float]:
+    """Per gated block, a threshold halfway between the two middle keep-probabilities over ``images``,
+    so about half the channels are dropped and no probability sits on the threshold."""
+    net = copy.deepcopy(supernet).eval()
+    net.set_active(cfg)
+    inputs: dict[str, torch.Tensor] = {}
+    blocks = dict(net.named_modules())
+    handles = [blocks[b.name].register_forward_pre_hook(lambda m, a, name=b.name: inputs.__setitem__(name, a[0]))
+               for b in net.space.gated_blocks]
+    with torch.no_grad():
+        net(images)
+        thresholds = {}
+        for name, x in inputs.items():
+            probabilities = torch.sigmoid(blocks[name].gate.logits(x)).flatten().sort().values
+            middle = probabilities.numel() // 2
+            thresholds[name] = float(probabilities[middle - 1 : middle + 1].mean().clamp(0.1, 0.9))
+    for handle in handles:
+        handle.remove()
+    return thresholds
+
+
+@pytest.fixture(scope="module")
+def oracle_and_supernet(tiny_checkpoint: Path, search_overrides: list[str]):
+    """The tiny supernet (eval mode) and an oracle over it with the small search settings."""
+    supernet, payload = load_supernet(tiny_checkpoint)
+    supernet.eval()
+    return build_oracle(supernet, payload, *oracle_settings(search_overrides), "cpu"), supernet
+
+
+@pytest.fixture(scope="module")
+def configs(oracle_and_supernet) -> dict[str, SubnetConfig]:
+    """A static config and a gated one whose thresholds drop about half the channels."""
+    oracle, supernet = oracle_and_supernet
+    space = supernet.space
+    static = SubnetConfig(space.name, dict(space.uniform_config(0.5).channels), None, TINY_RESOLUTION)
+    widths = SubnetConfig(space.name, dict(space.uniform_config(0.75).channels), None, TINY_RESOLUTION)
+    thresholds = gate_thresholds_that_drop_channels(supernet, widths, oracle.data.calibration[:64])
+    return {"gates_off": static, "gates_on": widths.with_gates(thresholds)}

@@ -16,65 +16,18 @@ import torch
 
 import nas.program as program_module
 from nas.export import build_parser, main, request_from_args
-from nas.oracle import build_oracle
 from nas.program import ExportCheckError, check_program, load_exported
-from nas.settings import load_search_settings
 from nas.sources import source_from_best, source_from_trial
 from nas.study import journal_storage
 from search_spaces import SubnetConfig
-from supernet.io.checkpoint import load_supernet
 from supernet.nn.flops import FLOP_CONVENTION, count_flops
-from supernet.nn.models import SuperNet
 
 RESOLUTION = 16  # the tiny checkpoint's training resolution
-
-
-def oracle_settings(overrides: list[str]):
-    settings = load_search_settings(overrides)
-    return settings.data, settings.oracle
-
-
-def gate_thresholds_that_drop_channels(supernet: SuperNet, cfg: SubnetConfig, images: torch.Tensor) -> dict[str, float]:
-    """Per gated block, a threshold halfway between the two middle keep-probabilities over ``images``,
-    so about half the channels are dropped and no probability sits on the threshold."""
-    net = copy.deepcopy(supernet).eval()
-    net.set_active(cfg)
-    inputs: dict[str, torch.Tensor] = {}
-    blocks = dict(net.named_modules())
-    handles = [blocks[b.name].register_forward_pre_hook(lambda m, a, name=b.name: inputs.__setitem__(name, a[0]))
-               for b in net.space.gated_blocks]
-    with torch.no_grad():
-        net(images)
-        thresholds = {}
-        for name, x in inputs.items():
-            probabilities = torch.sigmoid(blocks[name].gate.logits(x)).flatten().sort().values
-            middle = probabilities.numel() // 2
-            thresholds[name] = float(probabilities[middle - 1 : middle + 1].mean().clamp(0.1, 0.9))
-    for handle in handles:
-        handle.remove()
-    return thresholds
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_checkpoint: Path) -> Path:
     return tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def oracle_and_supernet(checkpoint: Path, search_overrides: list[str]):
-    supernet, payload = load_supernet(checkpoint)
-    supernet.eval()
-    return build_oracle(supernet, payload, *oracle_settings(search_overrides), "cpu"), supernet
-
-
-@pytest.fixture(scope="module")
-def configs(oracle_and_supernet) -> dict[str, SubnetConfig]:
-    oracle, supernet = oracle_and_supernet
-    space = supernet.space
-    static = SubnetConfig(space.name, dict(space.uniform_config(0.5).channels), None, RESOLUTION)
-    widths = SubnetConfig(space.name, dict(space.uniform_config(0.75).channels), None, RESOLUTION)
-    thresholds = gate_thresholds_that_drop_channels(supernet, widths, oracle.data.calibration[:64])
-    return {"gates_off": static, "gates_on": widths.with_gates(thresholds)}
 
 
 @pytest.fixture(scope="module")

@@ -22,36 +22,12 @@ from nas.onnx_program import (
     knn_probe,
     run_onnx,
 )
-from nas.oracle import build_oracle
 from nas.program import ExportCheckError, load_exported
 from search_spaces import SubnetConfig
 from supernet.evaluation.knn import knn_accuracy
-from supernet.io.checkpoint import load_supernet
 from supernet.nn.models import SuperNet
-from tests.nas.test_export import (
-    RESOLUTION,
-    gate_thresholds_that_drop_channels,
-    oracle_settings,
-)
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed (pip install slimnas[onnx])")
-
-
-@pytest.fixture(scope="module")
-def oracle_and_supernet(tiny_checkpoint: Path, search_overrides: list[str]):
-    supernet, payload = load_supernet(tiny_checkpoint)
-    supernet.eval()
-    return build_oracle(supernet, payload, *oracle_settings(search_overrides), "cpu"), supernet
-
-
-@pytest.fixture(scope="module")
-def configs(oracle_and_supernet) -> dict[str, SubnetConfig]:
-    oracle, supernet = oracle_and_supernet
-    space = supernet.space
-    static = SubnetConfig(space.name, dict(space.uniform_config(0.5).channels), None, RESOLUTION)
-    widths = SubnetConfig(space.name, dict(space.uniform_config(0.75).channels), None, RESOLUTION)
-    thresholds = gate_thresholds_that_drop_channels(supernet, widths, oracle.data.calibration[:64])
-    return {"gates_off": static, "gates_on": widths.with_gates(thresholds)}
 
 
 def run_export(cfg: SubnetConfig, root: Path, checkpoint: Path, overrides: list[str], *extra: str) -> int:
