@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supernet.ssl.base import SSLMethod
+from supernet.ssl.base import Collectives, SSLMethod
 from supernet.ssl.byol import BYOL
 from supernet.ssl.dino import DINO
 from supernet.ssl.moco import MoCoV2
@@ -22,4 +22,4 @@ def get_method(name: str) -> type[SSLMethod]:
         raise ValueError(f"ssl.name: {name!r} is not a method; valid: {', '.join(sorted(METHODS))}") from None
 
 
-__all__ = ["BYOL", "DINO", "METHODS", "MoCoV2", "SSLMethod", "SimCLR", "SimCLRMomentum", "SimSiam", "VICReg", "get_method"]
+__all__ = ["BYOL", "Collectives", "DINO", "METHODS", "MoCoV2", "SSLMethod", "SimCLR", "SimCLRMomentum", "SimSiam", "VICReg", "get_method"]

@@ -15,6 +15,7 @@ full-width student's own output, as US3L's code does for SimCLR and SimSiam.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -25,6 +26,33 @@ from supernet.nn.heads import MLPHead
 from supernet.nn.models import SuperNet
 
 PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _same_rows(rows: torch.Tensor) -> torch.Tensor:
+    return rows
+
+
+@dataclass(frozen=True)
+class Collectives:
+    """What a method may ask of data-parallel training; one process by default.
+
+    ``gather_rows`` concatenates a (B, ...) tensor from every rank in rank order, without gradient
+    (MoCo's queue keys, DINO's center, SwAV's Sinkhorn over the global batch, Shuffle-BN). The
+    training loop sets :attr:`SSLMethod.collectives` from its process group.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    gather_rows: Callable[[torch.Tensor], torch.Tensor] = field(default=_same_rows)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def own_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """This rank's equal share of rows gathered from every rank (the inverse of ``gather_rows``)."""
+        share = rows.shape[0] // self.world_size
+        return rows[self.rank * share : (self.rank + 1) * share]
 
 
 class SSLMethod(nn.Module):
@@ -68,6 +96,7 @@ class SSLMethod(nn.Module):
         self.num_global = num_global
         self.global_global_weight = global_global_weight
         self.global_local_weight = global_local_weight
+        self.collectives = Collectives()
 
     # -- teacher -------------------------------------------------------------------------------
     def teacher_parameters(self) -> list[nn.Parameter]:
@@ -93,9 +122,8 @@ class SSLMethod(nn.Module):
             for student_buffer, teacher_buffer in zip(student.buffers(), teacher.buffers()):
                 teacher_buffer.copy_(student_buffer)
 
-    def after_step(self, targets: list[torch.Tensor], gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
-        """Hook after the optimizer step, before the teacher's update; ``gather`` concatenates a
-        tensor's rows over data-parallel ranks."""
+    def after_step(self, targets: list[torch.Tensor]) -> None:
+        """Hook after the optimizer step, before the teacher's update (data-parallel ops: :attr:`collectives`)."""
 
     def set_epoch(self, epoch: float) -> dict[str, float]:
         """Take the method's schedules at ``epoch`` (epochs done, fractional), before the step's losses.

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -150,9 +149,9 @@ class DINO(SSLMethod):
         return {"dino": self.cross_view(student_scores, teacher_scores, pair_loss)}, projections
 
     @torch.no_grad()
-    def after_step(self, targets: list[torch.Tensor], gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
+    def after_step(self, targets: list[torch.Tensor]) -> None:
         """Center <- 0.9 center + 0.1 mean teacher scores of the step's global views over every rank."""
         scores = torch.cat([self.teacher_prototypes(t.to(self.center.dtype)) for t in targets])
         # Equal shards per rank (drop_last), so the mean of the ranks' means is the global mean.
-        rank_means = gather(scores.mean(dim=0, keepdim=True))
+        rank_means = self.collectives.gather_rows(scores.mean(dim=0, keepdim=True))
         self.center.copy_(dino_center_update(self.center, rank_means, self.center_momentum))

@@ -9,7 +9,7 @@ not the logits already divided by the InfoNCE temperature.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +100,6 @@ class MoCoV2(SSLMethod):
         self.queue[index] = keys[: size]
         self.queue_pointer.fill_((pointer + keys.shape[0]) % size)
 
-    def after_step(self, targets: list[torch.Tensor], gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
+    def after_step(self, targets: list[torch.Tensor]) -> None:
         """Enqueue the teacher keys of the first view from every rank, so all queues stay equal."""
-        self.enqueue(gather(targets[0]))
+        self.enqueue(self.collectives.gather_rows(targets[0]))

@@ -36,7 +36,6 @@ from supernet.losses import (
     loss_weights,
 )
 from supernet.training.distributed import (
-    all_gather_rows,
     average_gradients,
     gather_digests,
     shutdown,
@@ -160,7 +159,7 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
     momentum = cfg.ssl.base_momentum if cfg.ssl.momentum_schedule == "constant" else \
         ema_momentum(run.step, run.total_steps, base=cfg.ssl.base_momentum)
     # Before the teacher moves: DINO's center takes the teacher's scores of this step, as its loss saw them.
-    method.after_step(targets, gather=lambda rows: all_gather_rows(rows, run.dist))
+    method.after_step(targets)
     method.update_teacher(momentum)
     return {"loss": total, **logged, "lr": lr, "ema_momentum": momentum, "group_alpha": alpha,
             "min_width": min(sizes), "num_subnets": float(len(plan)), **method_schedule}

@@ -28,9 +28,10 @@ from supernet.nn.flops import count_flops, static_flops
 from supernet.nn.gates import GateOptions
 from supernet.nn.models import SuperNet, build_supernet
 from supernet.settings import flatten, settings_dict
-from supernet.ssl import SSLMethod, get_method
+from supernet.ssl import Collectives, SSLMethod, get_method
 from supernet.training.distributed import (
     DistEnv,
+    all_gather_rows,
     barrier,
     init_distributed,
     sync_batch_norms,
@@ -141,6 +142,8 @@ def build_run(cfg: TrainConfig) -> Run:
     _check_patch_size(space, views)
     encoder = build_supernet(space, with_gates=cfg.gates.enabled, gate_options=gate_options(cfg))
     method = build_method(cfg, encoder, views).to(device)
+    method.collectives = Collectives(rank=dist.rank, world_size=dist.world_size,
+                                     gather_rows=lambda rows: all_gather_rows(rows, dist))
     if dist.enabled:
         sync_batch_norms(method)
     if device.type == "cuda" and cfg.channels_last:

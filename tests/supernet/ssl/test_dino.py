@@ -8,6 +8,7 @@ import torch
 from supernet.losses import dino_loss
 from supernet.nn.models import build_supernet
 from supernet.ssl import DINO
+from supernet.ssl.base import Collectives
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small networks: no OpenMP spin-waiting
 
@@ -78,7 +79,8 @@ def test_center_moves_toward_the_teacher_scores_of_every_rank() -> None:
     torch.testing.assert_close(method.center, 0.1 * scores.mean(0, keepdim=True))
     before = method.center.clone()
     other_rank = torch.full((1, 12), 0.5)  # a second rank's mean, as all_gather_rows would append it
-    method.after_step(targets, gather=lambda rows: torch.cat([rows, other_rank]))
+    method.collectives = Collectives(rank=0, world_size=2, gather_rows=lambda rows: torch.cat([rows, other_rank]))
+    method.after_step(targets)
     batch_center = (scores.mean(0, keepdim=True) + other_rank) / 2
     torch.testing.assert_close(method.center, 0.9 * before + 0.1 * batch_center)
 
