@@ -59,6 +59,9 @@ def _dynamic_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) ->
     bias = None if bn.bias is None else bn.bias[:channels]
     if bn.training and getattr(bn, "sync_across_ranks", False):
         return _synced_batch_norm(x, running_mean, running_var, weight, bias, factor, bn.eps)
+    splits = getattr(bn, "batch_splits", 1)
+    if bn.training and splits > 1:
+        return _split_batch_norm(x, running_mean, running_var, weight, bias, factor, bn.eps, splits)
     use_batch_stats = bn.training or running_mean is None
     return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, bn.eps)
 
@@ -99,15 +102,57 @@ def _synced_batch_norm(
     return out.to(x.dtype)
 
 
+def _split_batch_norm(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    factor: float,
+    eps: float,
+    splits: int,
+) -> torch.Tensor:
+    """Training BatchNorm with separate batch statistics for ``splits`` groups of the batch.
+
+    Group ``s`` holds samples ``s, s + splits, s + 2 * splits, ...``: the interleaved layout in which
+    one process's batch shards over data-parallel ranks (:class:`supernet.data.sampling.EpochSampler`),
+    so ``splits`` groups on one device normalise exactly as ``splits`` ranks with per-rank BN. This is
+    the single-device form of MoCo's Shuffle-BN (He et al. 2020, section 3.3; the split BatchNorm of
+    facebookresearch/moco's CIFAR demo): with the key batch shuffled before the key encoder, a
+    positive pair's query and key are normalised with statistics of different samples. The running
+    statistics move toward the mean over groups of each group's mean and unbiased variance, as there.
+    """
+    batch, channels = x.shape[0], x.shape[1]
+    if batch % splits:
+        raise ValueError(f"split BatchNorm: a batch of {batch} does not split into {splits} equal groups; "
+                         "use a batch size that is a multiple of ssl.bn_splits")
+    values = x.float().view(batch // splits, splits, *x.shape[1:])  # (B/S, S, C, ...): group s at [:, s]
+    dims = [0, *range(3, values.dim())]
+    var, mean = torch.var_mean(values, dim=dims, keepdim=True, correction=0)  # (1, S, C, 1, ...)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            count = values.numel() // (splits * channels)
+            unbiased = var.detach() * count / max(count - 1, 1)
+            running_mean.mul_(1 - factor).add_(mean.detach().reshape(splits, channels).mean(0), alpha=factor)
+            running_var.mul_(1 - factor).add_(unbiased.reshape(splits, channels).mean(0), alpha=factor)
+    out = (values - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        shape = (1, 1, channels) + (1,) * (values.dim() - 3)
+        out = out * weight.view(shape) + bias.view(shape)
+    return out.view_as(x).to(x.dtype)
+
+
 class DynamicBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` over the first ``C'`` channels of its parameters and running statistics.
 
     Running statistics are shared by all widths (US-Nets recalibrates them per sub-network after
     training, see :func:`supernet.bn.recalibrate_bn`); updates write into the active prefix only.
-    ``sync_across_ranks = True`` (set by data-parallel training) takes batch statistics over all ranks.
+    ``sync_across_ranks = True`` (set by data-parallel training) takes batch statistics over all ranks;
+    ``batch_splits = S`` (Shuffle-BN on one device) takes them over S interleaved groups of the batch.
     """
 
     sync_across_ranks = False
+    batch_splits = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _dynamic_batch_norm(self, x)
@@ -146,6 +191,7 @@ class DynamicBatchNorm1d(nn.BatchNorm1d):
     """``nn.BatchNorm1d`` counterpart of :class:`DynamicBatchNorm2d` (projection heads)."""
 
     sync_across_ranks = False
+    batch_splits = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _dynamic_batch_norm(self, x)

@@ -55,6 +55,42 @@ class Collectives:
         return rows[self.rank * share : (self.rank + 1) * share]
 
 
+def _global_order(gathered: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Rows gathered rank by rank -> the global batch's order (rank r holds positions r, r + W, ...)."""
+    if world_size == 1:
+        return gathered
+    return gathered.view(world_size, -1, *gathered.shape[1:]).transpose(0, 1).reshape(-1, *gathered.shape[1:])
+
+
+@torch.no_grad()
+def shuffled_forward(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    collectives: Collectives,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``network``'s outputs for this rank's ``images`` (B, ...), computed on a shuffled global batch.
+
+    MoCo's Shuffle-BN (He et al., CVPR 2020, section 3.3; facebookresearch/moco ``_batch_shuffle_ddp``):
+    the key encoder's BatchNorm statistics come from a random set of samples, not from the samples
+    whose queries the student normalised together, so a positive pair shares no batch-statistics
+    signature that queued negatives lack. The global batch is gathered from every rank, permuted with
+    ``generator`` (seeded identically on every rank, so no broadcast is needed), each rank embeds
+    its interleaved share of the permuted batch with per-rank (or split, see
+    :func:`supernet.nn.ops._split_batch_norm`) BatchNorm, and the outputs are gathered and returned
+    in the original order. One process: the batch itself is permuted and restored.
+    """
+    world = collectives.world_size
+    everything = _global_order(collectives.gather_rows(images), world)
+    order = torch.randperm(everything.shape[0], generator=generator).to(images.device, non_blocking=True)
+    outputs = network(everything[order][collectives.rank :: world])
+    shuffled = _global_order(collectives.gather_rows(outputs), world)
+    restored = torch.empty_like(shuffled)
+    restored[order] = shuffled
+    return restored[collectives.rank :: world]
+
+
 class SSLMethod(nn.Module):
     """Student encoder + projector + US3L auxiliary predictor, EMA teacher, cross-view losses.
 
@@ -77,9 +113,12 @@ class SSLMethod(nn.Module):
         global_global_weight: float = 1.0,
         global_local_weight: float = 0.0,
         projector: nn.Module | None = None,
+        shuffle_bn: bool = False,
     ) -> None:
         """``projector``: the method's own head (B, C') -> (B, proj_dim), reading the first C' <=
-        ``encoder.feature_dim`` features; default ``MLPHead(feature_dim, proj_hidden_dim, proj_dim)``."""
+        ``encoder.feature_dim`` features; default ``MLPHead(feature_dim, proj_hidden_dim, proj_dim)``.
+        ``shuffle_bn``: the teacher embeds each view in a shuffled order (MoCo's Shuffle-BN, with
+        per-rank or split BatchNorm set up by the training run; :func:`shuffled_forward`)."""
         super().__init__()
         encoder.set_max()
         self.encoder = encoder
@@ -96,6 +135,7 @@ class SSLMethod(nn.Module):
         self.num_global = num_global
         self.global_global_weight = global_global_weight
         self.global_local_weight = global_local_weight
+        self.shuffle_bn = shuffle_bn
         self.collectives = Collectives()
 
     # -- teacher -------------------------------------------------------------------------------
@@ -106,10 +146,20 @@ class SSLMethod(nn.Module):
         return [(self.encoder, self.teacher_encoder), (self.projector, self.teacher_projector)]
 
     @torch.no_grad()
-    def teacher_targets(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The teacher's full-width outputs (B, proj_dim) for each global view; computed once per step."""
+    def teacher_targets(self, views: list[torch.Tensor], *, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """The teacher's full-width outputs (B, proj_dim) for each global view; computed once per step.
+
+        With ``shuffle_bn`` each view is embedded in an order drawn from ``generator`` (the same on
+        every rank) and returned in the original order.
+        """
         self.teacher_encoder.set_max()
-        return [self.teacher_projector(self.teacher_encoder(view)) for view in views[: self.num_global]]
+
+        def embed(images: torch.Tensor) -> torch.Tensor:
+            return self.teacher_projector(self.teacher_encoder(images))
+
+        if not self.shuffle_bn:
+            return [embed(view) for view in views[: self.num_global]]
+        return [shuffled_forward(embed, view, self.collectives, generator=generator) for view in views[: self.num_global]]
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:

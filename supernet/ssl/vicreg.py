@@ -16,7 +16,8 @@ SimCLR and SimSiam (no momentum encoder in the paper: the teacher is kept at
 VICReg against the dense network's (detached) projection of the other view, Krishna et al.'s
 pairing; the dense side's variance and covariance are then constants, kept so the value is VICReg's.
 Variance and covariance are computed over each process's batch (the authors gather the global
-batch first).
+batch first). ``variance_over_views``: ``mean`` halves the two views' variance hinges as the authors'
+code does, ``sum`` adds them as solo-learn (and so Krishna et al.) does.
 """
 
 from __future__ import annotations
@@ -36,18 +37,27 @@ from supernet.losses import (
 from supernet.nn.models import SuperNet
 from supernet.ssl.base import SSLMethod
 
+VARIANCE_OVER_VIEWS = ("mean", "sum")
+"""How a pair's two variance hinges combine: ``mean`` as the VICReg authors' code
+(facebookresearch/vicreg ``main_vicreg.py``: each view's hinge halved), ``sum`` as solo-learn's
+``variance_loss`` (``solo/losses/vicreg.py``), which Krishna et al. train with: twice the term."""
+
 
 class VICReg(SSLMethod):
     name = "vicreg"
-    settings = ("invariance_weight", "variance_weight", "covariance_weight")
+    settings = ("invariance_weight", "variance_weight", "covariance_weight", "variance_over_views")
 
     def __init__(self, encoder: SuperNet, *, proj_hidden_dim: int, proj_dim: int, pred_hidden_dim: int,
                  invariance_weight: float = VICREG_INVARIANCE_WEIGHT, variance_weight: float = VICREG_VARIANCE_WEIGHT,
-                 covariance_weight: float = VICREG_COVARIANCE_WEIGHT, **kwargs: Any) -> None:
+                 covariance_weight: float = VICREG_COVARIANCE_WEIGHT, variance_over_views: str = "mean",
+                 **kwargs: Any) -> None:
         super().__init__(encoder, proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim, pred_hidden_dim=pred_hidden_dim, **kwargs)
+        if variance_over_views not in VARIANCE_OVER_VIEWS:
+            raise ValueError(f"variance_over_views {variance_over_views!r} is not one of {', '.join(VARIANCE_OVER_VIEWS)}")
         self.invariance_weight = invariance_weight
         self.variance_weight = variance_weight
         self.covariance_weight = covariance_weight
+        self.variance_scale = 0.5 if variance_over_views == "mean" else 1.0
 
     def full_width_loss(
         self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
@@ -77,7 +87,7 @@ class VICReg(SSLMethod):
         def pair_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             (variance_a, covariance_a), (variance_b, covariance_b) = of(a), of(b)
             return torch.stack([self.invariance_weight * vicreg_invariance(a, b),
-                                self.variance_weight * (variance_a + variance_b) / 2,
+                                self.variance_weight * (variance_a + variance_b) * self.variance_scale,
                                 self.covariance_weight * (covariance_a + covariance_b)])
 
         invariance, variance, covariance = self.cross_view(outputs, targets, pair_loss)

@@ -55,6 +55,14 @@ def sync_batch_norms(module: nn.Module) -> None:
             child.sync_across_ranks = True  # type: ignore[attr-defined]
 
 
+def split_batch_norms(module: nn.Module, splits: int) -> None:
+    """Make every BatchNorm of ``module`` normalise ``splits`` interleaved groups of each batch separately
+    (Shuffle-BN's per-device statistics, emulated on one device; ``splits=1`` is plain BatchNorm)."""
+    for child in module.modules():
+        if hasattr(type(child), "batch_splits"):
+            child.batch_splits = splits  # type: ignore[attr-defined]
+
+
 def average_gradients(module: nn.Module, env: DistEnv, bucket_bytes: int = 25 * 2**20) -> None:
     """Average ``.grad`` of every parameter that has one across ranks (identical sets on all ranks)."""
     if not env.enabled:

@@ -1,17 +1,32 @@
 """Group regularisation (US3L: Cao et al., CVPR 2023, "Three Guidelines You Should Know for
-Universally Slimmable Self-Supervised Learning"), used instead of weight decay.
+Universally Slimmable Self-Supervised Learning"), used instead of weight decay on the encoder.
 
-A sub-network of width ``c`` uses a layer's first ``c`` output channels, so the first channels are
-trained by every sub-network and the last ones only by the widest. The output channels of each
-conv / linear / BN layer are cut into ``groups`` contiguous groups; group ``i`` gets the L2
-coefficient ``base * (1 - alpha * i)``. The later groups see fewer gradient updates (only wide
-sub-networks reach them), so uniform weight decay would shrink them relative to the shared ones
-and weaken the wide networks; decaying them less keeps their scale. ``alpha`` is ramped by the loop
-(``supernet.schedules.group_alpha``).
+A sub-network of width ``c`` uses a layer's first ``c`` channels, so the first channels are trained
+by every sub-network and the last ones only by the widest. Each parameter is cut into ``groups``
+bins of channels; bin ``i`` gets the L2 coefficient ``base * (1 - alpha * i)``: the later bins see
+fewer gradient updates (only wide sub-networks reach them), so uniform weight decay would shrink
+them relative to the shared ones. ``alpha`` is ramped by the loop (:func:`supernet.training.schedules.group_alpha`).
 
-Use: build the optimiser with ``weight_decay=0`` for the parameters covered here and call
-:func:`apply_group_decay` after ``loss.backward()`` (and after any DDP gradient all-reduce, which
-``backward`` already did) and before ``optimizer.step()``.
+Which parameters and which channels, as US3L's code computes it:
+
+* CNN encoders (``losses/regularizers/GroupReg.py``): every 4-d weight (convolutions) and every 1-d
+  parameter (BatchNorm weights and biases) is binned along dim 0, the output channels; 2-d (linear)
+  weights take the plain coefficient ``base``.
+* ViT encoders (``GroupRegularizer`` in ``ViT_experiments/main_moco_ofa_ddp.py``): 2-d (linear)
+  weights are binned along dim 1, their input features; every other parameter takes ``base``.
+
+Bins hold ``C // groups`` channels each and the last one the remainder; with fewer channels than
+bins every channel is in the last bin (the same arithmetic as US3L's mask loop). US3L adds
+``lambda * ||w||^2`` to the loss, a gradient of ``2 * lambda * w``; here ``base`` is that ``2 * lambda``
+(``regularization.weight_decay``), added to the gradients after backward. Not reproduced: US3L
+also regularises the projection heads (their 1-d parameters binned); here the heads' weights take
+the optimizer's plain weight decay and their 1-d parameters none. ``alpha`` ramps per step (US3L:
+per epoch).
+
+Use: build the optimizer with no weight decay on the encoder, build a :class:`GroupDecay` over the
+encoder once, and call :meth:`GroupDecay.apply` after the gradients are complete (all-reduced) and
+before ``optimizer.step()``. Its coefficients live on the parameters' device and are combined with
+``torch._foreach_*`` kernels, so it never copies from the host.
 """
 
 from __future__ import annotations
@@ -19,84 +34,91 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Layers whose weight's dim 0 indexes output channels. SyncBatchNorm (what DDP conversion yields) is
-# not a BatchNorm2d subclass, so it is listed itself.
-_DECAYED_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Conv2d,
-    nn.Linear,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-)
+__all__ = ["GroupDecay", "apply_group_decay", "channel_bins", "group_coefficients"]
 
 
-def group_coefficients(num_channels: int, base: float, alpha: float, groups: int = 8) -> torch.Tensor:
-    """Per-output-channel L2 coefficients, shape ``(num_channels,)``, float32.
+def channel_bins(num_channels: int, groups: int = 8) -> torch.Tensor:
+    """The bin of each of ``num_channels`` channels, shape ``(num_channels,)``, int64.
 
-    Channel ``c`` is in group ``i = c * groups // num_channels`` (contiguous; group 0 holds the first
-    channels, shared by every sub-network) and gets ``base * (1 - alpha * i)``. With fewer channels
-    than groups some groups are empty; every channel still falls in ``0 .. groups - 1``.
+    ``min(c // (num_channels // groups), groups - 1)``; every channel in bin ``groups - 1`` when there
+    are fewer channels than bins.
 
     Example:
-        >>> group_coefficients(4, 1.0, 0.1, groups=2)
-        tensor([1.0000, 1.0000, 0.9000, 0.9000])
+        >>> channel_bins(10, groups=4).tolist()
+        [0, 0, 1, 1, 2, 2, 3, 3, 3, 3]
     """
     if num_channels <= 0:
         raise ValueError(f"num_channels must be > 0, got {num_channels}")
     if groups <= 0:
         raise ValueError(f"groups must be > 0, got {groups}")
+    width = num_channels // groups
+    if width == 0:
+        return torch.full((num_channels,), groups - 1, dtype=torch.long)
+    return (torch.arange(num_channels) // width).clamp(max=groups - 1)
+
+
+def group_coefficients(num_channels: int, base: float, alpha: float, groups: int = 8) -> torch.Tensor:
+    """Per-channel L2 coefficients ``base * (1 - alpha * bin)``, shape ``(num_channels,)``, float32.
+
+    Example:
+        >>> group_coefficients(4, 1.0, 0.1, groups=2)
+        tensor([1.0000, 1.0000, 0.9000, 0.9000])
+    """
+    _check_alpha(alpha, groups)
+    return (base * (1.0 - alpha * channel_bins(num_channels, groups).to(torch.float64))).to(torch.float32)
+
+
+def _check_alpha(alpha: float, groups: int) -> None:
     if alpha < 0 or alpha * (groups - 1) > 1:
         raise ValueError(
             f"alpha must be in [0, 1/(groups-1)] so no coefficient is negative; got alpha={alpha}, groups={groups}"
         )
-    group_index = torch.arange(num_channels, dtype=torch.long) * groups // num_channels
-    return (base * (1.0 - alpha * group_index.to(torch.float64))).to(torch.float32)
 
 
-def _decayed_weights(module: nn.Module) -> list[nn.Parameter]:
-    """Weights (never biases) of the covered layers in ``module``, each once."""
-    seen: set[int] = set()
-    weights: list[nn.Parameter] = []
-    for layer in module.modules():
-        if not isinstance(layer, _DECAYED_LAYERS):
-            continue
-        weight = getattr(layer, "weight", None)  # None for BN with affine=False
-        if isinstance(weight, nn.Parameter) and id(weight) not in seen:
-            seen.add(id(weight))
-            weights.append(weight)
-    return weights
+def _bins_like(param: torch.Tensor, family: str, groups: int) -> torch.Tensor:
+    """Bins shaped to broadcast over ``param`` (a 0-d zero where the parameter is not binned)."""
+    if family == "vit":
+        if param.ndim == 2:
+            return channel_bins(param.shape[1], groups).view(1, -1)
+    elif param.ndim in (1, 4):
+        return channel_bins(param.shape[0], groups).view(-1, *([1] * (param.ndim - 1)))
+    return torch.zeros((), dtype=torch.long)
 
 
-def _coefficients_like(weight: torch.Tensor, base: float, alpha: float, groups: int) -> torch.Tensor:
-    """Coefficients shaped to broadcast over ``weight`` (C_out, ...)."""
-    coefficients = group_coefficients(weight.shape[0], base, alpha, groups)
-    return coefficients.to(device=weight.device, dtype=weight.dtype).reshape(-1, *([1] * (weight.ndim - 1)))
+class GroupDecay:
+    """US3L's group L2 over the parameters of ``encoder`` that train, bins computed once.
 
-
-@torch.no_grad()
-def apply_group_decay(module: nn.Module, base: float, alpha: float, groups: int = 8) -> None:
-    """Add ``coef[c] * w[c]`` to the gradient of every covered weight, in place.
-
-    Covered: the ``weight`` of every ``nn.Conv2d``, ``nn.Linear`` and BatchNorm (1d/2d/3d, Sync)
-    layer in ``module``, subclasses included (the supernet's dynamic ops). Biases, BN biases and
-    other parameters are left alone; a weight whose ``grad`` is ``None`` (unused this step, or
-    frozen) is skipped. Like SGD's ``weight_decay`` this is an L2 gradient kept out of the loss
-    value; it equals the gradient of :func:`group_decay_penalty`.
+    ``family``: ``"vit"`` for ViT encoders, anything else bins as a CNN (see the module docstring).
     """
-    for weight in _decayed_weights(module):
-        if weight.grad is None:
-            continue
-        weight.grad.add_(_coefficients_like(weight, base, alpha, groups) * weight)
+
+    def __init__(self, encoder: nn.Module, *, groups: int = 8, family: str = "cnn") -> None:
+        self.groups = groups
+        self.params = [p for p in encoder.parameters() if p.requires_grad]
+        self.bins = [_bins_like(p, family, groups).to(device=p.device, dtype=p.dtype) for p in self.params]
+
+    def coefficients(self, base: float, alpha: float) -> list[torch.Tensor]:
+        """``base * (1 - alpha * bin)`` per parameter, broadcastable over it."""
+        _check_alpha(alpha, self.groups)
+        coefficients = torch._foreach_mul(self.bins, -alpha * base)
+        torch._foreach_add_(coefficients, base)
+        return coefficients
+
+    @torch.no_grad()
+    def apply(self, base: float, alpha: float) -> None:
+        """``grad += coefficient * w`` for every parameter with a gradient (unused ones are skipped)."""
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not live:
+            return
+        coefficients = self.coefficients(base, alpha)
+        for i in live:
+            self.params[i].grad.addcmul_(coefficients[i], self.params[i])
+
+    def penalty(self, base: float, alpha: float) -> torch.Tensor:
+        """``0.5 * sum coefficient * w^2``: the loss whose gradient :meth:`apply` adds (logging, tests)."""
+        terms = [0.5 * (c * p.square()).sum() for c, p in zip(self.coefficients(base, alpha), self.params)]
+        return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-def group_decay_penalty(module: nn.Module, base: float, alpha: float, groups: int = 8) -> torch.Tensor:
-    """``0.5 * sum_layers sum_c coef[c] * ||w_c||^2`` over the weights :func:`apply_group_decay`
-    covers; its gradient is exactly what that function adds. A scalar tensor (for logging or tests)."""
-    terms = [
-        0.5 * (_coefficients_like(weight, base, alpha, groups) * weight.square()).sum()
-        for weight in _decayed_weights(module)
-    ]
-    if not terms:
-        return torch.zeros(())
-    return torch.stack(terms).sum()
+def apply_group_decay(module: nn.Module, base: float, alpha: float, groups: int = 8, *, family: str = "cnn") -> None:
+    """One-off :meth:`GroupDecay.apply` over ``module`` (the training loop keeps a :class:`GroupDecay`)."""
+    GroupDecay(module, groups=groups, family=family).apply(base, alpha)

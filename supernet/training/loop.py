@@ -40,9 +40,13 @@ from supernet.training.distributed import (
     gather_digests,
     shutdown,
 )
-from supernet.training.group_reg import apply_group_decay
 from supernet.training.monitor import log_baselines, monitor_knn
-from supernet.training.sandwich import plan_gated, plan_subnets, relative_size
+from supernet.training.sandwich import (
+    plan_gated,
+    plan_subnets,
+    relative_size,
+    step_generator,
+)
 from supernet.training.schedules import ema_momentum, group_alpha, warmup_cosine_lr
 from supernet.training.schema import TrainConfig
 from supernet.training.setup import Run, build_run, save_checkpoint, view_options
@@ -124,7 +128,7 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
     method.train()
     method_schedule = method.set_epoch(run.step / run.steps_per_epoch)  # e.g. DINO's teacher temperature
     with run.autocast:
-        targets = method.teacher_targets(views)
+        targets = method.teacher_targets(views, generator=step_generator(cfg.seed, run.step, stream=2))
     plan = plan or plan_subnets(
         run.space, seed=cfg.seed, step=run.step, total_steps=run.total_steps,
         num_subnets=cfg.sandwich.num_subnets if cfg.sandwich.enabled else 1,
@@ -169,8 +173,8 @@ def _optimizer_step(run: Run, alpha: float) -> None:
     """Average gradients over ranks, add US3L's group decay, step, and clear the gradients."""
     reg = run.cfg.regularization
     average_gradients(run.method, run.dist)
-    if reg.group:
-        apply_group_decay(run.encoder, reg.weight_decay, alpha, reg.groups)
+    if run.group_decay is not None:
+        run.group_decay.apply(reg.weight_decay, alpha)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
 

@@ -8,11 +8,12 @@ whose minimum width is 1.0 (the slow start of US3L and SlimCLR) only the full ne
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from search_spaces import SearchSpace, SubnetConfig
 from supernet.training.schedules import min_width_multiplier
 
-__all__ = ["plan_gated", "plan_subnets", "relative_size"]
+__all__ = ["plan_gated", "plan_subnets", "relative_size", "step_generator"]
 
 
 def plan_subnets(
@@ -83,3 +84,9 @@ def plan_gated(
 def relative_size(space: SearchSpace, cfg: SubnetConfig) -> float:
     """Mean over searchable layers of active / maximum channels (the size SlimCLR weighs by)."""
     return float(np.mean([cfg.channels[layer.name] / layer.max_channels for layer in space.layers]))
+
+
+def step_generator(seed: int, step: int, *, stream: int) -> torch.Generator:
+    """A CPU generator that is a function of (seed, step, stream) only: the same on every data-parallel
+    rank and in a resumed run. Streams: 0 the sandwich, 1 the gated pass (both numpy), 2 Shuffle-BN."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0]))

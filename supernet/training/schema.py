@@ -17,6 +17,7 @@ from supernet.evaluation.settings import KnnSettings
 from supernet.losses import LOSS_WEIGHTINGS
 from supernet.settings import Rules, at_least, choice, in_range, optional, positive
 from supernet.ssl import METHODS
+from supernet.ssl.vicreg import VARIANCE_OVER_VIEWS
 from supernet.training.optim import OPTIMIZERS
 
 ViewsName = choice("ViewsName", VIEW_BUILDERS)
@@ -28,6 +29,7 @@ RegressionLoss = choice("RegressionLoss", ("negative_cosine", "normalized_mse"))
 OptimizerSteps = choice("OptimizerSteps", ("per_network", "per_batch"))
 WidthSampling = choice("WidthSampling", ("per_layer", "uniform", "fixed"))
 GateLink = choice("GateLink", ("dense", "teacher"))
+VarianceOverViews = choice("VarianceOverViews", VARIANCE_OVER_VIEWS)
 
 
 def known_space(name: Any) -> str | None:
@@ -125,6 +127,10 @@ class SSLConfig:
     byol_loss: RegressionLoss = RegressionLoss.negative_cosine  # type: ignore[valid-type]  # US3L; normalized_mse: BYOL's 2 - 2cos
     temperature: float = 0.2  # MoCo v2's InfoNCE; SimCLR's NT-Xent (0.5)
     queue_size: int = 4096  # MoCo v2
+    # MoCo's Shuffle-BN: the teacher embeds a shuffled batch; BatchNorm statistics per rank and, within
+    # a process, over bn_splits / world_size interleaved groups (bn_splits groups over the global batch)
+    shuffle_bn: bool = False
+    bn_splits: int = 8
     online_distillation: bool = False  # SlimCLR logit distillation for sub-networks (MoCo)
     # DINO (Caron et al. 2021): K prototypes after the proj_dim bottleneck; temperatures; center EMA
     num_prototypes: int = 65536
@@ -139,10 +145,11 @@ class SSLConfig:
     invariance_weight: float = 25.0
     variance_weight: float = 25.0
     covariance_weight: float = 1.0
+    variance_over_views: VarianceOverViews = VarianceOverViews.mean  # type: ignore[valid-type]  # VICReg's code; sum: solo-learn's
 
     RULES: ClassVar[Rules] = {"proj_hidden_dim": at_least(1), "proj_dim": at_least(1), "proj_layers": in_range(2, 3),
                               "pred_hidden_dim": at_least(1), "base_momentum": in_range(0, 1), "temperature": positive,
-                              "queue_size": at_least(1), "num_prototypes": at_least(1), "student_temperature": positive,
+                              "queue_size": at_least(1), "bn_splits": at_least(1), "num_prototypes": at_least(1), "student_temperature": positive,
                               "teacher_temperature": positive, "warmup_teacher_temperature": positive,
                               "warmup_teacher_temperature_epochs": at_least(0), "center_momentum": in_range(0, 1),
                               "freeze_prototypes_epochs": at_least(0), "invariance_weight": at_least(0),

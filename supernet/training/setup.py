@@ -34,8 +34,10 @@ from supernet.training.distributed import (
     all_gather_rows,
     barrier,
     init_distributed,
+    split_batch_norms,
     sync_batch_norms,
 )
+from supernet.training.group_reg import GroupDecay
 from supernet.training.optim import build_optimizer, parameter_groups
 from supernet.training.schema import TrainConfig
 
@@ -98,6 +100,7 @@ class Run:
     lr: float  # peak learning rate after the linear scaling rule
     gate_flops: GateFlops | None = None  # set when gates train
     eval_data: EvalData | None = None  # kNN monitoring images, drawn once
+    group_decay: GroupDecay | None = None  # US3L's group regularisation of the encoder, when on
     dist: DistEnv = field(default_factory=DistEnv)
     step: int = 0
 
@@ -144,7 +147,9 @@ def build_run(cfg: TrainConfig) -> Run:
     method = build_method(cfg, encoder, views).to(device)
     method.collectives = Collectives(rank=dist.rank, world_size=dist.world_size,
                                      gather_rows=lambda rows: all_gather_rows(rows, dist))
-    if dist.enabled:
+    if cfg.ssl.shuffle_bn:
+        split_batch_norms(method, _splits_per_rank(cfg, dist))
+    elif dist.enabled:
         sync_batch_norms(method)
     if device.type == "cuda" and cfg.channels_last:
         method.to(memory_format=torch.channels_last)
@@ -156,6 +161,8 @@ def build_run(cfg: TrainConfig) -> Run:
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         stop_step=total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps), lr=lr,
         gate_flops=GateFlops(encoder, cfg.data.resolution) if cfg.gates.enabled else None,
+        group_decay=GroupDecay(encoder, groups=cfg.regularization.groups, family=space.family)
+        if cfg.regularization.group else None,
         dist=dist,
     )
     if cfg.knn.enabled:
@@ -183,6 +190,18 @@ def _check_patch_size(space: SearchSpace, views: ViewSpec) -> None:
                              f"use e.g. {max(patch, round(side / patch) * patch)}")
 
 
+def _splits_per_rank(cfg: TrainConfig, dist: DistEnv) -> int:
+    """Shuffle-BN's BatchNorm groups within one process: ``ssl.bn_splits`` over the global batch."""
+    splits, world = cfg.ssl.bn_splits, dist.world_size
+    if splits % world:
+        raise SetupError(f"ssl.bn_splits: {splits} BatchNorm groups do not spread over {world} processes; "
+                         "use a multiple of the process count")
+    if cfg.batch_size % splits:
+        raise SetupError(f"ssl.bn_splits: the batch of {cfg.batch_size} does not split into {splits} equal "
+                         "BatchNorm groups; use a divisor of batch_size")
+    return splits // world
+
+
 def build_method(cfg: TrainConfig, encoder: SuperNet, views: ViewSpec) -> SSLMethod:
     """The SSL method ``ssl.name`` around ``encoder``, with the ``ssl.*`` settings it declares."""
     method = get_method(cfg.ssl.name)
@@ -190,7 +209,8 @@ def build_method(cfg: TrainConfig, encoder: SuperNet, views: ViewSpec) -> SSLMet
     return method(
         encoder, proj_hidden_dim=cfg.ssl.proj_hidden_dim, proj_dim=cfg.ssl.proj_dim, pred_hidden_dim=cfg.ssl.pred_hidden_dim,
         proj_layers=cfg.ssl.proj_layers, num_global=views.num_global, global_global_weight=cfg.views.global_global_weight,
-        global_local_weight=cfg.views.global_local_weight, **{key: ssl[key] for key in method.settings},
+        global_local_weight=cfg.views.global_local_weight, shuffle_bn=cfg.ssl.shuffle_bn,
+        **{key: ssl[key] for key in method.settings},
     )
 
 

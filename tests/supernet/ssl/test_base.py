@@ -49,3 +49,27 @@ def test_vector_valued_pair_losses_are_averaged_term_by_term() -> None:
     assert loss.shape == (2,)
     torch.testing.assert_close(loss, torch.stack(scalar))
     assert float(loss[1]) == pytest.approx(0.4 * (0 * 20 + 1 * 10) / 2 + 0.6 * (2 * 10 + 2 * 20) / 2)
+
+
+def test_us3l_subnet_loss_is_the_aux_heads_negative_cosine_to_the_teachers_other_view() -> None:
+    """US3L (workers/ssl.py): a sub-network's auxiliary-head output for view i regresses the teacher's
+    full-width output for view j != i with -cos, averaged over the batch and the ordered pairs."""
+    torch.manual_seed(0)
+    method = _byol(global_global_weight=1.0, global_local_weight=0.0)
+    method.encoder.set_active(method.encoder.space.uniform_config(0.5))
+    views = [torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16)]
+    targets = [torch.randn(6, 4), torch.randn(6, 4)]
+    terms, projections = method.subnet_loss(views, targets, {})
+    assert set(terms) == {"distill"} and len(projections) == 2
+    with torch.no_grad():  # BN in training mode normalises the same batch the same way twice
+        outputs = [method.aux_predictor(method.projector(method.encoder(view))) for view in views]
+    expected = 0.0
+    for i, j in ((0, 1), (1, 0)):
+        for p, t in zip(outputs[i].tolist(), targets[j].tolist()):
+            dot = sum(a * b for a, b in zip(p, t))
+            norms = sum(a * a for a in p) ** 0.5 * sum(b * b for b in t) ** 0.5
+            expected += -dot / norms / (6 * 2)
+    assert float(terms["distill"].detach()) == pytest.approx(expected, rel=1e-5)
+    terms["distill"].backward()  # the targets are constants; the aux head and the encoder learn, BYOL's predictor not
+    assert method.aux_predictor[0].weight.grad is not None and method.predictor[0].weight.grad is None
+    assert next(method.encoder.parameters()).grad is not None

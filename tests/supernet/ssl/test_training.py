@@ -104,12 +104,13 @@ def test_gated_pass_takes_vicreg_against_the_dense_network(tmp_path: Path) -> No
 # Every ssl= choice, on the CNN `tiny` (the four above already are) and on the ViT `vit_test` (32 px,
 # patch 8): settings, the margin (half the smallest fall seen with seeds 0, 1 and 2 on either network),
 # and the step the comparison starts at. MoCo's loss first rises while its queue fills with real
-# negatives (2 batches at queue_size=32), so its first window starts once the queue is full.
+# negatives (2 batches at queue_size=32), so its first window starts once the queue is full. MoCo and
+# SimCLR-momentum keep Shuffle-BN in 2 groups of 8 (their configs' 8 groups leave 2 samples a group here).
 ALL_METHODS = {
     **{name: (overrides, margin, 0) for name, (overrides, margin) in METHODS.items()},
     "byol": (["ssl=byol", "optim.lr=0.5"], 0.25, 0),
-    "moco": (["ssl=moco", "optim.lr=0.5", "ssl.queue_size=32"], 0.1, 4),
-    "simclr_momentum": (["ssl=simclr_momentum", "optim.lr=0.5"], 0.2, 0),
+    "moco": (["ssl=moco", "optim.lr=0.5", "ssl.queue_size=32", "ssl.bn_splits=2"], 0.1, 4),
+    "simclr_momentum": (["ssl=simclr_momentum", "optim.lr=0.5", "ssl.bn_splits=2"], 0.2, 0),
 }
 VIT = ["model=vit_test", "data.resolution=32"]
 

@@ -28,7 +28,7 @@ def test_terms_sum_to_vicreg_of_the_two_views_and_to_lightly() -> None:
     assert set(terms) == {"invariance", "variance", "covariance"}
     total = sum(terms.values())
     torch.testing.assert_close(total, vicreg_loss(z0, z1))
-    lightly_loss = pytest.importorskip("lightly.loss")
+    import lightly.loss as lightly_loss  # the reference (the test extra installs it)
     assert float(total.detach()) == pytest.approx(float(lightly_loss.VICRegLoss()(z0, z1).detach()), rel=1e-5)
 
 
@@ -62,3 +62,19 @@ def test_gated_loss_is_vicreg_against_the_detached_dense_projections() -> None:
     total.backward()
     assert all(z.grad is None for z in dense)  # only the gated side learns from this term
     assert method.projector[0].weight.grad is not None
+
+
+def test_variance_over_views_sum_is_solo_learns_unhalved_term() -> None:
+    """solo-learn's variance_loss (Krishna et al.) adds the two views' hinges; VICReg's code halves them."""
+    views = _views()
+    mean_terms, (z0, z1) = _vicreg(variance_over_views="mean").full_width_loss(views, [], {})
+    sum_terms, _ = _vicreg(variance_over_views="sum").full_width_loss(views, [], {})
+
+    def hinge(z: torch.Tensor) -> torch.Tensor:  # solo/losses/vicreg.py: mean(relu(1 - sqrt(var + 1e-4)))
+        return torch.relu(1 - torch.sqrt(z.var(dim=0) + 1e-4)).mean()
+
+    torch.testing.assert_close(sum_terms["variance"], 25.0 * (hinge(z0) + hinge(z1)))
+    torch.testing.assert_close(mean_terms["variance"], 25.0 * (hinge(z0) + hinge(z1)) / 2)
+    torch.testing.assert_close(sum_terms["invariance"], mean_terms["invariance"])
+    with pytest.raises(ValueError, match="mean, sum"):
+        _vicreg(variance_over_views="median")

@@ -55,13 +55,45 @@ def test_slimclr_mocov2() -> None:
     assert cfg.sandwich.stage_ends == [0.5, 1.0] and cfg.sandwich.stage_min_widths == [1.0, 0.25]  # slow start: half
     assert cfg.sandwich.sampling == "fixed" and cfg.sandwich.fixed_widths == [1.0, 0.75, 0.5, 0.25]
     assert cfg.sandwich.optimizer_steps == "per_batch"
+    assert list(cfg.views.global_scale) == [0.2, 1.0]  # MoCo v2's crops, also at 224 px
+    assert cfg.ssl.shuffle_bn and cfg.ssl.bn_splits == 8  # 8 GPUs x 128, per-GPU BN (use_bn_sync=0)
+
+
+@pytest.mark.parametrize(("name", "splits"), [("quickstart", 4), ("slimclr_mocov2", 8), ("us3l_simclr_momentum_cifar", 4)])
+def test_methods_contrasting_against_teacher_keys_shuffle_bn(name: str, splits: int) -> None:
+    cfg = _recipe(name)
+    assert cfg.ssl.name in ("moco", "simclr_momentum") and cfg.ssl.shuffle_bn and cfg.ssl.bn_splits == splits
+    assert cfg.batch_size % cfg.ssl.bn_splits == 0
+
+
+def test_krishna_recipe_takes_one_larc_step_per_batch(tmp_path: Path) -> None:
+    """Dense and gated losses add up into one step of solo-learn's clipped LARS (their training_step)."""
+    import torch
+
+    from supernet.training.loop import train_step
+    from supernet.training.optim import LARC
+    from supernet.training.setup import build_run
+
+    cfg = load_train_settings(["recipe=krishna_vicreg_gated_cifar", "model=tiny", "data=mnist_embedded", "data.resolution=16",
+                               "data.max_images=64", "batch_size=32", "knn.enabled=false", "progress=false",
+                               "ssl.proj_hidden_dim=32", "ssl.proj_dim=32", "ssl.pred_hidden_dim=32", f"out_dir={tmp_path}"])
+    run = build_run(cfg)
+    assert isinstance(run.optimizer, LARC) and run.gate_flops is not None
+    calls = []
+    original = run.optimizer.step
+    run.optimizer.step = lambda *a, **k: calls.append(1) or original(*a, **k)  # type: ignore[method-assign]
+    terms = train_step(run, [torch.randn(32, 3, 16, 16), torch.randn(32, 3, 16, 16)])
+    assert len(calls) == 1 and "gated/invariance" in terms and "max/invariance" in terms
 
 
 @pytest.mark.parametrize("name", ["krishna_gated_cifar", "krishna_vicreg_gated_cifar"])
 def test_krishna_gated_cifar(name: str) -> None:
     cfg = _recipe(name)
     assert (cfg.model.space, cfg.data.name, cfg.epochs, cfg.batch_size) == ("resnet18_cifar", "cifar10", 500, 512)
-    assert cfg.optim.name == "lars" and cfg.optim.lars_eta == 0.02 and cfg.optim.lr * 512 / 256 == pytest.approx(0.6)
+    # solo-learn's clipped LARS around SGD, one step per batch on the summed loss, its VICReg variance term
+    assert cfg.optim.name == "larc" and cfg.optim.lars_eta == 0.02 and cfg.optim.lr * 512 / 256 == pytest.approx(0.6)
+    assert cfg.sandwich.optimizer_steps == "per_batch" and cfg.ssl.variance_over_views == "sum"
+    assert list(cfg.views.global_scale) == [0.2, 1.0]
     gates = cfg.gates
     assert (gates.target, gates.budget_weight, gates.bound_weight, gates.bound_rate) == (0.5, 5.0, 1.0, 0.02)
     assert gates.separate_bn and gates.link == "dense" and not gates.sample_widths and not cfg.sandwich.enabled
