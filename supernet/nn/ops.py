@@ -85,15 +85,19 @@ def _synced_batch_norm(
     channels = x.shape[1]
     dims = [0, *range(2, x.dim())]
     values = x.float()
-    count = values.new_full((1,), values.numel() // channels)
-    totals = all_reduce(torch.cat([values.sum(dims), (values * values).sum(dims), count]))
+    # float64 sums: E[x^2] - E[x]^2 in float32 loses about 20x float rounding to cancellation, which the
+    # sandwich's updates amplify
+    count = values.new_full((1,), values.numel() // channels, dtype=torch.float64)
+    totals = all_reduce(torch.cat([values.sum(dims, dtype=torch.float64), (values * values).sum(dims, dtype=torch.float64),
+                                   count]))
     total_count = totals[-1]
-    mean = totals[:channels] / total_count
-    var = (totals[channels : 2 * channels] / total_count - mean * mean).clamp_min(0.0)
+    mean64 = totals[:channels] / total_count
+    var64 = (totals[channels : 2 * channels] / total_count - mean64 * mean64).clamp_min(0.0)
+    mean, var = mean64.float(), var64.float()
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
             running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
-            unbiased = var.detach() * total_count / (total_count - 1).clamp_min(1.0)
+            unbiased = (var64.detach() * total_count / (total_count - 1).clamp_min(1.0)).float()
             running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
     shape = (1, channels) + (1,) * (x.dim() - 2)
     out = (values - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
@@ -118,28 +122,28 @@ def _split_batch_norm(
     one process's batch shards over data-parallel ranks (:class:`supernet.data.sampling.EpochSampler`),
     so ``splits`` groups on one device normalise exactly as ``splits`` ranks with per-rank BN. This is
     the single-device form of MoCo's Shuffle-BN (He et al. 2020, section 3.3; the split BatchNorm of
-    facebookresearch/moco's CIFAR demo): with the key batch shuffled before the key encoder, a
-    positive pair's query and key are normalised with statistics of different samples. The running
-    statistics move toward the mean over groups of each group's mean and unbiased variance, as there.
+    facebookresearch/moco's CIFAR demo, whose arithmetic this follows): viewed as (B / S, S * C, ...),
+    a contiguous batch puts group ``s``'s channel ``c`` at channel ``s * C + c``, so one ordinary
+    BatchNorm over the view, with the parameters and running statistics repeated ``S`` times,
+    normalises every group apart; the running statistics then take the mean over groups.
     """
     batch, channels = x.shape[0], x.shape[1]
     if batch % splits:
         raise ValueError(f"split BatchNorm: a batch of {batch} does not split into {splits} equal groups; "
                          "use a batch size that is a multiple of ssl.bn_splits")
-    values = x.float().view(batch // splits, splits, *x.shape[1:])  # (B/S, S, C, ...): group s at [:, s]
-    dims = [0, *range(3, values.dim())]
-    var, mean = torch.var_mean(values, dim=dims, keepdim=True, correction=0)  # (1, S, C, 1, ...)
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    grouped = x.contiguous().view(batch // splits, splits * channels, *x.shape[2:])
+
+    def repeated(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor.repeat(splits)
+
+    split_mean, split_var = repeated(running_mean), repeated(running_var)
+    out = F.batch_norm(grouped, split_mean, split_var, repeated(weight), repeated(bias), True, factor, eps).view(x.shape)
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
-            count = values.numel() // (splits * channels)
-            unbiased = var.detach() * count / max(count - 1, 1)
-            running_mean.mul_(1 - factor).add_(mean.detach().reshape(splits, channels).mean(0), alpha=factor)
-            running_var.mul_(1 - factor).add_(unbiased.reshape(splits, channels).mean(0), alpha=factor)
-    out = (values - mean) * torch.rsqrt(var + eps)
-    if weight is not None:
-        shape = (1, 1, channels) + (1,) * (values.dim() - 3)
-        out = out * weight.view(shape) + bias.view(shape)
-    return out.view_as(x).to(x.dtype)
+            running_mean.copy_(split_mean.view(splits, channels).mean(0))  # type: ignore[union-attr]
+            running_var.copy_(split_var.view(splits, channels).mean(0))  # type: ignore[union-attr]
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 class DynamicBatchNorm2d(nn.BatchNorm2d):

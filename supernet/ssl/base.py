@@ -49,17 +49,19 @@ class Collectives:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def gather_batch(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows in the global batch's order (rank r holds its positions r, r + W, ...; see
+        :class:`supernet.data.sampling.EpochSampler`), so a tensor built from them is the one a single
+        process would build."""
+        gathered = self.gather_rows(rows)
+        if self.world_size == 1:
+            return gathered
+        return gathered.view(self.world_size, -1, *gathered.shape[1:]).transpose(0, 1).reshape(-1, *gathered.shape[1:])
+
     def own_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """This rank's equal share of rows gathered from every rank (the inverse of ``gather_rows``)."""
         share = rows.shape[0] // self.world_size
         return rows[self.rank * share : (self.rank + 1) * share]
-
-
-def _global_order(gathered: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Rows gathered rank by rank -> the global batch's order (rank r holds positions r, r + W, ...)."""
-    if world_size == 1:
-        return gathered
-    return gathered.view(world_size, -1, *gathered.shape[1:]).transpose(0, 1).reshape(-1, *gathered.shape[1:])
 
 
 @torch.no_grad()
@@ -82,10 +84,10 @@ def shuffled_forward(
     in the original order. One process: the batch itself is permuted and restored.
     """
     world = collectives.world_size
-    everything = _global_order(collectives.gather_rows(images), world)
+    everything = collectives.gather_batch(images)
     order = torch.randperm(everything.shape[0], generator=generator).to(images.device, non_blocking=True)
     outputs = network(everything[order][collectives.rank :: world])
-    shuffled = _global_order(collectives.gather_rows(outputs), world)
+    shuffled = collectives.gather_batch(outputs)
     restored = torch.empty_like(shuffled)
     restored[order] = shuffled
     return restored[collectives.rank :: world]
@@ -165,12 +167,11 @@ class SSLMethod(nn.Module):
     def update_teacher(self, momentum: float) -> None:
         """teacher <- momentum * teacher + (1 - momentum) * student; buffers (BN statistics) copied."""
         for student, teacher in self.student_pairs():
-            student_params = list(student.parameters())
-            teacher_params = list(teacher.parameters())
-            torch._foreach_mul_(teacher_params, momentum)
-            torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
-            for student_buffer, teacher_buffer in zip(student.buffers(), teacher.buffers()):
-                teacher_buffer.copy_(student_buffer)
+            teacher_params, teacher_buffers = list(teacher.parameters()), list(teacher.buffers())
+            if teacher_params:
+                torch._foreach_lerp_(teacher_params, list(student.parameters()), 1.0 - momentum)
+            if teacher_buffers:
+                torch._foreach_copy_(teacher_buffers, list(student.buffers()))
 
     def after_step(self, targets: list[torch.Tensor]) -> None:
         """Hook after the optimizer step, before the teacher's update (data-parallel ops: :attr:`collectives`)."""
@@ -240,7 +241,8 @@ class SSLMethod(nn.Module):
         outputs = [self.aux_predictor(z) for z in projections]
         return {"distill": self.cross_view(outputs, [t.detach() for t in targets], negative_cosine)}, projections
 
-    def embedding_std(self, projections: torch.Tensor) -> float:
-        """Mean per-dimension std of L2-normalised projections; ~1/sqrt(D) when healthy, ~0 when collapsed."""
+    def embedding_std(self, projections: torch.Tensor) -> torch.Tensor:
+        """Mean per-dimension std of L2-normalised projections (B, D), a 0-d tensor on their device;
+        ~1/sqrt(D) when healthy, ~0 when collapsed."""
         normalized = nn.functional.normalize(projections.detach().float(), dim=1)
-        return float(normalized.std(dim=0).mean())
+        return normalized.std(dim=0).mean()

@@ -93,13 +93,14 @@ class MoCoV2(SSLMethod):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Replace the oldest queue entries with ``keys`` (B, D) (normalised here)."""
-        keys = F.normalize(keys.float(), dim=1)
-        size = self.queue.shape[0]
-        pointer = int(self.queue_pointer)
-        index = (torch.arange(keys.shape[0], device=keys.device) + pointer) % size
-        self.queue[index] = keys[: size]
-        self.queue_pointer.fill_((pointer + keys.shape[0]) % size)
+        size, count = self.queue.shape[0], keys.shape[0]
+        keys = F.normalize(keys.float(), dim=1)[:size]
+        # the pointer stays on the device: no step waits to read it
+        index = (torch.arange(keys.shape[0], device=keys.device) + self.queue_pointer) % size
+        self.queue.index_copy_(0, index, keys.to(self.queue.dtype))
+        self.queue_pointer.add_(count).remainder_(size)
 
     def after_step(self, targets: list[torch.Tensor]) -> None:
-        """Enqueue the teacher keys of the first view from every rank, so all queues stay equal."""
-        self.enqueue(self.collectives.gather_rows(targets[0]))
+        """Enqueue the teacher keys of the first view from every rank, in the global batch's order, so all
+        queues stay equal (and equal to one process's)."""
+        self.enqueue(self.collectives.gather_batch(targets[0]))

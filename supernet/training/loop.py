@@ -51,7 +51,7 @@ from supernet.training.schedules import ema_momentum, group_alpha, warmup_cosine
 from supernet.training.schema import TrainConfig
 from supernet.training.setup import Run, build_run, save_checkpoint, view_options
 
-__all__ = ["TrainingStopped", "train", "train_step"]
+__all__ = ["TrainingStopped", "check_health", "scalars", "train", "train_step"]
 
 
 class TrainingStopped(CommandFailed):
@@ -87,11 +87,18 @@ def train(cfg: TrainConfig) -> Path:
             terms = train_step(run, batch)
             run.step += 1
             images_seen += batch[0].shape[0] * run.dist.world_size
-            throughput = images_seen / max(time.perf_counter() - started, 1e-9)
-            progress.set_postfix(loss=f"{terms['loss']:.3f}", lr=f"{terms['lr']:.3g}", img_s=f"{throughput:.0f}")
-            if run.dist.is_main and (run.step % cfg.log_every_steps == 0 or run.step == run.stop_step):
-                _append_jsonl(log_path, {"kind": "step", "step": run.step, "epoch": epoch, "images_per_s": throughput, **terms})
-            if cfg.checkpoint_every_steps and run.step % cfg.checkpoint_every_steps == 0:
+            checkpoint_due = bool(cfg.checkpoint_every_steps) and run.step % cfg.checkpoint_every_steps == 0
+            epoch_end = run.step % run.steps_per_epoch == 0 or run.step == run.stop_step
+            # The one host sync of a step, and only every log_every_steps: reading the losses waits for
+            # the device; before a checkpoint it also keeps a non-finite or collapsed state out of it.
+            if run.step % cfg.log_every_steps == 0 or checkpoint_due or epoch_end:
+                values = check_health(run, terms)
+                throughput = images_seen / max(time.perf_counter() - started, 1e-9)
+                progress.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.3g}", img_s=f"{throughput:.0f}")
+                if run.dist.is_main and (run.step % cfg.log_every_steps == 0 or run.step == run.stop_step):
+                    _append_jsonl(log_path, {"kind": "step", "step": run.step, "epoch": epoch, "images_per_s": throughput,
+                                             **values})
+            if checkpoint_due:
                 save_checkpoint(run)
             if run.step >= run.stop_step:
                 break
@@ -109,11 +116,14 @@ def train(cfg: TrainConfig) -> Path:
     return run.out_dir
 
 
-def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, SubnetConfig]] | None = None) -> dict[str, float]:
+def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, SubnetConfig]] | None = None
+               ) -> dict[str, torch.Tensor | float]:
     """One training step on a batch; returns the named loss terms (weighted as used), lr and schedule values.
 
-    ``plan`` (label, config) overrides the sandwich of this step (benchmarks time single networks
-    with it); the label "max" marks the network that takes the method's full-width loss. With
+    Loss terms stay on the device (0-d tensors, detached) so the step never waits for it; read them
+    with :func:`scalars` (or :func:`check_health`, which also stops a run gone bad). ``plan``
+    (label, config) overrides the sandwich of this step (benchmarks time single networks with it);
+    the label "max" marks the network that takes the method's full-width loss. With
     ``sandwich.optimizer_steps=per_network`` (US3L) every network's loss is its own optimizer step;
     with ``per_batch`` (SlimCLR) their gradients add up into one.
     """
@@ -137,8 +147,8 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
     )
     sizes = [relative_size(run.space, subnet) for _, subnet in plan]
     weights = loss_weights(cfg.sandwich.loss_weights, sizes)
-    logged: dict[str, float] = {}
-    total = 0.0
+    logged: dict[str, torch.Tensor] = {}
+    losses: list[torch.Tensor] = []
     cache: dict[str, Any] = {}
     projections: dict[str, list[torch.Tensor]] = {}  # each network's projections of the global views
     run.optimizer.zero_grad(set_to_none=True)
@@ -149,24 +159,58 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
             terms, projected = loss_of(views, targets, cache)
             loss = weight * sum(terms.values())
         projections[label] = [z.detach() for z in projected[: method.num_global]]
-        total += _backward(run, loss, {f"{label}/{name}": value for name, value in terms.items()}, logged)
+        losses.append(_backward(loss, {f"{label}/{name}": value for name, value in terms.items()}, logged))
         if per_network:
             _optimizer_step(run, alpha)
     if run.gate_flops is not None:
-        total += _gated_pass(run, views, targets, plan, projections, logged)
+        losses.append(_gated_pass(run, views, targets, plan, projections, logged))
         if per_network:
             _optimizer_step(run, alpha)
     if not per_network:
         _optimizer_step(run, alpha)
     encoder.set_max()
-    _check_collapse(run, projections["max"][0] if "max" in projections else next(iter(projections.values()))[0])
+    total = torch.stack(losses).sum()
+    run.nonfinite_since = _first_nonfinite_step(run, total)
+    probe = projections["max"][0] if "max" in projections else next(iter(projections.values()))[0]
+    run.embedding_dim = probe.shape[1]
     momentum = cfg.ssl.base_momentum if cfg.ssl.momentum_schedule == "constant" else \
         ema_momentum(run.step, run.total_steps, base=cfg.ssl.base_momentum)
     # Before the teacher moves: DINO's center takes the teacher's scores of this step, as its loss saw them.
     method.after_step(targets)
     method.update_teacher(momentum)
-    return {"loss": total, **logged, "lr": lr, "ema_momentum": momentum, "group_alpha": alpha,
-            "min_width": min(sizes), "num_subnets": float(len(plan)), **method_schedule}
+    return {"loss": total, **logged, "embedding_std": method.embedding_std(probe), "lr": lr, "ema_momentum": momentum,
+            "group_alpha": alpha, "min_width": min(sizes), "num_subnets": float(len(plan)), **method_schedule}
+
+
+def scalars(terms: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """A step's terms as Python floats, read from the device in one transfer."""
+    names = [name for name, value in terms.items() if isinstance(value, torch.Tensor)]
+    values = torch.stack([terms[name].float().reshape(()) for name in names]).tolist() if names else []  # type: ignore[union-attr]
+    return {name: (dict(zip(names, values))[name] if name in names else float(value)) for name, value in terms.items()}
+
+
+def check_health(run: Run, terms: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """The step's terms as floats, after stopping the run if a loss went non-finite or the features collapsed.
+
+    Non-finite losses are flagged on the device every step (:attr:`Run.nonfinite_since`) and read here,
+    so the error names the first bad step although the host looks only every few steps.
+    """
+    values = scalars(terms)
+    since = int(run.nonfinite_since)
+    if since >= 0 or not math.isfinite(values["loss"]):
+        bad = [name for name, value in values.items() if "/" in name and not math.isfinite(value)]
+        raise TrainingStopped(
+            f"loss is not finite since step {since if since >= 0 else run.step} ({', '.join(bad) or 'total'}); "
+            "lower optim.lr or check the data. The last good checkpoint is kept."
+        )
+    floor = run.cfg.collapse_std / math.sqrt(run.embedding_dim)
+    if values["embedding_std"] < floor:
+        raise TrainingStopped(
+            f"features collapsed at step {run.step}: per-dimension std of normalised embeddings "
+            f"{values['embedding_std']:.2e} < {floor:.2e}; lower optim.lr or raise ssl.base_momentum. "
+            "The last good checkpoint is kept."
+        )
+    return values
 
 
 def _optimizer_step(run: Run, alpha: float) -> None:
@@ -180,7 +224,7 @@ def _optimizer_step(run: Run, alpha: float) -> None:
 
 
 def _gated_pass(run: Run, views: list[torch.Tensor], targets: list[torch.Tensor], plan: list[tuple[str, SubnetConfig]],
-                projections: dict[str, list[torch.Tensor]], logged: dict[str, float]) -> float:
+                projections: dict[str, list[torch.Tensor]], logged: dict[str, torch.Tensor]) -> torch.Tensor:
     """Gumbel-sigmoid gates at one of the step's widths and sampled thresholds (Krishna et al.).
 
     SSL term (the method's ``gated_loss``): the gated network regresses, through the auxiliary
@@ -194,7 +238,7 @@ def _gated_pass(run: Run, views: list[torch.Tensor], targets: list[torch.Tensor]
     label, gated = plan_gated(run.space, plan, seed=cfg.seed, step=run.step, threshold=gates.threshold,
                               sample_widths=gates.sample_widths, sample_thresholds=gates.sample_thresholds)
     assert run.gate_flops is not None
-    flops = run.gate_flops(gated)  # counted before the forward: counting overwrites the gates' masks
+    flops = run.gate_flops(gated)
     encoder.set_active(gated)
     global_views = views[: run.method.num_global]
     with run.autocast:
@@ -208,32 +252,21 @@ def _gated_pass(run: Run, views: list[torch.Tensor], targets: list[torch.Tensor]
         lower, upper = density_bounds(gates.target, run.step / run.steps_per_epoch, gates.bound_rate)
         terms["density"] = density_bound_loss(densities, lower, upper, gates.bound_weight)
         loss = sum(terms.values())
-    logged["gated/flops_ratio"] = float(gated_flops.detach().mean() / flops.dense)
-    logged["gated/width"] = relative_size(run.space, gated)
-    return _backward(run, loss, {f"gated/{name}": value for name, value in terms.items()}, logged)
+    logged["gated/flops_ratio"] = gated_flops.detach().mean() / flops.dense
+    logged["gated/width"] = torch.tensor(relative_size(run.space, gated))
+    return _backward(loss, {f"gated/{name}": value for name, value in terms.items()}, logged)
 
 
-def _backward(run: Run, loss: torch.Tensor, terms: dict[str, torch.Tensor], logged: dict[str, float]) -> float:
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        bad = [name for name, term in terms.items() if not math.isfinite(float(term.detach()))]
-        raise TrainingStopped(
-            f"loss is not finite at step {run.step} ({', '.join(bad) or 'total'}); "
-            "lower optim.lr or check the data. The last good checkpoint is kept."
-        )
+def _backward(loss: torch.Tensor, terms: dict[str, torch.Tensor], logged: dict[str, torch.Tensor]) -> torch.Tensor:
     loss.backward()
-    logged.update({name: float(term.detach()) for name, term in terms.items()})
-    return value
+    logged.update({name: term.detach() for name, term in terms.items()})
+    return loss.detach()
 
 
-def _check_collapse(run: Run, projections: torch.Tensor) -> None:
-    std = run.method.embedding_std(projections)
-    floor = run.cfg.collapse_std / math.sqrt(projections.shape[1])
-    if std < floor:
-        raise TrainingStopped(
-            f"features collapsed at step {run.step}: per-dimension std of normalised embeddings {std:.2e} "
-            f"< {floor:.2e}; lower optim.lr or raise ssl.base_momentum. The last good checkpoint is kept."
-        )
+def _first_nonfinite_step(run: Run, total: torch.Tensor) -> torch.Tensor:
+    """``run.nonfinite_since``, set to this step if it is still unset (-1) and ``total`` is not finite."""
+    flag = run.nonfinite_since.to(total.device)
+    return torch.where((flag < 0) & ~torch.isfinite(total), torch.full_like(flag, run.step), flag)
 
 
 def _check_replicas(run: Run) -> None:

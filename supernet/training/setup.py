@@ -24,7 +24,7 @@ from supernet.io.checkpoint import (
 )
 from supernet.io.files import atomic_save, atomic_write_text
 from supernet.io.provenance import provenance
-from supernet.nn.flops import count_flops, static_flops
+from supernet.nn.flops import ShapeFlopCounter
 from supernet.nn.gates import GateOptions
 from supernet.nn.models import SuperNet, build_supernet
 from supernet.settings import flatten, settings_dict
@@ -59,27 +59,17 @@ class FlopsReference:
 
 
 class GateFlops:
-    """fvcore FLOPs of each width the gated pass trains at, counted once (the budget loss needs both).
+    """fvcore's FLOPs of each width the gated pass trains at (the budget loss needs both references).
 
-    Counting traces the encoder, so call it before a forward whose gate masks are still needed.
+    Counted from shapes on a private CPU copy of the encoder (:class:`supernet.nn.flops.ShapeFlopCounter`,
+    equal to fvcore's counts), so a step neither traces the network nor touches the training device.
     """
 
     def __init__(self, encoder: SuperNet, resolution: int) -> None:
-        self.encoder, self.resolution = encoder, resolution
-        self._known: dict[str, FlopsReference] = {}
+        self.counter = ShapeFlopCounter(encoder, resolution)
 
     def __call__(self, cfg: SubnetConfig) -> FlopsReference:
-        key = cfg.with_gates(None).key()
-        if key not in self._known:
-            active = self.encoder.active_config
-            self.encoder.set_active(cfg.with_gates(None))
-            dense = count_flops(self.encoder, self.resolution)
-            self.encoder.set_active(cfg)
-            gated = static_flops(self.encoder, self.resolution)
-            if active is not None:
-                self.encoder.set_active(active)
-            self._known[key] = FlopsReference(dense=float(dense), gated_static=float(gated))
-        return self._known[key]
+        return FlopsReference(dense=float(self.counter(cfg.with_gates(None))), gated_static=float(self.counter(cfg)))
 
 
 @dataclass
@@ -103,6 +93,9 @@ class Run:
     group_decay: GroupDecay | None = None  # US3L's group regularisation of the encoder, when on
     dist: DistEnv = field(default_factory=DistEnv)
     step: int = 0
+    # the first step whose loss was not finite (-1: none), kept on the device so no step waits to check
+    nonfinite_since: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))
+    embedding_dim: int = 1  # of the projections the collapse check reads
 
     @property
     def encoder(self) -> SuperNet:

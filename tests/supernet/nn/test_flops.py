@@ -16,6 +16,7 @@ from search_spaces import SearchSpace, SubnetConfig, get_space
 from supernet import build_supernet
 from supernet.nn.flops import (
     FlopCountAnalysis,
+    ShapeFlopCounter,
     folded_norm_flops,
     per_input_effective_flops,
 )
@@ -285,3 +286,19 @@ def test_max_width_flops_equal_torchvision(name: str, expected: int | None) -> N
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         by_operator = analysis.by_operator()
         assert by_operator["conv"] + by_operator["linear"] == pytest.approx(0.30e9, rel=0.01)
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck", "inverted_residual", "vit"])
+def test_shape_counter_equals_fvcore_on_random_configs(kind: str, small_spaces: dict) -> None:
+    """The training loop's FLOP counter (shapes of a CPU copy, blocks cached) against fvcore's trace."""
+    space = get_space("vit_test") if kind == "vit" else small_spaces[kind]
+    network = build_supernet(space)
+    resolution = space.default_resolution
+    counter = ShapeFlopCounter(network, resolution)
+    rng = np.random.default_rng(0)
+    configs = [space.sample(rng, min_multiplier=0.25) for _ in range(4)] + [space.max_config(), space.min_config()]
+    configs += [cfg.with_gates({block.name: 0.5 for block in space.gated_blocks}) for cfg in configs]
+    for cfg in configs + configs[:3]:  # the repeats are answered from the blocks' caches
+        network.set_active(cfg)
+        assert counter(cfg) == static_flops(network, resolution), cfg
+    assert counter(space.max_config()) == count_flops(network.extract(space.max_config()), resolution)

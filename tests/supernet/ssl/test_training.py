@@ -14,7 +14,7 @@ from torch.utils.data import default_collate
 from supernet.data.sampling import ViewDataset
 from supernet.data.views import build_views
 from supernet.train import load_train_settings
-from supernet.training.loop import train_step
+from supernet.training.loop import scalars, train_step
 from supernet.training.setup import Run, build_run, view_options
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small networks: no OpenMP spin-waiting
@@ -52,7 +52,7 @@ def _run(tmp_path: Path, overrides: list[str]) -> tuple[Run, list[torch.Tensor]]
 def _steps(run: Run, batch: list[torch.Tensor], count: int) -> list[dict[str, float]]:
     records = []
     for _ in range(count):
-        records.append(train_step(run, batch))
+        records.append(scalars(train_step(run, batch)))
         run.step += 1
     return records
 
@@ -84,7 +84,7 @@ def test_loop_passes_dino_its_teacher_temperature_and_centers_before_the_teacher
         center = method.center.clone()
         with torch.no_grad():
             scores = torch.cat([method.teacher_prototypes(t) for t in method.teacher_targets(batch)])
-        records.append(train_step(run, batch))
+        records.append(scalars(train_step(run, batch)))
         run.step += 1
         torch.testing.assert_close(method.center, 0.9 * center + 0.1 * scores.mean(0, keepdim=True))
     temperatures = [record["teacher_temperature"] for record in records]
