@@ -1,4 +1,5 @@
-"""Optimizers: SGD with momentum, or LARS (You et al. 2017) for large batches."""
+"""Optimizers: SGD with momentum, LARS (You et al. 2017) for large batches, or AdamW (Loshchilov &
+Hutter 2019), which MoCo v3 and DINO train ViTs with."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def parameter_groups(module: nn.Module, *, weight_decay: float, decay_encoder: b
     ]
 
 
-OPTIMIZERS = ("sgd", "lars")
+OPTIMIZERS = ("sgd", "lars", "adamw")
 
 
 def build_optimizer(name: str, groups: list[dict], *, lr: float, momentum: float,
@@ -82,4 +83,10 @@ def build_optimizer(name: str, groups: list[dict], *, lr: float, momentum: float
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, eta=lars_eta)
+    if name == "adamw":
+        # betas (0.9, 0.999), eps 1e-8: torch's defaults, as moco-v3's main_moco.py keeps them;
+        # ``momentum`` has no role here. Decoupled weight decay per group (0 for biases and norms).
+        for group in groups:
+            group.pop("lars_exclude", None)
+        return torch.optim.AdamW(groups, lr=lr)
     raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")

@@ -199,9 +199,9 @@ class GatesConfig:
 
 @dataclass
 class OptimConfig:
-    name: OptimizerName = OptimizerName.sgd  # type: ignore[valid-type]
+    name: OptimizerName = OptimizerName.sgd  # type: ignore[valid-type]  # sgd, lars, or adamw (MoCo v3 ViTs)
     lr: float = 0.05  # per 256 images; scaled linearly with the global batch size
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD and LARS; AdamW keeps its betas (0.9, 0.999)
     warmup_epochs: float = 1.0
     final_lr: float = 0.0
     lars_eta: float = 0.001  # LARS trust coefficient (You et al. 2017); Krishna et al. use 0.02

@@ -208,7 +208,7 @@ TRAIN_CASES = {  # one bad value for every choice field, bad types and ranges, u
     "zero epochs": ("epochs=0", "epochs: 0 is not valid; expected a number >= 1"),
     "unknown model group option": ("model=nope", "model=nope: no such option; expected one of: "),
     "unknown space": ("model.space=resnet9000", "model.space: 'resnet9000' is not valid; expected a search space"),
-    "optimizer choice": ("optim.name=adam", "optim.name: Invalid value 'adam', expected one of [sgd, lars]"),
+    "optimizer choice": ("optim.name=adam", "optim.name: Invalid value 'adam', expected one of [sgd, lars, adamw]"),
     "ssl method choice": ("ssl.name=swav", "ssl.name: Invalid value 'swav', expected one of"),
     "views choice": ("views.name=fivecrop", "views.name: Invalid value 'fivecrop'"),
     "data set choice": ("data.name=mnist2", "data.name: Invalid value 'mnist2'"),
