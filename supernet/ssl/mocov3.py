@@ -75,6 +75,8 @@ def freeze_patch_projection(encoder: SuperNet) -> nn.Conv2d:
 
 
 class MoCoV3(SSLMethod):
+    """Projector and predictor :class:`BatchNormMLP`; the teacher is the EMA of encoder and projector."""
+
     name = "mocov3"
     settings = ("temperature", "freeze_patch_embed", "online_distillation")
 

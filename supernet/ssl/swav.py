@@ -65,6 +65,8 @@ class SwAVHead(nn.Module):
 
 
 class SwAV(SSLMethod):
+    """Prototypes ``(K, proj_dim)``, a Linear without bias; queue ``(num_global, queue_length, proj_dim)`` a buffer."""
+
     name = "swav"
     settings = ("temperature", "num_prototypes", "freeze_prototypes_epochs", "sinkhorn_iterations",
                 "sinkhorn_epsilon", "queue_length", "epoch_queue_starts")
