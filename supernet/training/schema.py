@@ -120,7 +120,7 @@ class SSLConfig:
     proj_dim: int = 256
     proj_layers: int = 2  # 2: Linear-BN-ReLU-Linear (BYOL); 3: one more hidden layer (US3L's CIFAR projector)
     pred_hidden_dim: int = 2048
-    base_momentum: float = 0.99  # EMA teacher momentum (US3L: 0.99); 0: the teacher is the student (SimCLR, SimSiam, VICReg)
+    base_momentum: float = 0.99  # EMA teacher momentum (US3L: 0.99); 0: the teacher is the student (SimCLR, SimSiam, VICReg, SwAV)
     momentum_schedule: MomentumSchedule = MomentumSchedule.constant  # type: ignore[valid-type]  # US3L; cosine: BYOL's ramp to 1
     byol_loss: RegressionLoss = RegressionLoss.negative_cosine  # type: ignore[valid-type]  # US3L; normalized_mse: BYOL's 2 - 2cos
     temperature: float = 0.2  # MoCo v2's InfoNCE; SimCLR's NT-Xent (0.5); SwAV's softmax (0.1); MoCo v3's (ResNet 1.0, ViT 0.2)
@@ -139,7 +139,7 @@ class SSLConfig:
     # SwAV: Sinkhorn-Knopp codes; a queue of earlier embeddings (0: none), filled from an epoch on
     sinkhorn_iterations: int = 3
     sinkhorn_epsilon: float = 0.05
-    queue_length: int = 0
+    queue_length: int = 0  # SwAV's embeddings kept per global view, over all ranks (MoCo v2's keys: queue_size)
     epoch_queue_starts: int = 15
     # VICReg (Bardes et al. 2022): weights of the invariance, variance and covariance terms
     invariance_weight: float = 25.0
