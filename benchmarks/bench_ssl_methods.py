@@ -1,6 +1,6 @@
 """Every self-supervised method at equal steps (issue 10): one supernet per method, all else equal.
 
-For each method (default: byol moco simclr_momentum simclr simsiam dino vicreg) this trains the
+For each method (default: byol moco simclr_momentum simclr simsiam dino vicreg swav mocov3) this trains the
 ``--space`` supernet with ``python -m supernet.train recipe=quickstart ssl=<method>``, one
 subprocess per method, on the same ImageFolder images (``--data-root``, capped at
 ``--train-images``), for the same ``--steps`` at the same batch size, seed, resolution and views
@@ -17,7 +17,7 @@ record of the same run: the same widths at their initial weights (identical for 
 encoder is built under the same seed before the method's heads) and raw pixels.
 
 Each method keeps the settings of its ``configs/ssl/<method>.yaml`` under the quickstart recipe
-(heads 512 wide; SimCLR, SimSiam and VICReg have no momentum encoder: base_momentum 0) and the
+(heads 512 wide; SimCLR, SimSiam, VICReg and SwAV have no momentum encoder: base_momentum 0) and the
 recipe's SGD at lr 0.05 per 256 images; the only method-specific changes are in
 :data:`METHOD_OVERRIDES` (DINO's head). ``--set METHOD:key=value`` adds one for one method;
 ``-- key=value ...`` applies to every method.
@@ -30,8 +30,9 @@ Cost on the idle 2-core development CPU (3-step runs, 2026-11-29): a step of 128
 ~1.3 s while only the full network trains (the first tenth), ~1.5-2.0 s with the sandwich and gates
 (~1.2 s with ``--no-gates``; VICReg the slowest); one kNN evaluation of the ``small`` space
 (2,000 + 5,000 + 2,000 images at three widths) ~12 s, run five times (step 0, the ends of epochs
-1-3 at steps 39, 78 and 117, and step 150). So ~5 minutes per method at the defaults, ~35 for all seven; ``--batch-size 64``
-(~0.85 s per step, 2 epochs, 3 evaluations) brings a method to ~3 minutes.
+1-3 at steps 39, 78 and 117, and step 150). So ~5 minutes per method at the defaults, ~35 for the
+first seven (swav and mocov3 came later and are not timed here); ``--batch-size 64`` (~0.85 s per
+step, 2 epochs, 3 evaluations) brings a method to ~3 minutes.
 
     python benchmarks/bench_ssl_methods.py --data-root /tmp/data/c10_train5k --test-root /tmp/data/c10_test2k \\
         --steps 150 --out runs/bench_ssl_methods --json ssl_methods.json
@@ -62,7 +63,7 @@ from supernet.settings import SettingsError
 from supernet.ssl import METHODS
 from supernet.train import load_train_settings
 
-DEFAULT_METHODS = ("byol", "moco", "simclr_momentum", "simclr", "simsiam", "dino", "vicreg")
+DEFAULT_METHODS = ("byol", "moco", "simclr_momentum", "simclr", "simsiam", "dino", "vicreg", "swav", "mocov3")
 WIDTHS = ("max", "mid", "min")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,21 @@ from supernet.losses.distill import (
     logit_distillation,
 )
 from supernet.losses.infonce import contrastive_logits, info_nce
+from supernet.losses.mocov3 import (
+    MOCOV3_RESNET_TEMPERATURE,
+    MOCOV3_VIT_TEMPERATURE,
+    mocov3_cosines,
+    mocov3_loss,
+)
 from supernet.losses.ntxent import nt_xent
 from supernet.losses.regression import byol_loss, negative_cosine
+from supernet.losses.swav import (
+    SINKHORN_EPSILON,
+    SINKHORN_ITERATIONS,
+    SWAV_TEMPERATURE,
+    sinkhorn,
+    swav_loss,
+)
 from supernet.losses.vicreg import (
     VICREG_COVARIANCE_WEIGHT,
     VICREG_INVARIANCE_WEIGHT,
@@ -42,8 +55,13 @@ __all__ = [
     "DENSITY_ANNEALING_RATE",
     "DINO_CENTER_MOMENTUM",
     "DINO_STUDENT_TEMPERATURE",
+    "MOCOV3_RESNET_TEMPERATURE",
+    "MOCOV3_VIT_TEMPERATURE",
+    "SINKHORN_EPSILON",
+    "SINKHORN_ITERATIONS",
     "SLIMCLR_KD_TEMPERATURE",
     "SLIMCLR_KD_WEIGHT",
+    "SWAV_TEMPERATURE",
     "VICREG_COVARIANCE_WEIGHT",
     "VICREG_INVARIANCE_WEIGHT",
     "VICREG_VARIANCE_WEIGHT",
@@ -57,8 +75,12 @@ __all__ = [
     "flops_budget_loss",
     "info_nce",
     "logit_distillation",
+    "mocov3_cosines",
+    "mocov3_loss",
     "negative_cosine",
     "nt_xent",
+    "sinkhorn",
+    "swav_loss",
     "loss_weights",
     "vicreg_covariance",
     "vicreg_invariance",

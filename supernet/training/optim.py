@@ -1,5 +1,6 @@
-"""Optimizers: SGD with momentum, LARS (You et al. 2017) as BYOL and DINO use it, and LARC, the
-clipped LARS of solo-learn that Krishna et al. train with.
+"""Optimizers: SGD with momentum, LARS (You et al. 2017) as BYOL and DINO use it, LARC, the clipped
+LARS of solo-learn that Krishna et al. train with, and AdamW (Loshchilov & Hutter 2019), which MoCo v3
+and DINO train ViTs with.
 
 Both layer-wise optimizers update every parameter of a group with ``torch._foreach_*`` kernels and
 decide the trust ratio on the device (``torch.where``), so a step never waits for the host.
@@ -111,7 +112,7 @@ def parameter_groups(module: nn.Module, *, weight_decay: float, decay_encoder: b
     ]
 
 
-OPTIMIZERS = ("sgd", "lars", "larc")
+OPTIMIZERS = ("sgd", "lars", "larc", "adamw")
 
 
 def build_optimizer(name: str, groups: list[dict], *, lr: float, momentum: float,
@@ -130,4 +131,11 @@ def build_optimizer(name: str, groups: list[dict], *, lr: float, momentum: float
         return LARS(groups, lr=lr, momentum=momentum, eta=lars_eta)
     if name == "larc":
         return LARC(groups, lr=lr, momentum=momentum, eta=lars_eta)
+    if name == "adamw":
+        # betas (0.9, 0.999), eps 1e-8: torch's defaults, as moco-v3's main_moco.py keeps them;
+        # ``momentum`` has no role here. Decoupled weight decay per group (0 for biases and norms).
+        for group in groups:
+            group.pop("lars_exclude", None)
+        on_cuda = all(p.is_cuda for group in groups for p in group["params"]) and torch.cuda.is_available()
+        return torch.optim.AdamW(groups, lr=lr, fused=True if on_cuda else None, foreach=None if on_cuda else True)
     raise ValueError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")

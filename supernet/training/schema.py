@@ -122,17 +122,18 @@ class SSLConfig:
     proj_dim: int = 256
     proj_layers: int = 2  # 2: Linear-BN-ReLU-Linear (BYOL); 3: one more hidden layer (US3L's CIFAR projector)
     pred_hidden_dim: int = 2048
-    base_momentum: float = 0.99  # EMA teacher momentum (US3L: 0.99); 0: the teacher is the student (SimCLR, SimSiam, VICReg)
+    base_momentum: float = 0.99  # EMA teacher momentum (US3L: 0.99); 0: the teacher is the student (SimCLR, SimSiam, VICReg, SwAV)
     momentum_schedule: MomentumSchedule = MomentumSchedule.constant  # type: ignore[valid-type]  # US3L; cosine: BYOL's ramp to 1
     byol_loss: RegressionLoss = RegressionLoss.negative_cosine  # type: ignore[valid-type]  # US3L; normalized_mse: BYOL's 2 - 2cos
-    temperature: float = 0.2  # MoCo v2's InfoNCE; SimCLR's NT-Xent (0.5)
+    temperature: float = 0.2  # MoCo v2's InfoNCE; SimCLR's NT-Xent (0.5); SwAV's softmax (0.1); MoCo v3's (ResNet 1.0, ViT 0.2)
     queue_size: int = 4096  # MoCo v2
     # MoCo's Shuffle-BN: the teacher embeds a shuffled batch; BatchNorm statistics per rank and, within
     # a process, over bn_splits / world_size interleaved groups (bn_splits groups over the global batch)
     shuffle_bn: bool = False
     bn_splits: int = 8
-    online_distillation: bool = False  # SlimCLR logit distillation for sub-networks (MoCo)
-    # DINO (Caron et al. 2021): K prototypes after the proj_dim bottleneck; temperatures; center EMA
+    online_distillation: bool = False  # SlimCLR logit distillation for sub-networks (MoCo v2, MoCo v3)
+    freeze_patch_embed: bool = True  # MoCo v3's stop-grad-conv1: a ViT's random patch projection stays fixed (CNNs: no effect)
+    # DINO (Caron et al. 2021) and SwAV (Caron et al. 2020): K prototypes after the proj_dim embedding
     num_prototypes: int = 65536
     student_temperature: float = 0.1
     teacher_temperature: float = 0.07  # reached after the warm-up
@@ -140,7 +141,12 @@ class SSLConfig:
     warmup_teacher_temperature_epochs: int = 30  # linear, one value per epoch (DINO's code)
     center_momentum: float = 0.9
     head_batch_norm: bool = False  # BN in the DINO head's hidden layers (DINO: off; SSLight's CNNs: on)
-    freeze_prototypes_epochs: float = 1.0  # DINO's freeze_last_layer
+    freeze_prototypes_epochs: float = 1.0  # DINO's freeze_last_layer; SwAV's freeze_prototypes_niters, in epochs
+    # SwAV: Sinkhorn-Knopp codes; a queue of earlier embeddings (0: none), filled from an epoch on
+    sinkhorn_iterations: int = 3
+    sinkhorn_epsilon: float = 0.05
+    queue_length: int = 0  # SwAV's embeddings kept per global view, over all ranks (MoCo v2's keys: queue_size)
+    epoch_queue_starts: int = 15
     # VICReg (Bardes et al. 2022): weights of the invariance, variance and covariance terms
     invariance_weight: float = 25.0
     variance_weight: float = 25.0
@@ -152,8 +158,10 @@ class SSLConfig:
                               "queue_size": at_least(1), "bn_splits": at_least(1), "num_prototypes": at_least(1), "student_temperature": positive,
                               "teacher_temperature": positive, "warmup_teacher_temperature": positive,
                               "warmup_teacher_temperature_epochs": at_least(0), "center_momentum": in_range(0, 1),
-                              "freeze_prototypes_epochs": at_least(0), "invariance_weight": at_least(0),
-                              "variance_weight": at_least(0), "covariance_weight": at_least(0)}
+                              "freeze_prototypes_epochs": at_least(0), "sinkhorn_iterations": at_least(1),
+                              "sinkhorn_epsilon": positive, "queue_length": at_least(0), "epoch_queue_starts": at_least(0),
+                              "invariance_weight": at_least(0), "variance_weight": at_least(0),
+                              "covariance_weight": at_least(0)}
 
 
 @dataclass
@@ -206,9 +214,9 @@ class GatesConfig:
 
 @dataclass
 class OptimConfig:
-    name: OptimizerName = OptimizerName.sgd  # type: ignore[valid-type]
+    name: OptimizerName = OptimizerName.sgd  # type: ignore[valid-type]  # sgd, lars, or adamw (MoCo v3 ViTs)
     lr: float = 0.05  # per 256 images; scaled linearly with the global batch size
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD and LARS; AdamW keeps its betas (0.9, 0.999)
     warmup_epochs: float = 1.0
     final_lr: float = 0.0
     lars_eta: float = 0.001  # LARS trust coefficient (You et al. 2017); Krishna et al. use 0.02

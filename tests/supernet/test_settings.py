@@ -79,3 +79,19 @@ def test_settings_dict_round_trips_through_json_types() -> None:
 def test_malformed_overrides_are_refused_before_composing() -> None:
     with pytest.raises(SettingsError, match="override 'epochs': expected key=value"):
         load_train_settings(["epochs"])
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("ssl.sinkhorn_iterations=0", r"^ssl\.sinkhorn_iterations: 0 is not valid; expected a number >= 1$"),
+    ("ssl.sinkhorn_epsilon=-0.05", r"^ssl\.sinkhorn_epsilon: -0\.05 is not valid; expected a positive number$"),
+    ("ssl.queue_length=-3840", r"^ssl\.queue_length: -3840 is not valid; expected a number >= 0$"),
+    ("ssl.epoch_queue_starts=-1", r"^ssl\.epoch_queue_starts: -1 is not valid; expected a number >= 0$"),
+    ("ssl.temperature=0", r"^ssl\.temperature: 0\.0 is not valid; expected a positive number$"),
+    ("ssl.freeze_patch_embed=sometimes", r"^ssl\.freeze_patch_embed: Value 'sometimes' is not a valid bool"),
+    ("optim.name=adam", r"^optim\.name: Invalid value 'adam', expected one of \[sgd, lars, larc, adamw\]$"),
+])
+def test_swav_and_mocov3_settings_refuse_bad_values_in_one_line(override: str, expected: str) -> None:
+    method = "ssl=mocov3" if "patch" in override else "ssl=swav"
+    with pytest.raises(SettingsError, match=expected) as error:
+        load_train_settings([method, override])
+    assert "\n" not in str(error.value)

@@ -1,6 +1,8 @@
 """Every method trains through the real loop: on a fixed batch its full-width loss falls, with two
 crops and with SSLight multi-crop, the sandwich on; the loop hands DINO its schedules and updates
-DINO's center before the teacher moves; the gated pass takes VICReg (Krishna et al.)."""
+DINO's center before the teacher moves; SwAV's prototypes stay frozen for the first epoch and its
+queue fills from its epoch; MoCo v3's frozen patch projection survives training and a resume; the
+gated pass takes VICReg (Krishna et al.)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from supernet.data.sampling import ViewDataset
 from supernet.data.views import build_views
 from supernet.train import load_train_settings
 from supernet.training.loop import scalars, train_step
-from supernet.training.setup import Run, build_run, view_options
+from supernet.training.setup import Run, build_run, save_checkpoint, view_options
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small networks: no OpenMP spin-waiting
 
@@ -28,7 +30,8 @@ TWO_CROP, SSLIGHT = ["views=two_crop"], ["views=sslight", "views.num_local=2"]
 
 # Per method: its settings for a tiny network, and how far the mean of the last 3 of 10 steps must
 # fall below the first 3's, in the loss's own units: at most half the smallest fall seen with seeds
-# 0, 1 and 2 (SimCLR 0.6, SimSiam 0.2, DINO 1.6, VICReg 6.7).
+# 0, 1 and 2 (SimCLR 0.6, SimSiam 0.2, DINO 1.6, VICReg 6.7; SwAV 0.8 and MoCo v3 0.9, the smallest
+# of the tiny network with both samplers and vit_test with two crops).
 # DINO's head needs BN at these widths: without it the bottleneck's norm is ~1e-3 at DINO's
 # initialisation (std 0.02), so normalising it multiplies the first gradient a thousandfold.
 # VICReg's unnormalised expander needs a smaller SGD rate than the others (the paper uses LARS).
@@ -37,6 +40,8 @@ METHODS = {
     "simsiam": (["ssl=simsiam", "optim.lr=0.5"], 0.1),
     "dino": (["ssl=dino", "optim.lr=0.5", "ssl.num_prototypes=128", "ssl.head_batch_norm=true"], 0.3),
     "vicreg": (["ssl=vicreg", "optim.lr=0.05"], 1.0),
+    "swav": (["ssl=swav", "optim.lr=0.5", "ssl.num_prototypes=32"], 0.4),
+    "mocov3": (["ssl=mocov3", "optim.lr=0.5"], 0.45),
 }
 
 
@@ -90,6 +95,40 @@ def test_loop_passes_dino_its_teacher_temperature_and_centers_before_the_teacher
     temperatures = [record["teacher_temperature"] for record in records]
     assert temperatures == pytest.approx([0.04] * 4 + [0.055] * 4 + [0.07])  # one value per epoch
     assert not torch.equal(method.center, torch.zeros_like(method.center))
+
+
+def test_loop_freezes_swav_prototypes_for_an_epoch_and_fills_its_queue_from_its_epoch(tmp_path: Path) -> None:
+    overrides, _ = METHODS["swav"]
+    # 4 steps per epoch of 16 images; the queue holds two batches and fills from epoch 1
+    run, batch = _run(tmp_path, [*overrides, "ssl.freeze_prototypes_epochs=1", "ssl.queue_length=32",
+                                 "ssl.epoch_queue_starts=1"])
+    method = run.method
+    assert run.steps_per_epoch == 4
+    initial = torch.nn.functional.normalize(method.prototypes.weight.detach(), dim=1)
+    records = _steps(run, batch, 4)
+    torch.testing.assert_close(method.prototypes.weight, initial)  # three optimizer steps a batch, none moved them
+    records += _steps(run, batch, 4)
+    assert float((method.prototypes.weight.detach() - initial).abs().max()) > 1e-3
+    assert [record["prototypes_frozen"] for record in records] == [1.0] * 4 + [0.0] * 4
+    assert [record["queue_in_use"] for record in records] == [0.0] * 6 + [1.0] * 2
+    assert int(method.queue_filled) == 32 and all(np.isfinite(record["max/swav"]) for record in records)
+
+
+def test_mocov3_patch_projection_stays_frozen_through_training_and_a_resume(tmp_path: Path) -> None:
+    overrides, _ = METHODS["mocov3"]
+    run, batch = _run(tmp_path, [*overrides, *VIT, "ssl.freeze_patch_embed=true"])
+    patch, teacher_patch = run.encoder.patch_embed.proj, run.method.teacher_encoder.patch_embed.proj
+    before = patch.weight.detach().clone()
+    records = _steps(run, batch, 3)
+    assert all(np.isfinite(record["max/mocov3"]) and np.isfinite(record["min/distill"]) for record in records)
+    assert torch.equal(patch.weight, before) and torch.equal(teacher_patch.weight, before)
+    assert not torch.equal(run.encoder.blocks[0].mlp.fc1.weight, run.method.teacher_encoder.blocks[0].mlp.fc1.weight)
+    save_checkpoint(run)
+    resumed = build_run(load_train_settings([*TINY, *overrides, *VIT, "resume=true", f"out_dir={tmp_path}"]))
+    assert resumed.step == 3 and not resumed.encoder.patch_embed.proj.weight.requires_grad
+    assert torch.equal(resumed.encoder.patch_embed.proj.weight, before)
+    held = {id(p) for group in resumed.optimizer.param_groups for p in group["params"]}
+    assert id(resumed.encoder.patch_embed.proj.weight) not in held and id(resumed.encoder.patch_embed.proj.bias) not in held
 
 
 def test_gated_pass_takes_vicreg_against_the_dense_network(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from supernet.training.loop import train
 from supernet.training.setup import view_options
 
 NEW_RECIPES = ["us3l_simclr_cifar", "us3l_simsiam_cifar", "us3l_dino_cifar", "sslight_dino_mobilenet",
-               "krishna_vicreg_gated_cifar", "krishna_gated_cifar"]
+               "krishna_vicreg_gated_cifar", "krishna_gated_cifar", "sslight_swav_mobilenet", "slimclr_mocov3_vit"]
 
 
 def _recipe(name: str):
@@ -160,12 +160,62 @@ def test_new_recipes_run_two_steps(tmp_path: Path, name: str) -> None:
     steps = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
     assert len(steps) == 2 and all(np.isfinite(step["loss"]) for step in steps)
     ssl_name = cfg.ssl.name
-    expected = {"simclr": "max/ntxent", "simsiam": "max/simsiam", "dino": "max/dino", "vicreg": "max/invariance"}[ssl_name]
+    expected = {"simclr": "max/ntxent", "simsiam": "max/simsiam", "dino": "max/dino", "vicreg": "max/invariance",
+                "swav": "max/swav", "mocov3": "max/mocov3"}[ssl_name]
     assert expected in steps[0]
     if cfg.sandwich.enabled and cfg.sandwich.stage_min_widths[0] < 1.0:  # no slow start: sub-networks trained
         assert "min/distill" in steps[0]
     if cfg.gates.enabled:  # Krishna et al.: the gated network's VICReg against the dense network
         assert "gated/invariance" in steps[0] and "gated/budget" in steps[0]
+
+
+def test_sslight_swav_mobilenet() -> None:
+    cfg = _recipe("sslight_swav_mobilenet")  # src/config/exp_yamls/swav/swav_cnn_sslight.yaml + defaults.py
+    ssl, views = cfg.ssl, view_options(_recipe("sslight_swav_mobilenet"))
+    assert (cfg.model.space, ssl.name, cfg.views.name, cfg.epochs, cfg.batch_size) == ("mobilenet_v2", "swav", "sslight", 200, 1024)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.final_lr, cfg.optim.warmup_epochs) == ("lars", 0.3, 0.0048, 10)
+    assert cfg.regularization.weight_decay == pytest.approx(1e-6) and not cfg.regularization.group
+    assert (ssl.proj_hidden_dim, ssl.proj_dim, ssl.proj_layers, ssl.num_prototypes, ssl.temperature) == (4096, 128, 2, 3000, 0.1)
+    assert (ssl.sinkhorn_iterations, ssl.sinkhorn_epsilon, ssl.freeze_prototypes_epochs) == (3, 0.05, 1.0)
+    assert (ssl.queue_length, ssl.epoch_queue_starts) == (3840 - 3840 % 1024, 15)  # SSLight's rounding at batch 1024
+    assert (views.num_local, views.global_scale, views.local_scale) == (6, (0.3, 1.0), (0.05, 0.3))
+    assert views.jitter == (0.8, 0.8, 0.8, 0.2) and views.blur == (0.5, 0.5) and views.solarize == (0.0, 0.0)
+    assert (cfg.views.global_global_weight, cfg.views.global_local_weight) == (0.4, 0.6)
+    assert ssl.base_momentum == 0.0 and not cfg.sandwich.enabled and not cfg.gates.enabled
+
+
+def test_slimclr_mocov3_vit() -> None:
+    cfg = _recipe("slimclr_mocov3_vit")  # SlimCLR scripts/mocov3.sh + moco-v3 CONFIG.md's ViT-Small 1-node run
+    ssl, views = cfg.ssl, view_options(_recipe("slimclr_mocov3_vit"))
+    assert (cfg.model.space, ssl.name, cfg.epochs, cfg.batch_size, cfg.data.resolution) == ("vit_tiny", "mocov3", 300, 1024, 224)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.warmup_epochs) == ("adamw", 1.5e-4, 40)
+    assert cfg.regularization.weight_decay == 0.1 and not cfg.regularization.group
+    assert (ssl.proj_layers, ssl.proj_hidden_dim, ssl.proj_dim, ssl.pred_hidden_dim, ssl.temperature) == (3, 4096, 256, 4096, 0.2)
+    assert (ssl.base_momentum, ssl.momentum_schedule) == (0.99, "cosine") and ssl.freeze_patch_embed
+    assert ssl.online_distillation and cfg.sandwich.loss_weights == "slimclr" and cfg.sandwich.optimizer_steps == "per_batch"
+    assert cfg.sandwich.stage_ends == [0.5, 1.0] and cfg.sandwich.stage_min_widths == [1.0, 0.25]  # slow start: half
+    assert cfg.sandwich.sampling == "fixed" and cfg.sandwich.fixed_widths == [1.0, 0.75, 0.5, 0.25]
+    assert views.global_scale == (0.08, 1.0) and views.blur == (1.0, 0.1) and views.solarize == (0.0, 0.2)
+    assert views.jitter == (0.4, 0.4, 0.2, 0.1) and views.num_local == 0 and not cfg.gates.enabled
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("space", ["tiny", "vit_test"])
+@pytest.mark.parametrize("name", ["sslight_swav_mobilenet", "slimclr_mocov3_vit"])
+def test_swav_and_mocov3_recipes_train_with_the_sandwich(tmp_path: Path, name: str, space: str) -> None:
+    """Both recipes through ``train()`` with sub-networks from the first step (SwAV's recipe trains one
+    network; SlimCLR's starts slow): every term finite, the sub-networks' own terms logged."""
+    cfg = load_train_settings([
+        f"recipe={name}", f"model={space}", "data=mnist_embedded", "data.max_images=64", "data.holdout_size=200",
+        "data.resolution=32", "batch_size=16", "knn.enabled=false", "progress=false", "max_steps=3", "log_every_steps=1",
+        "ssl.proj_hidden_dim=32", "ssl.proj_dim=16", "ssl.pred_hidden_dim=32", "ssl.num_prototypes=64",
+        "sandwich.enabled=true", "sandwich.stage_min_widths=[0.25]", "sandwich.stage_ends=[1.0]", f"out_dir={tmp_path}",
+    ])
+    train(cfg)
+    steps = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
+    assert len(steps) == 3 and all(np.isfinite(v) for step in steps for v in step.values() if not isinstance(v, str))
+    sub_terms = {"x0.25/infonce", "x0.25/kd"} if name == "slimclr_mocov3_vit" else {"min/distill"}
+    assert sub_terms <= set(steps[0]) and steps[0]["num_subnets"] > 1
 
 
 def test_sslight_views_follow_its_code() -> None:
