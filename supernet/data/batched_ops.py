@@ -78,13 +78,16 @@ def resample_weights(offset: Tensor, length: Tensor, *, in_size: int, out_size: 
     inverse = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
     support = 2 / inverse
     center = offset + scale * (outputs + 0.5)  # (n, out, 1), in input pixels
-    low, high = offset.floor(), (offset + length).ceil()
+    # A box mapped onto a squeezed grid may end a rounding error past the last pixel.
+    low, high = offset.floor().clamp_(min=0), (offset + length).ceil().clamp_(max=in_size)
     first = torch.maximum(torch.floor(center - support + 0.5), low)
     index = first + torch.arange(taps, device=offset.device, dtype=dtype)  # (n, out, taps)
     weights = _keys_cubic((index + 0.5 - center) * inverse)
     weights = torch.where(index < high, weights, torch.zeros_like(weights))
     weights = weights / weights.sum(dim=-1, keepdim=True)
     dense = torch.zeros((offset.shape[0], out_size, in_size), device=offset.device, dtype=dtype)
+    # Taps past the last pixel carry weight 0; clamped onto it they add exact zeros, so the sum is
+    # the same in any order (CUDA's atomic adds included).
     return dense.scatter_add_(2, index.clamp_(max=in_size - 1).to(torch.int64), weights)
 
 

@@ -171,8 +171,10 @@ class BatchedViews:
         """One view of every image: crop and flip, colour jitter, grayscale, blur, solarise, normalise."""
         device = pixels.device
         p = host.to(device)
+        longest = host.boxes[:, 2:].amax(dim=0) / group.resolution  # read on the host: no device sync
         images = ops.resized_crops(pixels, top=p.boxes[:, 0], left=p.boxes[:, 1], height=p.boxes[:, 2],
-                                   width=p.boxes[:, 3], size=group.resolution, flip=p.flip)
+                                   width=p.boxes[:, 3], size=group.resolution, flip=p.flip,
+                                   max_scale=(float(longest[0]), float(longest[1])))
         options = self.plan.options
         if options.photometric:
             images = self._jitter(images, host, p)

@@ -15,6 +15,10 @@ not suit it (``data.augment``: digits are neither flipped nor colour-jittered). 
 (kernel ~10% of the crop side) applies only to crops of at least 64 px, where blur still leaves
 structure to learn from (US3L and Krishna et al. use none on CIFAR).
 
+A sampler is first a :class:`ViewPlan` (:func:`plan_views`): its crop groups, options and spec.
+:func:`build_views` turns a plan into PIL transforms (``data.pipeline=loader``);
+:mod:`supernet.data.batched_views` makes the same views for whole batches on the training device.
+
 Reproducibility: torchvision transforms draw from torch's global RNG. The training loop makes views
 reproducible by seeding it per (seed, epoch, image) (:mod:`supernet.data.sampling`).
 """
