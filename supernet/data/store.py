@@ -143,12 +143,14 @@ def _gigabytes(count: int) -> str:
 
 
 def choose_pipeline(requested: str, *, dataset: Dataset, resolution: int, store_side: int | None,
-                    device: torch.device, free: int | None = None) -> PipelineChoice:
-    """``data.pipeline`` resolved for this data and device (``free``: bytes, measured when None)."""
+                    device: torch.device, free: int | None = None, label: str | None = None) -> PipelineChoice:
+    """``data.pipeline`` resolved for this data and device (``free``: bytes, measured when None;
+    ``label``: how the reason names the request, ``data.pipeline=<requested>`` by default)."""
     if requested not in PIPELINES:
         raise DataError(f"data.pipeline: {requested!r} is not valid; expected one of: {', '.join(PIPELINES)}")
+    label = label or f"data.pipeline={requested}"
     if requested == "loader":
-        return PipelineChoice("loader", "data.pipeline=loader: PIL views per image in DataLoader workers")
+        return PipelineChoice("loader", f"{label}: PIL views per image in DataLoader workers")
     sizes = native_sizes(dataset)
     layout = store_layout(sizes, resolution=resolution, store_side=store_side)
     free = available_memory(device) if free is None else free
@@ -159,10 +161,10 @@ def choose_pipeline(requested: str, *, dataset: Dataset, resolution: int, store_
         if layout.nbytes > free:
             raise DataError(f"data.pipeline: device, but {facts}; expected data.pipeline=auto or loader, fewer images "
                             "(data.max_images) or a smaller data.store_side")
-        return PipelineChoice("device", f"data.pipeline=device: {facts}", layout, sizes)
+        return PipelineChoice("device", f"{label}: {facts}", layout, sizes)
     if fits:
-        return PipelineChoice("device", f"data.pipeline=auto chose device: {facts}", layout, sizes)
-    return PipelineChoice("loader", f"data.pipeline=auto chose loader: {facts}")
+        return PipelineChoice("device", f"{label} chose device: {facts}", layout, sizes)
+    return PipelineChoice("loader", f"{label} chose loader: {facts}")
 
 
 class _Decoded(Dataset):

@@ -186,11 +186,11 @@ def resolve_pipeline(cfg: TrainConfig, data: ImageData, device: torch.device, di
     """``data.pipeline`` for this run: ``auto`` measures whether the image store fits (on every
     rank: the least free memory decides); a resumed ``auto`` run keeps the pipeline its checkpoint
     was trained with, so that it continues exactly (checkpoints from before the setting: loader)."""
-    requested, previous = cfg.data.pipeline.value, None
+    requested, previous, label = cfg.data.pipeline.value, None, None
     if saved is not None:
         previous = saved.get("data.pipeline") or "loader"
         if requested == "auto" and previous in ("device", "loader"):
-            requested = previous
+            requested, label = previous, f"data.pipeline=auto keeps the checkpoint's {previous}"
     free = None
     if requested != "loader":
         free = available_memory(device)
@@ -199,11 +199,8 @@ def resolve_pipeline(cfg: TrainConfig, data: ImageData, device: torch.device, di
             torch.distributed.all_reduce(least, op=torch.distributed.ReduceOp.MIN)
             free = int(least.item())
     choice = choose_pipeline(requested, dataset=data.train, resolution=cfg.data.resolution,
-                             store_side=cfg.data.store_side, device=device, free=free)
-    if previous is not None and cfg.data.pipeline.value == "auto" and previous == choice.name:
-        choice = PipelineChoice(choice.name, f"{choice.name}, as the checkpoint was trained ({choice.reason})",
-                                choice.layout, choice.sizes)
-    elif previous is not None and previous != choice.name:
+                             store_side=cfg.data.store_side, device=device, free=free, label=label)
+    if previous is not None and previous != choice.name:
         choice = PipelineChoice(choice.name, f"{choice.reason}; the checkpoint was trained with {previous}, so the "
                                 "views from here on differ from an uninterrupted run's", choice.layout, choice.sizes)
     return choice

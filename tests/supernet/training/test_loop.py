@@ -78,12 +78,13 @@ def test_few_steps_lower_the_ssl_loss(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("pipeline", ["loader", "device"])
-def test_resume_equals_uninterrupted(tmp_path: Path, pipeline: str) -> None:
+def test_resume_equals_uninterrupted(tmp_path: Path, pipeline: str, capsys) -> None:
     """Bit for bit with either pipeline; the resumed invocation says ``auto`` and keeps the checkpoint's."""
     common = [*FAST, "epochs=2", "data.max_images=64", "batch_size=16", "checkpoint_every_steps=2"]
     train(compose_train([*common, f"data.pipeline={pipeline}", f"out_dir={tmp_path / 'straight'}", "max_steps=6"]))
     train(compose_train([*common, f"data.pipeline={pipeline}", f"out_dir={tmp_path / 'resumed'}", "max_steps=3"]))
     train(compose_train([*common, "data.pipeline=auto", f"out_dir={tmp_path / 'resumed'}", "max_steps=6", "resume=true"]))
+    assert f"data pipeline: data.pipeline=auto keeps the checkpoint's {pipeline}" in capsys.readouterr().out
     straight, resumed = method_state(tmp_path / "straight"), method_state(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()
     for name in straight:
