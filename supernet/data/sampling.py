@@ -1,8 +1,11 @@
 """What the training loop reads each step: seeded multi-view samples in a seeded, sharded order.
 
-A view's augmentation is a function of (seed, epoch, image index) and an epoch's order a function
-of (seed, epoch) only, so a resumed run continues exactly and every data-parallel rank reads its
-own share of the same global batch, whatever process or DataLoader worker builds it.
+An epoch's order is a function of (seed, epoch) only. With the DataLoader (``data.pipeline=loader``)
+a view's augmentation is a function of (seed, epoch, image index); with views made on the device
+in batches, the parameters of view ``v`` of global batch ``b`` are drawn from a generator seeded by
+(seed, epoch, b, v) for the whole global batch. Either way a resumed run continues exactly and
+every data-parallel rank reads its own share of the same global batch, whatever process or
+DataLoader worker builds it.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["EpochSampler", "ViewDataset", "augmentation_seed"]
+__all__ = ["EpochSampler", "ViewDataset", "augmentation_seed", "batch_view_seed"]
 
 
 def augmentation_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of image ``index``'s views in ``epoch``."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def batch_view_seed(seed: int, epoch: int, batch: int, view: int) -> int:
+    """The seed of view ``view`` of every image of global batch ``batch`` of ``epoch`` (batched views)."""
+    return int(np.random.SeedSequence([seed, epoch, batch, view]).generate_state(1)[0])
 
 
 class ViewDataset(Dataset):

@@ -68,6 +68,15 @@ class _ArrayImages(Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         return Image.fromarray(self.images[index]).convert("RGB"), int(self.labels[index])
 
+    def image_sizes(self, indices: np.ndarray) -> np.ndarray:
+        """(n, 2) (height, width) of items ``indices``."""
+        return np.tile(np.asarray(self.images.shape[1:3], dtype=np.int64), (len(indices), 1))
+
+    def uint8_pixels(self, indices: np.ndarray) -> np.ndarray:
+        """Items ``indices`` as (n, 3, H, W) uint8, the values of their RGB images (gray repeated)."""
+        chunk = self.images[indices]
+        return np.repeat(chunk[:, None], 3, axis=1) if chunk.ndim == 3 else chunk.transpose(0, 3, 1, 2)
+
 
 class _STL10Unlabeled(Dataset):
     """STL-10's 100,000 unlabeled 96x96 images, read lazily from ``unlabeled_X.bin`` (label -1).
@@ -99,6 +108,13 @@ class _STL10Unlabeled(Dataset):
         raw = self._map()[index]
         return Image.fromarray(np.ascontiguousarray(raw.transpose(2, 1, 0))), -1
 
+    def image_sizes(self, indices: np.ndarray) -> np.ndarray:
+        return np.full((len(indices), 2), _STL10_SIDE, dtype=np.int64)
+
+    def uint8_pixels(self, indices: np.ndarray) -> np.ndarray:
+        """Items ``indices`` as (n, 3, H, W) uint8 (the file's columns and rows swapped back)."""
+        return self._map()[indices].transpose(0, 1, 3, 2)
+
 
 class _ImageFiles(Dataset):
     """Image files with labels, decoded lazily to RGB; an undecodable file raises :class:`DataError`."""
@@ -112,6 +128,19 @@ class _ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
         return _load_rgb(path), label
+
+    def image_sizes(self, indices: np.ndarray) -> np.ndarray:
+        """(n, 2) (height, width) of items ``indices``, read from the file headers without decoding."""
+        sizes = np.empty((len(indices), 2), dtype=np.int64)
+        for row, index in enumerate(indices):
+            path = self.samples[index][0]
+            try:
+                with Image.open(path) as image:
+                    sizes[row] = (image.height, image.width)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+                raise DataError(f"data.root: cannot decode image {path} ({first_line(error)}); "
+                                "expected a readable image file: remove or replace it") from error
+        return sizes
 
 
 def _load_rgb(path: str) -> Image.Image:

@@ -15,6 +15,10 @@ not suit it (``data.augment``: digits are neither flipped nor colour-jittered). 
 (kernel ~10% of the crop side) applies only to crops of at least 64 px, where blur still leaves
 structure to learn from (US3L and Krishna et al. use none on CIFAR).
 
+A sampler is first a :class:`ViewPlan` (:func:`plan_views`): its crop groups, options and spec.
+:func:`build_views` turns a plan into PIL transforms (``data.pipeline=loader``);
+:mod:`supernet.data.batched_views` makes the same views for whole batches on the training device.
+
 Reproducibility: torchvision transforms draw from torch's global RNG. The training loop makes views
 reproducible by seeding it per (seed, epoch, image) (:mod:`supernet.data.sampling`).
 """
@@ -34,16 +38,21 @@ __all__ = [
     "IMAGENET_STD",
     "NORMALIZE",
     "VIEW_BUILDERS",
+    "SOLARIZE_THRESHOLD",
+    "CropGroup",
     "MultiCropViews",
     "ViewOptions",
+    "ViewPlan",
     "ViewSpec",
     "augmented_crop",
+    "blur_applies",
     "blur_kernel_size",
     "build_views",
     "default_local_resolution",
     "eval_pixels",
     "eval_transform",
     "normalize_pixels",
+    "plan_views",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,6 +62,7 @@ NORMALIZE = transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 _BICUBIC = transforms.InterpolationMode.BICUBIC
 _BLUR_MIN_RESOLUTION = 64
+SOLARIZE_THRESHOLD = 128  # RandomSolarize inverts pixels >= 128 of 255
 SSLIGHT_LOCAL_RATIO = 128 / 224  # SSLight's local crops: 128 px for 224-px globals (DINO's default is 96)
 
 
@@ -137,11 +147,11 @@ def augmented_crop(resolution: int, scale: tuple[float, float], options: ViewOpt
                   transforms.RandomGrayscale(p=options.grayscale_prob)]
     if options.flip:
         steps.append(transforms.RandomHorizontalFlip())
-    if blur > 0 and resolution >= _BLUR_MIN_RESOLUTION:
+    if blur_applies(resolution, blur):
         steps.append(transforms.RandomApply([transforms.GaussianBlur(blur_kernel_size(resolution), sigma=(0.1, 2.0))],
                                             p=blur))
     if solarize > 0 and options.photometric:
-        steps.append(transforms.RandomSolarize(threshold=128, p=solarize))
+        steps.append(transforms.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=solarize))
     steps += [transforms.ToTensor(), NORMALIZE]
     return transforms.Compose(steps)
 
@@ -153,45 +163,67 @@ def _global_scale(options: ViewOptions, default: tuple[float, float]) -> tuple[f
     return (low, high)
 
 
-def _build_two_crop(resolution: int, options: ViewOptions) -> tuple[MultiCropViews, ViewSpec]:
+@dataclass(frozen=True)
+class CropGroup:
+    """``count`` views drawn alike: RandomResizedCrop(resolution, scale) and the options' other
+    augmentations, blur with probability ``blur`` (only at >= 64 px), solarisation ``solarize``.
+
+    The PIL path (:func:`augmented_crop`) and the batched path (:mod:`supernet.data.batched_views`)
+    are both built from these, so the two cannot disagree on what a view is.
+    """
+
+    resolution: int
+    scale: tuple[float, float]
+    blur: float
+    solarize: float
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """A view sampler as data: its crop groups (globals first, then locals), options and spec."""
+
+    groups: tuple[CropGroup, ...]
+    options: ViewOptions
+    spec: ViewSpec
+
+
+def blur_applies(resolution: int, probability: float) -> bool:
+    """Whether a view at ``resolution`` px is ever blurred (crops under 64 px never are)."""
+    return probability > 0 and resolution >= _BLUR_MIN_RESOLUTION
+
+
+def _plan_two_crop(resolution: int, options: ViewOptions) -> ViewPlan:
     if options.num_local != 0:
         raise ValueError(f"views: two_crop has no local crops (got num_local={options.num_local}); expected "
                          "num_local=0, or views=sslight")
     scale = _global_scale(options, (0.2, 1.0) if resolution <= 64 else (0.08, 1.0))
-    groups = [(augmented_crop(resolution, scale, options, blur=options.blur[v], solarize=options.solarize[v]), 1)
-              for v in range(2)]
-    return MultiCropViews(groups), ViewSpec("two_crop", 2, 0, resolution, None)
+    groups = tuple(CropGroup(resolution, scale, options.blur[v], options.solarize[v]) for v in range(2))
+    return ViewPlan(groups, options, ViewSpec("two_crop", 2, 0, resolution, None))
 
 
-def _build_sslight(resolution: int, options: ViewOptions) -> tuple[MultiCropViews, ViewSpec]:
+def _plan_sslight(resolution: int, options: ViewOptions) -> ViewPlan:
     if options.num_local < 0:
         raise ValueError(f"views.num_local: {options.num_local!r}; expected a non-negative integer")
     scale = _global_scale(options, (0.3, 1.0))
-    groups = [(augmented_crop(resolution, scale, options, blur=options.blur[v], solarize=options.solarize[v]), 1)
-              for v in range(2)]
+    groups = [CropGroup(resolution, scale, options.blur[v], options.solarize[v]) for v in range(2)]
     local = None
     if options.num_local > 0:
         local = _check_side("views.local_resolution", options.local_resolution or default_local_resolution(resolution))
-        groups.append((augmented_crop(local, options.local_scale, options, blur=options.local_blur, solarize=0.0),
-                       options.num_local))
-    return MultiCropViews(groups), ViewSpec("sslight", 2, options.num_local, resolution, local)
+        groups.append(CropGroup(local, options.local_scale, options.local_blur, 0.0, options.num_local))
+    return ViewPlan(tuple(groups), options, ViewSpec("sslight", 2, options.num_local, resolution, local))
 
 
-VIEW_BUILDERS: dict[str, Callable[[int, ViewOptions], tuple[MultiCropViews, ViewSpec]]] = {
-    "two_crop": _build_two_crop,
-    "sslight": _build_sslight,
+VIEW_BUILDERS: dict[str, Callable[[int, ViewOptions], ViewPlan]] = {
+    "two_crop": _plan_two_crop,
+    "sslight": _plan_sslight,
 }
 
 
-def build_views(name: str, resolution: int, options: ViewOptions | None = None, **changes: Any) -> tuple[MultiCropViews, ViewSpec]:
-    """The view sampler ``name`` (a key of :data:`VIEW_BUILDERS`) at ``resolution`` and its spec.
+def plan_views(name: str, resolution: int, options: ViewOptions | None = None, **changes: Any) -> ViewPlan:
+    """The view sampler ``name`` (a key of :data:`VIEW_BUILDERS`) at ``resolution`` as a :class:`ViewPlan`.
 
     ``changes`` replace fields of ``options`` (default :class:`ViewOptions`).
-
-    Example::
-
-        views, spec = build_views("sslight", 32, num_local=6)
-        crops = views(image)  # 2 x (3, 32, 32), then 6 x (3, 16, 16)
     """
     if name not in VIEW_BUILDERS:
         raise ValueError(f"views.name: {name!r} is not a view sampler; expected one of: {', '.join(VIEW_BUILDERS)}")
@@ -202,6 +234,20 @@ def build_views(name: str, resolution: int, options: ViewOptions | None = None, 
         unknown = sorted(set(changes) - set(ViewOptions.__dataclass_fields__))
         raise ValueError(f"views: unknown option(s) {', '.join(unknown)}; expected fields of ViewOptions") from None
     return VIEW_BUILDERS[name](resolution, options)
+
+
+def build_views(name: str, resolution: int, options: ViewOptions | None = None, **changes: Any) -> tuple[MultiCropViews, ViewSpec]:
+    """The PIL view sampler ``name`` at ``resolution`` and its spec (arguments as :func:`plan_views`).
+
+    Example::
+
+        views, spec = build_views("sslight", 32, num_local=6)
+        crops = views(image)  # 2 x (3, 32, 32), then 6 x (3, 16, 16)
+    """
+    plan = plan_views(name, resolution, options, **changes)
+    groups = [(augmented_crop(g.resolution, g.scale, plan.options, blur=g.blur, solarize=g.solarize), g.count)
+              for g in plan.groups]
+    return MultiCropViews(groups), plan.spec
 
 
 # -- evaluation -----------------------------------------------------------------------------------

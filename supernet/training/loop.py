@@ -18,6 +18,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,11 @@ from tqdm import tqdm
 
 from search_spaces import SubnetConfig
 from supernet.cli import CommandFailed
+from supernet.data.batched_views import BatchedViews
+from supernet.data.device_batches import DeviceBatches
 from supernet.data.sampling import EpochSampler, ViewDataset
-from supernet.data.views import build_views
+from supernet.data.store import build_store
+from supernet.data.views import build_views, plan_views
 from supernet.losses import (
     density_bound_loss,
     density_bounds,
@@ -62,22 +66,30 @@ def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the supernet described by ``cfg``; return the run directory."""
     run = build_run(cfg)
     log_path = run.out_dir / "metrics.jsonl"
-    views, _ = build_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
-    train_set = ViewDataset(run.data.train, views, seed=cfg.seed)
+    device_batches = _device_batches(run) if run.pipeline.name == "device" else None
+    train_set = None
+    if device_batches is None:
+        views, _ = build_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
+        train_set = ViewDataset(run.data.train, views, seed=cfg.seed)
     if run.step == 0 and cfg.knn.enabled and run.dist.is_main:
         _append_jsonl(log_path, log_baselines(run))
     while run.step < run.stop_step:
         epoch, start_batch = divmod(run.step, run.steps_per_epoch)
-        sampler = EpochSampler(len(train_set), seed=cfg.seed, epoch=epoch, batch_size=cfg.batch_size, start_batch=start_batch,
-                               rank=run.dist.rank, world_size=run.dist.world_size)
-        # The loader's own generator keeps worker seeding off the global RNG (Gumbel noise), so
-        # where a run resumes does not shift the noise stream.
-        loader = DataLoader(
-            train_set, batch_size=cfg.batch_size // run.dist.world_size, sampler=sampler, drop_last=True,
-            num_workers=cfg.data.num_workers, pin_memory=run.device.type == "cuda",
-            generator=torch.Generator().manual_seed(cfg.seed + epoch),
-        )
-        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and run.dist.is_main),
+        batches: Iterable[list[torch.Tensor]]
+        if device_batches is not None:
+            batches = device_batches.epoch(epoch, start_batch)
+        else:
+            assert train_set is not None
+            sampler = EpochSampler(len(train_set), seed=cfg.seed, epoch=epoch, batch_size=cfg.batch_size,
+                                   start_batch=start_batch, rank=run.dist.rank, world_size=run.dist.world_size)
+            # The loader's own generator keeps worker seeding off the global RNG (Gumbel noise), so
+            # where a run resumes does not shift the noise stream.
+            batches = DataLoader(
+                train_set, batch_size=cfg.batch_size // run.dist.world_size, sampler=sampler, drop_last=True,
+                num_workers=cfg.data.num_workers, pin_memory=run.device.type == "cuda",
+                generator=torch.Generator().manual_seed(cfg.seed + epoch),
+            )
+        progress = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and run.dist.is_main),
                         leave=False, initial=start_batch, total=run.steps_per_epoch, file=sys.stdout)
         started, images_seen = time.perf_counter(), 0
         for batch in progress:
@@ -114,6 +126,20 @@ def train(cfg: TrainConfig) -> Path:
     _check_replicas(run)
     shutdown(run.dist)
     return run.out_dir
+
+
+def _device_batches(run: Run) -> DeviceBatches:
+    """Decode the training images once into a uint8 store on the run's device; views are made there."""
+    cfg, choice = run.cfg, run.pipeline
+    assert choice.layout is not None and choice.sizes is not None
+    started = time.perf_counter()
+    store = build_store(run.data.train, sizes=choice.sizes, layout=choice.layout, device=run.device,
+                        num_workers=cfg.data.num_workers)
+    if run.dist.is_main:
+        print(f"image store: {choice.layout.describe()} on {run.device} in {time.perf_counter() - started:.1f} s")
+    plan = plan_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
+    return DeviceBatches(store=store, views=BatchedViews(plan=plan), seed=cfg.seed, batch_size=cfg.batch_size,
+                         rank=run.dist.rank, world_size=run.dist.world_size)
 
 
 def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, SubnetConfig]] | None = None

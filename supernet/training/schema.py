@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Optional
 
 from search_spaces import get_space, list_spaces
 from supernet.data.datasets import DataName
+from supernet.data.store import PIPELINES
 from supernet.data.views import VIEW_BUILDERS
 from supernet.evaluation.settings import KnnSettings
 from supernet.losses import LOSS_WEIGHTINGS
@@ -21,6 +22,7 @@ from supernet.ssl.vicreg import VARIANCE_OVER_VIEWS
 from supernet.training.optim import OPTIMIZERS
 
 ViewsName = choice("ViewsName", VIEW_BUILDERS)
+DataPipeline = choice("DataPipeline", PIPELINES)
 SSLName = choice("SSLName", METHODS)
 OptimizerName = choice("OptimizerName", OPTIMIZERS)
 LossWeighting = choice("LossWeighting", LOSS_WEIGHTINGS)
@@ -85,11 +87,17 @@ class DataConfig:
     official_test: bool = False  # the data set's own test split (CIFAR, STL-10) as the validation set
     download: bool = False
     resolution: Optional[int] = None  # null: the images' native size, capped at 224
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers: PIL views (loader), or decoding files into the store (device)
+    # How training views are made: device (images decoded once into a uint8 tensor on the training
+    # device, views made there in batches), loader (PIL per image in DataLoader workers), or auto
+    # (device when the store fits in half the free device memory or RAM).
+    pipeline: DataPipeline = DataPipeline.auto  # type: ignore[valid-type]
+    store_side: Optional[int] = None  # device pipeline, mixed-size images: stored S x S (null: resolution * 256/224)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     RULES: ClassVar[Rules] = {"max_images": optional(at_least(1)), "holdout_size": at_least(0),
-                              "resolution": optional(at_least(8)), "num_workers": at_least(0)}
+                              "resolution": optional(at_least(8)), "num_workers": at_least(0),
+                              "store_side": optional(at_least(8))}
 
 
 @dataclass

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from search_spaces import SearchSpace, SubnetConfig, UserError, get_space
 from supernet.data.datasets import ImageData, load_image_data
+from supernet.data.store import PipelineChoice, available_memory, choose_pipeline
 from supernet.data.views import ViewOptions, ViewSpec, build_views
 from supernet.devices import resolve_device
 from supernet.evaluation import EvalData, prepare_eval_data
@@ -39,9 +40,9 @@ from supernet.training.distributed import (
 )
 from supernet.training.group_reg import GroupDecay
 from supernet.training.optim import build_optimizer, parameter_groups
-from supernet.training.schema import TrainConfig
+from supernet.training.schema import DataPipeline, TrainConfig
 
-__all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "save_checkpoint"]
+__all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "resolve_pipeline", "save_checkpoint"]
 
 MAX_NATIVE_RESOLUTION = 224  # data.resolution=null trains at the images' own size up to this
 # Settings a checkpoint must share with the run that resumes it.
@@ -92,6 +93,7 @@ class Run:
     eval_data: EvalData | None = None  # kNN monitoring images, drawn once
     group_decay: GroupDecay | None = None  # US3L's group regularisation of the encoder, when on
     dist: DistEnv = field(default_factory=DistEnv)
+    pipeline: PipelineChoice = field(default_factory=lambda: PipelineChoice("loader", "not chosen yet"))
     step: int = 0
     # the first step whose loss was not finite (-1: none), kept on the device so no step waits to check
     nonfinite_since: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))
@@ -162,14 +164,46 @@ def build_run(cfg: TrainConfig) -> Run:
         knn = cfg.knn
         run.eval_data = prepare_eval_data(data, resolution=cfg.data.resolution, calibration_images=knn.calibration_images,
                                           bank_size=knn.bank_size, val_size=knn.val_size, seed=knn.seed)
+    saved = None
     if cfg.resume and checkpoint_path.exists():
-        restore(run, load_checkpoint(checkpoint_path, map_location=device))
+        payload = load_checkpoint(checkpoint_path, map_location=device)
+        restore(run, payload)
+        saved = flatten(payload["config"])
         print(f"resumed {checkpoint_path} at step {run.step}/{total_steps}")
+    run.pipeline = resolve_pipeline(cfg, data, device, dist, saved=saved)
+    cfg.data.pipeline = DataPipeline(run.pipeline.name)  # config.yaml records what ran, as for data.resolution
     if dist.is_main:
+        print(f"data pipeline: {run.pipeline.reason}")
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(settings_dict(cfg)))
-        atomic_write_text(out_dir / "run_info.json", json.dumps({**run_info(device), "world_size": dist.world_size}, indent=2))
+        atomic_write_text(out_dir / "run_info.json", json.dumps({**run_info(device), "world_size": dist.world_size,
+                                                                 "data_pipeline": run.pipeline.reason}, indent=2))
     barrier(dist)
     return run
+
+
+def resolve_pipeline(cfg: TrainConfig, data: ImageData, device: torch.device, dist: DistEnv, *,
+                     saved: dict[str, Any] | None = None) -> PipelineChoice:
+    """``data.pipeline`` for this run: ``auto`` measures whether the image store fits (on every
+    rank: the least free memory decides); a resumed ``auto`` run keeps the pipeline its checkpoint
+    was trained with, so that it continues exactly (checkpoints from before the setting: loader)."""
+    requested, previous, label = cfg.data.pipeline.value, None, None
+    if saved is not None:
+        previous = saved.get("data.pipeline") or "loader"
+        if requested == "auto" and previous in ("device", "loader"):
+            requested, label = previous, f"data.pipeline=auto keeps the checkpoint's {previous}"
+    free = None
+    if requested != "loader":
+        free = available_memory(device)
+        if dist.enabled:  # one decision for all ranks
+            least = torch.tensor([float(free)], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(least, op=torch.distributed.ReduceOp.MIN)
+            free = int(least.item())
+    choice = choose_pipeline(requested, dataset=data.train, resolution=cfg.data.resolution,
+                             store_side=cfg.data.store_side, device=device, free=free, label=label)
+    if previous is not None and previous != choice.name:
+        choice = PipelineChoice(choice.name, f"{choice.reason}; the checkpoint was trained with {previous}, so the "
+                                "views from here on differ from an uninterrupted run's", choice.layout, choice.sizes)
+    return choice
 
 
 def _check_patch_size(space: SearchSpace, views: ViewSpec) -> None:

@@ -77,15 +77,37 @@ def test_few_steps_lower_the_ssl_loss(tmp_path: Path) -> None:
     assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.05
 
 
-def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pipeline", ["loader", "device"])
+def test_resume_equals_uninterrupted(tmp_path: Path, pipeline: str, capsys) -> None:
+    """Bit for bit with either pipeline; the resumed invocation says ``auto`` and keeps the checkpoint's."""
     common = [*FAST, "epochs=2", "data.max_images=64", "batch_size=16", "checkpoint_every_steps=2"]
-    train(compose_train([*common, f"out_dir={tmp_path / 'straight'}", "max_steps=6"]))
-    train(compose_train([*common, f"out_dir={tmp_path / 'resumed'}", "max_steps=3"]))  # stops mid-epoch 1
-    train(compose_train([*common, f"out_dir={tmp_path / 'resumed'}", "max_steps=6", "resume=true"]))
+    train(compose_train([*common, f"data.pipeline={pipeline}", f"out_dir={tmp_path / 'straight'}", "max_steps=6"]))
+    train(compose_train([*common, f"data.pipeline={pipeline}", f"out_dir={tmp_path / 'resumed'}", "max_steps=3"]))
+    train(compose_train([*common, "data.pipeline=auto", f"out_dir={tmp_path / 'resumed'}", "max_steps=6", "resume=true"]))
+    assert f"data pipeline: data.pipeline=auto keeps the checkpoint's {pipeline}" in capsys.readouterr().out
     straight, resumed = method_state(tmp_path / "straight"), method_state(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+    for run in ("straight", "resumed"):
+        assert OmegaConf.load(tmp_path / run / "config.yaml").data.pipeline == pipeline
+
+
+def test_auto_picks_the_device_on_a_cpu_with_room_and_both_pipelines_train(tmp_path: Path, capsys) -> None:
+    """auto says what it chose and why, config.yaml records it; the two pipelines draw different
+    augmentations of the same images in the same order, so their losses differ but stay alike."""
+    losses = {}
+    for pipeline in ("loader", "auto"):
+        out = tmp_path / pipeline
+        train(compose_train([*FAST, "epochs=1", "max_steps=4", f"data.pipeline={pipeline}", f"out_dir={out}",
+                             "log_every_steps=1", "gates.enabled=false", "sandwich.enabled=false"]))
+        losses[pipeline] = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                            if r["kind"] == "step"]
+    printed = capsys.readouterr().out
+    assert "data pipeline: data.pipeline=auto chose device: the uint8 store of 256 images at 28x28" in printed
+    assert OmegaConf.load(tmp_path / "auto" / "config.yaml").data.pipeline == "device"
+    assert len(losses["loader"]) == len(losses["auto"]) == 4 and losses["loader"] != losses["auto"]
+    assert abs(np.mean(losses["loader"]) - np.mean(losses["auto"])) < 0.5
 
 
 def test_budget_loss_moves_effective_flops_toward_target(tmp_path: Path) -> None:
@@ -156,6 +178,14 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert str(tmp_path / "missing") in result.stderr.strip().splitlines()[-1]
+
+
+def test_cli_bad_pipeline_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "supernet.train", *FAST, "data.pipeline=gpu", f"out_dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(lines) == 1
+    assert lines[0].startswith("error: data.pipeline") and all(name in lines[0] for name in ("auto", "device", "loader"))
 
 
 def test_collapsed_features_stop_the_run_and_keep_the_last_checkpoint(tmp_path: Path) -> None:
