@@ -1,14 +1,14 @@
 """Does a latency table predict what a sub-network measures? (issue 9, item 3.)
 
 Per space (default ``resnet18_cifar`` and ``mobilenet_v2_cifar``, 32 px): build a latency table on
-this machine (``nas.latency_table.build_table``, CPU, batch 1, the command's default warm-up 3 and
+this machine (``nas.latency.build.build_table``, CPU, batch 1, the command's default warm-up 3 and
 median of 10 per entry) or load one (``--table SPACE=PATH``),
 then draw ``--configs`` random static configs (``space.sample``, seeded) and ``--gated`` random gated
 ones, and for each compare
 
 * predicted: ``LatencyTable.predict(cfg)`` (gated: the mean over ``--gated-inputs`` images of the
   per-input sum, from the channels each gate kept), with
-* measured: ``nas.latency.measure_latency`` of ``supernet.extract(cfg)``, batch 1, the table's
+* measured: ``nas.latency.measure.measure_latency`` of ``supernet.extract(cfg)``, batch 1, the table's
   threads, the search's default warm-up 5 and median of 20 (gated: gathered mode, the images cycled, every image seen twice in
   the warm-up so no new conv shape is timed; median); the mean of two passes over the configs, the
   second in reverse order,
@@ -40,9 +40,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.latency import measure_latency
-from nas.latency_entries import count_entries
-from nas.latency_table import LatencyTable, build_table, kept_channels
+from nas.latency.build import build_table
+from nas.latency.entries import count_entries
+from nas.latency.measure import measure_latency
+from nas.latency.table import LatencyTable, kept_channels
 from search_spaces import SubnetConfig, get_space, list_spaces
 from supernet import SuperNet, build_supernet, recalibrate_bn
 from supernet.io.files import atomic_write_text

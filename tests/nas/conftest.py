@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from nas.budget import parse_budget
-from nas.oracle import build_oracle
-from nas.search import SearchRequest
 from nas.settings import load_search_settings
+from nas.study.oracle import build_oracle
+from nas.study.run import SearchRequest
 from search_spaces import SubnetConfig
 from supernet.io.checkpoint import load_supernet
 from supernet.nn.models import SuperNet
@@ -52,7 +52,7 @@ def search_overrides() -> list[str]:
 
 @pytest.fixture(scope="session")
 def make_request() -> Callable[..., SearchRequest]:
-    """Factory of :class:`nas.search.SearchRequest` with small oracle settings and no progress bar."""
+    """Factory of :class:`nas.study.run.SearchRequest` with small oracle settings and no progress bar."""
 
     def build(
         checkpoint: Path,

@@ -20,30 +20,30 @@ import torch
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-import nas.candidates
-import nas.latency
-from nas.latency import Latency
-from nas.latency_entries import (
+import nas.latency.measure
+import nas.study.candidates
+from nas.latency.build import build_table
+from nas.latency.entries import (
     Entry,
-    OnnxRuntimeTimer,
     block_entry_widths,
     build_entry_module,
     count_entries,
     input_sizes,
     plan_entries,
 )
-from nas.latency_table import (
+from nas.latency.measure import Latency
+from nas.latency.table import (
     FORMAT,
     FORMAT_VERSION,
     LatencyTable,
     LatencyTableError,
     Overhead,
-    build_table,
     kept_channels,
 )
+from nas.latency.timers import OnnxRuntimeTimer
 from nas.latency_table import main as table_main
 from nas.search import main as search_main
-from nas.search import search
+from nas.study.run import search
 from search_spaces import SubnetConfig, UserError, get_space
 from supernet import build_supernet
 from supernet.nn.flops import per_input_effective_flops, static_flops
@@ -396,8 +396,8 @@ def never_timed(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the device was timed although a latency table was given")
 
-    monkeypatch.setattr(nas.latency, "measure_latency", refuse)
-    monkeypatch.setattr(nas.candidates, "measure_latency", refuse)
+    monkeypatch.setattr(nas.latency.measure, "measure_latency", refuse)
+    monkeypatch.setattr(nas.study.candidates, "measure_latency", refuse)
 
 
 def latency_budget(table: LatencyTable) -> str:

@@ -3,7 +3,7 @@
 Costs (cached per config with the result): fvcore FLOPs of the extracted network (one
 multiply-add = one flop; gates counted with every channel kept), effective FLOPs with gates on
 (mean over calibration images of the per-input FLOPs), parameters, and latency measured on the
-device (or predicted by a latency table, :mod:`nas.latency_table`, with nothing timed). A candidate
+device (or predicted by a latency table, :mod:`nas.latency.table`, with nothing timed). A candidate
 over a budget never pays for BN recalibration or the kNN evaluation, except that a gated candidate
 needs recalibrated gates before its effective FLOPs can be known.
 """
@@ -17,10 +17,10 @@ import optuna
 import torch
 
 from nas.cost import Costs, count_flops, measure_costs
-from nas.latency import measure_latency
-from nas.latency_table import LatencyPredictor
-from nas.oracle import Oracle
+from nas.latency.measure import measure_latency
+from nas.latency.table import LatencyPredictor
 from nas.settings import LatencySettings
+from nas.study.oracle import Oracle
 from search_spaces import SearchSpace, SubnetConfig
 from supernet.nn.models import SuperNet
 

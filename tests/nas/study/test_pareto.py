@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nas.pareto import best_record, dominates, pareto_front
+from nas.study.pareto import best_record, dominates, pareto_front
 
 
 def record(trial: int, accuracy: float | None, flops: float, *, violation: float | None = None,
@@ -167,7 +167,7 @@ def test_front_matches_brute_force_on_random_clouds(seed: int) -> None:
 
 # -- pareto.png's cost axis ------------------------------------------------------------------------
 def test_cost_axis_follows_the_data_and_names_a_budget_outside_it():
-    from nas.pareto import cost_axis
+    from nas.study.pareto import cost_axis
 
     axis = cost_axis([2.4, 12.0, 34.75], 1000.0, budget_text="1.00 GFLOPs")  # the default run's shape
     assert not axis.log  # 14.5 x span
@@ -176,7 +176,7 @@ def test_cost_axis_follows_the_data_and_names_a_budget_outside_it():
 
 
 def test_cost_axis_draws_a_budget_inside_and_goes_log_past_30x():
-    from nas.pareto import LOG_SPAN, cost_axis
+    from nas.study.pareto import LOG_SPAN, cost_axis
 
     inside = cost_axis([10.0, 20.0, 40.0], 30.0)
     assert inside.budget_shown and inside.note is None and not inside.log
@@ -188,7 +188,7 @@ def test_cost_axis_draws_a_budget_inside_and_goes_log_past_30x():
 
 
 def test_plot_uses_the_axis(tmp_path):
-    from nas.pareto import _plot
+    from nas.study.pareto import _plot
 
     records = [record(0, 0.5, 2.4e6), record(1, 0.6, 34.75e6), record(2, None, 2e9, violation=1e9)]
     axis = _plot(tmp_path / "p.png", records, [records[0], records[1]], objective="flops",
@@ -199,7 +199,7 @@ def test_plot_uses_the_axis(tmp_path):
 
 
 def test_plot_latency_axis_in_milliseconds(tmp_path):
-    from nas.pareto import _plot
+    from nas.study.pareto import _plot
 
     records = [record(0, 0.5, 1e6, latency=0.0008), record(1, 0.6, 2e6, latency=0.0016)]
     axis = _plot(tmp_path / "p.png", records, records, objective="latency", budgets={"latency": 0.5}, title="t")

@@ -19,10 +19,11 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.budget import format_flops
-from nas.candidates import CandidateEvaluator
-from nas.oracle import Oracle
-from nas.pareto import dominates
-from nas.search import at_resolution, main, search
+from nas.search import main
+from nas.study.candidates import CandidateEvaluator
+from nas.study.oracle import Oracle
+from nas.study.pareto import dominates
+from nas.study.run import at_resolution, search
 from search_spaces import SearchSpace, SubnetConfig
 from supernet.io.checkpoint import load_supernet
 from supernet.nn.flops import count_flops
@@ -383,7 +384,7 @@ def test_scored_candidates_record_latency_at_batch_1_and_at_the_batch_size(tiny_
 
 
 def test_gate_speed_note_calls_out_a_batch_where_gates_save_nothing():
-    from nas.pareto import gate_speed_note
+    from nas.study.pareto import gate_speed_note
 
     def timing(seconds: float, batch: int) -> dict[str, Any]:
         return {"seconds": seconds, "batch_size": batch}
