@@ -82,7 +82,8 @@ def print_summary(record: dict[str, Any]) -> None:
           f"to {record['out_dir']}")
     print(f"  kNN top-1 {metrics['accuracy']:.2%} | {metrics['flops'] / 1e6:.2f} MFLOPs, effective "
           f"{metrics['effective_flops'] / 1e6:.2f} MFLOPs ({FLOP_CONVENTION}) | {metrics['params'] / 1e6:.3f} M params | "
-          f"latency {latency['seconds'] * 1e3:.3f} ms ({latency['device']}, batch {latency['batch_size']})")
+          f"latency {latency['seconds'] * 1e3:.3f} ms ({latency.get('runtime', 'eager')} {latency.get('dtype', 'float32')}, "
+          f"{latency['device']}, batch {latency['batch_size']})")
     print(f"  check, max |difference| on {check['images']} validation images (tolerance {check['tolerance']:.0e}): "
           f"program vs network {check['program_vs_network']:.2e}, network vs supernet "
           f"{check['network_vs_supernet']:.2e}, program vs supernet {check['program_vs_supernet']:.2e}")

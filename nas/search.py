@@ -50,8 +50,11 @@ def print_table(summary: SearchSummary) -> None:
         print("no feasible trial was evaluated; raise the budget or run more trials")
     if front and front[0].get("latency"):
         latency = front[0]["latency"]
-        how = f"predicted by the table {latency.get('table')} for" if latency["method"] == "table" else "measured on"
-        print(f"latency {how} {latency['device']}, batch size {latency['batch_size']}")
+        how = f"predicted by the table {latency.get('table')} for" if latency["method"] == "table" else "measured as"
+        runtime = f"{latency.get('runtime', 'eager')} {latency.get('dtype', 'float32')}"
+        how = f"{how} {runtime} on" if latency["method"] != "table" else f"{how} {runtime},"
+        print(f"latency {how} {latency['device']}, batch size {latency['batch_size']}"
+              + (" (and 1)" if batch1 else ""))
     print(f"outputs: {summary.out_dir}/{{pareto.json,pareto.csv,pareto.png,best.json}}")
 
 

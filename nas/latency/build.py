@@ -9,7 +9,6 @@ timed again at the end to see whether the machine stayed steady.
 from __future__ import annotations
 
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from nas.latency.entries import (
     input_sizes,
     plan_entries,
 )
+from nas.latency.runtimes import gate_mode
 from nas.latency.table import FORMAT, FORMAT_VERSION, LatencyTable, LatencyTableError, Overhead
 from nas.latency.timers import make_timer
 from search_spaces import SearchSpace, SubnetConfig, get_space
@@ -43,9 +43,12 @@ KEPT_WIDTHS = ("gathered entries at kept = every multiple of 8 up to the gated l
                "a kept count between two is looked up at the next one up")
 
 
-def build_table(space_name: str, *, resolution: int, backend: str, batch_size: int, threads: int, warmup: int,
-                repeats: int, progress: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Time every entry of the space and the whole networks the overhead is fitted on, on this machine.
+def build_table(space_name: str, *, resolution: int, device: str, batch_size: int, threads: int | None, warmup: int,
+                repeats: int, runtime: str = "auto", dtype: str = "auto", progress: bool = False,
+                seed: int = 0) -> dict[str, Any]:
+    """Time every entry of the space and the whole networks the overhead is fitted on, on this machine's
+    ``device`` (cpu or cuda), ``runtime`` and ``dtype`` (``auto``: the search's defaults there,
+    :func:`nas.latency.runtimes.resolve_runtime`).
 
     The whole networks are timed at evenly spaced points of the build, in random order, so a slow drift of
     the machine's speed reaches them as it reaches the entries; at the end a sample of entries is timed again
@@ -55,12 +58,13 @@ def build_table(space_name: str, *, resolution: int, backend: str, batch_size: i
         space = get_space(space_name)
     except KeyError as error:
         raise LatencyTableError(f"--space: {error.args[0]}") from None
-    timer = make_timer(backend, warmup=warmup, repeats=repeats, threads=threads)
+    timer = make_timer(device, runtime=runtime, dtype=dtype, warmup=warmup, repeats=repeats, threads=threads)
+    gathered = gate_mode(timer.runtime, batch_size) == "gathered"
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     sizes = input_sizes(space, resolution)
-    plan = plan_entries(space, batch_size=batch_size)
+    plan = plan_entries(space, batch_size=batch_size, gathered=gathered)
     networks = overhead_networks(space, resolution, rng)
     supernet = build_supernet(space, with_gates=False).eval()
     images = torch.randn(batch_size, 3, resolution, resolution)
@@ -85,20 +89,20 @@ def build_table(space_name: str, *, resolution: int, backend: str, batch_size: i
     sample = [plan[i] for i in rng.choice(len(plan), size=min(RECHECK_ENTRIES, len(plan)), replace=False)]
     changes = [abs(time_entry(e) - entries[e.section][e.module][e.key]) / max(entries[e.section][e.module][e.key], 1e-9)
                for e in sample]
-    partial = LatencyTable(space=space, resolution=resolution, batch_size=batch_size, backend=backend,
-                           device=timer.device, repeats=repeats, entries=entries, overhead=Overhead())
+    partial = LatencyTable(space=space, resolution=resolution, batch_size=batch_size, runtime=timer.runtime,
+                           dtype=timer.dtype, gathered=gathered, device=timer.device, repeats=repeats,
+                           versions=timer.versions, entries=entries, overhead=Overhead())
     overhead = Overhead.fit([{"config": label, "network_seconds": network_seconds[index],
                               "entries_seconds": partial.predict(cfg)} for index, (label, cfg) in enumerate(networks)])
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "space": space.name, "resolution": resolution,
-        "batch_size": batch_size, "backend": backend, "device": timer.device,
-        "threads": threads if backend != "cuda" else None, "warmup": warmup, "repeats": repeats, "statistic": "median",
+        "batch_size": batch_size, "runtime": timer.runtime, "dtype": timer.dtype, "gathered": gathered,
+        "device": timer.device, "threads": timer.threads, "warmup": warmup, "repeats": repeats, "statistic": "median",
         "units": "seconds",
-        "versions": {"slimnas": package_version(), "git_commit": git_commit(), "torch": torch.__version__,
-                     "onnxruntime": timer.runtime_version, "python": platform.python_version()},
+        "versions": {"slimnas": package_version(), "git_commit": git_commit(), **timer.versions},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(time.perf_counter() - started, 1),
-        "kept_widths": KEPT_WIDTHS if batch_size == 1 else None,
+        "kept_widths": KEPT_WIDTHS if gathered else None,
         "recheck": {"entries": len(changes), "median_relative_change": statistics.median(changes)},
         "overhead": overhead.to_dict(),
         "entries": entries,

@@ -10,7 +10,7 @@ The parts, as table sections:
   share a tie group has one entry per width of the group, not per pair);
 * ``gates``: for gated blocks, the gate alone (pool, two 1x1 convs, threshold) at each input x
   gated-width combination;
-* ``gathered`` (tables at batch 1 only, where the search runs gated networks gathered): the gated
+* ``gathered`` (tables of runtimes that run gated networks gathered: eager at batch 1): the gated
   block without its gate, running only ``kept`` inner channels, for kept = 0, 8, 16, ... up to the
   gated layer's maximum. A gate can keep any count; a count between two multiples of 8 is looked up
   at the next one up, not interpolated: convolution kernels compute channels in SIMD blocks of 8 or
@@ -127,8 +127,14 @@ def _combinations(space: SearchSpace, layers: Sequence[str]) -> Iterator[dict[st
         yield {layer: chosen[decision_of[layer]] for layer in layers}
 
 
-def plan_entries(space: SearchSpace, *, batch_size: int) -> list[Entry]:
-    """Every entry a table of ``space`` at ``batch_size`` holds, in network order (see the module docstring)."""
+def plan_entries(space: SearchSpace, *, batch_size: int, gathered: bool | None = None) -> list[Entry]:
+    """Every entry a table of ``space`` at ``batch_size`` holds, in network order (see the module docstring).
+
+    ``gathered``: whether the table's runtime runs gated blocks gathered (eager at batch 1, the default
+    at batch 1); only then are the ``gathered`` entries timed.
+    """
+    if gathered is None:
+        gathered = batch_size == 1
     if space.family not in TABULATED_FAMILIES:
         raise UserError(f"--space {space.name}: latency tables cover the {' and '.join(TABULATED_FAMILIES)} families, "
                         f"not {space.family}; search {space.name} with measured latency (no --latency-table)")
@@ -141,7 +147,7 @@ def plan_entries(space: SearchSpace, *, batch_size: int) -> list[Entry]:
             continue
         gate_layers = [spec.in_layer, spec.gated_layer]
         entries += [Entry("gates", spec.name, gate_widths(spec, c)) for c in _combinations(space, gate_layers)]
-        if batch_size == 1:
+        if gathered:
             rest = [spec.in_layer, *spec.inner_layers[1:], spec.out_layer]
             entries += [Entry("gathered", spec.name, gathered_widths(spec, {**c, spec.gated_layer: 0}, kept))
                         for c in _combinations(space, rest) for kept in kept_grid(space, spec)]
@@ -154,10 +160,10 @@ def plan_entries(space: SearchSpace, *, batch_size: int) -> list[Entry]:
     return entries
 
 
-def count_entries(space: SearchSpace, *, batch_size: int) -> dict[str, int]:
+def count_entries(space: SearchSpace, *, batch_size: int, gathered: bool | None = None) -> dict[str, int]:
     """Entries per section (and ``total``): what a table costs to build, before building it."""
     counts = dict.fromkeys(SECTIONS, 0)
-    for entry in plan_entries(space, batch_size=batch_size):
+    for entry in plan_entries(space, batch_size=batch_size, gathered=gathered):
         counts[entry.section] += 1
     return {**counts, "total": sum(counts.values())}
 

@@ -3,7 +3,12 @@
 Build the table once on the target device; search anywhere with it::
 
     python -m nas.latency_table --space resnet18_cifar --resolution 32 --device cpu --batch-size 1 --out cpu1.json
+    python -m nas.latency_table --space resnet18_cifar --device cuda --runtime graph --batch-size 256 --out h200.json
     python -m nas.search --latency-table cpu1.json --latency-budget 3ms
+
+Every entry and network is timed on the table's runtime and precision (:mod:`nas.latency.runtimes`:
+``eager`` on CPU or CUDA, ``graph`` (CUDA graphs) on CUDA, ``onnxruntime`` on the CPU), as the search
+would time whole networks.
 
 A table times every part of the space's networks alone at every width combination it can appear
 in (:mod:`nas.latency.entries`: stem, blocks, gates, gathered gated blocks, head; warm-up, fixed
@@ -21,14 +26,16 @@ network it does not (on the 2-core development CPU, resnet18_cifar's measured ov
 min width and 2.6 ms at max), so one constant misses the small or the large networks by tens of
 percent.
 
-A gated config at batch 1 runs gathered, so its cost depends on the input: per input, each gated
-block costs its gate plus the gathered block at the channels its gate kept (rounded up to a
-multiple of 8, see :mod:`nas.latency.entries`); the prediction is the mean over calibration inputs
-of the per-input S, plus the overhead. At batch > 1 a gated network runs masked: every channel
+A gated config runs gathered where the runtime allows it (eager at batch 1, ``gathered`` true in the
+table), so its cost depends on the input: per input, each gated block costs its gate plus the
+gathered block at the channels its gate kept (rounded up to a multiple of 8, see
+:mod:`nas.latency.entries`); the prediction is the mean over calibration inputs of the per-input S,
+plus the overhead. Elsewhere (another runtime, batch > 1) a gated network runs masked: every channel
 computed, plus the gates (the mask multiplication itself is not tabulated).
 
-File format (JSON, ``format_version`` 1): the build's metadata (space, resolution, batch size,
-backend, device, threads, warm-up, repeats, versions, date, build time, recheck), ``overhead``
+File format (JSON, ``format_version`` 2): the build's metadata (space, resolution, batch size,
+runtime, dtype, whether gated blocks run gathered, device, threads, warm-up, repeats, versions, date,
+build time, recheck), ``overhead``
 (coefficients and the networks measured) and ``entries[section][module][widths]`` in seconds, e.g.
 ``entries["blocks"]["layer2.0"]["in=64 inner=96 out=128"]``.
 """
@@ -70,11 +77,12 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "LatencyPredictor", "LatencyTable", "Late
            "canonical_sha256", "kept_channels"]
 
 FORMAT = "slimnas latency table"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: runtime, dtype and gathered recorded (issue 18)
 OVERHEAD_MODEL = ("overhead = fixed_seconds + proportional * S, S = the sum of entries held to entries_range_seconds; "
                   "Theil-Sen line through the measured networks")
 _METADATA: dict[str, type | tuple[type, ...]] = {
-    "space": str, "resolution": int, "batch_size": int, "backend": str, "device": str, "threads": (int, type(None)),
+    "space": str, "resolution": int, "batch_size": int, "runtime": str, "dtype": str, "gathered": bool, "device": str,
+    "threads": (int, type(None)),
     "warmup": int, "repeats": int, "versions": dict, "created": str, "overhead": dict, "entries": dict,
 }
 
@@ -94,7 +102,7 @@ class LatencyPredictor(Protocol):
 
 def _rebuild_hint(space: str, resolution: int | str, batch_size: int | str) -> str:
     return (f"build one with python -m nas.latency_table --space {space} --resolution {resolution} "
-            f"--batch-size {batch_size} --device DEVICE --out TABLE.json")
+            f"--batch-size {batch_size} --device DEVICE --runtime RUNTIME --out TABLE.json")
 
 
 def _is_number(value: object) -> bool:
@@ -108,9 +116,12 @@ class LatencyTable:
     space: SearchSpace
     resolution: int
     batch_size: int
-    backend: str
+    runtime: str
+    dtype: str
+    gathered: bool  # gated blocks at this runtime and batch run gathered (kept channels only), else masked
     device: str
     repeats: int
+    versions: Mapping[str, Any]
     entries: Mapping[str, Mapping[str, Mapping[str, float]]]
     overhead: Overhead = field(default_factory=lambda: Overhead())
     sha256: str = ""
@@ -118,7 +129,8 @@ class LatencyTable:
     _grids: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
-        return (f"LatencyTable({self.space.name!r}, {self.resolution} px, batch {self.batch_size}, {self.device!r}, "
+        return (f"LatencyTable({self.space.name!r}, {self.resolution} px, batch {self.batch_size}, {self.runtime} "
+                f"{self.dtype}, {self.device!r}, "
                 f"sha256 {self.sha256[:12]!r}, path {str(self.path)!r})")
 
     # -- loading ---------------------------------------------------------------------------------------
@@ -152,7 +164,7 @@ class LatencyTable:
         for name, kind in _METADATA.items():
             if name not in data:
                 raise LatencyTableError(f"{where}: missing field {name!r}; rebuild the table")
-            if not isinstance(data[name], kind) or isinstance(data[name], bool):
+            if not isinstance(data[name], kind) or (isinstance(data[name], bool) and kind is not bool):
                 raise LatencyTableError(f"{where}: field {name!r} is {data[name]!r}, of the wrong type; rebuild the table")
         try:
             space = get_space(data["space"])
@@ -164,7 +176,7 @@ class LatencyTable:
         hint = _rebuild_hint(space.name, data["resolution"], data["batch_size"])
         entries = data["entries"]
         missing, bad = [], []
-        for entry in plan_entries(space, batch_size=data["batch_size"]):
+        for entry in plan_entries(space, batch_size=data["batch_size"], gathered=data["gathered"]):
             section = entries.get(entry.section)
             module = section.get(entry.module) if isinstance(section, dict) else None
             value = module.get(entry.key) if isinstance(module, dict) else None
@@ -178,20 +190,28 @@ class LatencyTable:
         if bad:
             (entry, value), more = bad[0], f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise LatencyTableError(f"{where}: entry {entry} is {value!r}{more}; times must be finite seconds >= 0; {hint}")
-        return cls(space=space, resolution=data["resolution"], batch_size=data["batch_size"], backend=data["backend"],
-                   device=data["device"], repeats=data["repeats"], entries=entries,
+        return cls(space=space, resolution=data["resolution"], batch_size=data["batch_size"], runtime=data["runtime"],
+                   dtype=data["dtype"], gathered=data["gathered"], device=data["device"], versions=data["versions"], repeats=data["repeats"], entries=entries,
                    overhead=Overhead.from_dict(data["overhead"], where=f"{where}: overhead", hint=hint),
                    sha256=canonical_sha256(data), path=source)
 
-    def check_matches(self, *, space: str, resolution: int, batch_size: int) -> None:
-        """Refuse (one line) a table built for another space, resolution or batch size than the search's."""
+    def check_matches(self, *, space: str, resolution: int, batch_size: int | None, runtime: str | None = None,
+                      dtype: str | None = None) -> None:
+        """Refuse (one line) a table built for another space, resolution, batch size, runtime or precision than the
+        search's; ``None`` (the setting's ``auto``/``null``) takes the table's."""
         ours = (self.space.name, self.resolution, self.batch_size)
-        if ours != (space, resolution, batch_size):
+        theirs = (space, resolution, self.batch_size if batch_size is None else batch_size)
+        if ours != theirs:
             raise LatencyTableError(
                 f"--latency-table {self.path}: built for {ours[0]} at {ours[1]} px, batch {ours[2]}; this search needs "
-                f"{space} at {resolution} px, batch {batch_size} (latency.batch_size); "
-                f"{_rebuild_hint(space, resolution, batch_size)}"
+                f"{theirs[0]} at {theirs[1]} px, batch {theirs[2]} (latency.batch_size); "
+                f"{_rebuild_hint(space, resolution, theirs[2])}"
             )
+        for key, asked, built in (("runtime", runtime, self.runtime), ("dtype", dtype, self.dtype)):
+            if asked is not None and asked != built:
+                raise LatencyTableError(f"--latency-table {self.path}: timed on {self.runtime} in {self.dtype}; this "
+                                        f"search asks latency.{key}={asked}; use latency.{key}={built} (or auto), or "
+                                        f"{_rebuild_hint(space, resolution, theirs[2])}")
 
     # -- predicting ------------------------------------------------------------------------------------
     def predict(self, cfg: SubnetConfig, kept: Mapping[str, Sequence[int] | np.ndarray] | None = None) -> float:
@@ -214,7 +234,7 @@ class LatencyTable:
             gated = cfg.gate_thresholds is not None and spec.gated
             if gated:
                 seconds += self._entry("gates", spec.name, gate_widths(spec, channels))
-            if not gated or self.batch_size > 1:  # static, or masked: every inner channel computed
+            if not gated or not self.gathered:  # static, or masked: every inner channel computed
                 seconds += self._entry("blocks", spec.name, block_entry_widths(spec, channels))
                 continue
             if kept is None or spec.name not in kept:
@@ -233,15 +253,17 @@ class LatencyTable:
 
     def predicted_latency(self, network: SuperNet, cfg: SubnetConfig, images: torch.Tensor, *,
                           batch_size: int = 256) -> dict[str, Any]:
-        """:meth:`predict` as :meth:`nas.latency.Latency.to_dict` (method ``"table"``), with the table's file and
-        hash; a gated ``network`` (recalibrated) runs its gates on ``images`` for the kept channels."""
+        """:meth:`predict` as :meth:`nas.latency.measure.Latency.to_dict` (method ``"table"``), with the table's
+        file and hash; a gated ``network`` (recalibrated) runs its gates on ``images`` for the kept channels."""
         # the search times every candidate at its evaluation resolution, whatever cfg.resolution says (seed configs
         # carry the space's default); check_matches made sure that resolution is the table's
         cfg = SubnetConfig(cfg.space, dict(cfg.channels), cfg.gate_thresholds, self.resolution)
-        kept = kept_channels(network, images, batch_size=batch_size) if cfg.gated and self.batch_size == 1 else None
+        kept = kept_channels(network, images, batch_size=batch_size) if cfg.gated and self.gathered else None
         return {"seconds": self.predict(cfg, kept), "device": self.device, "batch_size": self.batch_size,
-                "repeats": self.repeats, "method": "table", "table": str(self.path) if self.path else None,
-                "table_sha256": self.sha256}
+                "repeats": self.repeats, "method": "table", "runtime": self.runtime, "dtype": self.dtype,
+                "gate_mode": ("gathered" if self.gathered else "masked") if cfg.gated else None, "warmup": 0,
+                "prepare_seconds": 0.0, "versions": dict(self.versions),
+                "table": str(self.path) if self.path else None, "table_sha256": self.sha256}
 
     def _entry(self, section: str, module: str, widths: tuple[tuple[str, int], ...]) -> float:
         return float(self.entries[section][module][widths_key(widths)])

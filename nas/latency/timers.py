@@ -1,98 +1,65 @@
-"""How a latency table times one of its entries: torch on CPU or CUDA, or onnxruntime on the CPU."""
+"""How a latency table times one of its entries: :func:`nas.latency.measure.measure_latency` on the table's
+device, runtime and precision (``eager`` on CPU or CUDA, ``graph`` on CUDA, ``onnxruntime`` on the CPU).
+
+Runtimes that compile (``compiled``, ``tensorrt``) are refused for tables: a table times thousands of
+modules, and compiling each would take hours; time such networks whole (a search without a table).
+"""
 
 from __future__ import annotations
-
-import io
-import statistics
-import time
-import warnings
-from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
 from nas.latency.measure import measure_latency
-from search_spaces import UserError
-from supernet.io.provenance import cpu_name
+from nas.latency.runtimes import LatencyRuntimeError, resolve_runtime, runtime_versions
 
-__all__ = ["BACKENDS", "OnnxRuntimeTimer", "Timer", "TorchTimer", "make_timer"]
+__all__ = ["DEVICES", "TABLE_RUNTIMES", "RuntimeTimer", "make_timer", "table_runtime"]
 
-Backend = Literal["cpu", "cuda", "onnxruntime"]
-BACKENDS: tuple[str, ...] = ("cpu", "cuda", "onnxruntime")
-ONNX_INSTALL = 'pip install "slimnas[onnx]"'
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+TABLE_RUNTIMES: tuple[str, ...] = ("eager", "graph", "onnxruntime")
 
 
-class Timer(Protocol):
-    """Times one module on one backend: the median of ``repeats`` forwards after ``warmup``, in seconds."""
+class RuntimeTimer:
+    """Times one module: the median of ``repeats`` forwards after ``warmup``, in seconds.
 
-    backend: str
-    device: str  # e.g. "cpu AMD EPYC 7763 (1 thread)"; known after the first call
-    runtime_version: str | None  # onnxruntime's version, when it is the backend
+    ``device`` describes the machine once something was timed (e.g. ``"cpu AMD EPYC 7763 (1 thread)"``);
+    ``versions`` are those of the runtime that produced the figures.
+    """
 
-    def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float: ...
-
-
-class TorchTimer:
-    """:func:`nas.latency.measure.measure_latency`: perf_counter with fixed threads on CPU, CUDA events on GPU."""
-
-    runtime_version = None
-
-    def __init__(self, *, backend: str, warmup: int, repeats: int, threads: int | None) -> None:
-        self.backend = backend
+    def __init__(self, *, device: str, runtime: str, dtype: str, warmup: int, repeats: int, threads: int | None) -> None:
+        self.device_type, self.runtime, self.dtype = device, runtime, dtype
         self.warmup, self.repeats = warmup, repeats
-        self.threads = threads if backend == "cpu" else None
-        self.device = backend
+        self.threads = threads if device == "cpu" else None
+        self.device = device
+        self.versions = runtime_versions(runtime, device)
 
     def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
-        latency = measure_latency(module, inputs, device=self.backend, warmup=self.warmup, repeats=self.repeats,
-                                  threads=self.threads)
+        latency = measure_latency(module, inputs, device=self.device_type, warmup=self.warmup, repeats=self.repeats,
+                                  threads=self.threads, runtime=self.runtime, dtype=self.dtype)
         self.device = latency.device
         return latency.seconds
 
 
-class OnnxRuntimeTimer:
-    """Exports the module with ``torch.onnx`` and times an ``onnxruntime.InferenceSession`` (CPU provider,
-    ``intra_op_num_threads`` fixed, one inter-op thread) with perf_counter."""
-
-    def __init__(self, *, warmup: int, repeats: int, threads: int) -> None:
-        try:
-            import onnxruntime
-        except ImportError:
-            raise UserError(f"--device onnxruntime: onnxruntime is not installed; {ONNX_INSTALL}") from None
-        self.backend = "onnxruntime"
-        self.warmup, self.repeats, self.threads = warmup, repeats, threads
-        self._runtime = onnxruntime
-        self.runtime_version = onnxruntime.__version__
-        self.device = (f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, cpu {cpu_name()} "
-                       f"({threads} thread{'s' if threads != 1 else ''})")
-
-    def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
-        buffer = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            # the TorchScript exporter: about 20x faster per module than the dynamo one, and a table exports thousands
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module.eval(), (inputs,), buffer, dynamo=False, input_names=["x"])
-        options = self._runtime.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        session = self._runtime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: inputs.numpy()}
-        for _ in range(self.warmup):
-            session.run(None, feed)
-        times = []
-        for _ in range(self.repeats):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+def table_runtime(device: str, runtime: str = "auto", dtype: str = "auto") -> tuple[str, str]:
+    """``(runtime, dtype)`` a table on ``device`` is timed with (``auto`` resolved as the search resolves it); a
+    one-line :class:`nas.latency.runtimes.LatencyRuntimeError` naming ``--device``, ``--runtime`` or ``--dtype``
+    for a choice a table cannot use. The device need not be present (``--count`` works anywhere)."""
+    if device == "onnxruntime":
+        raise LatencyRuntimeError("--device: onnxruntime is a runtime, not a device; use --device cpu --runtime onnxruntime")
+    if device not in DEVICES:
+        raise LatencyRuntimeError(f"--device: {device!r} is not a device; expected one of {', '.join(DEVICES)}")
+    runtime, dtype = resolve_runtime(runtime, dtype, device=device, runtime_key="--runtime", dtype_key="--dtype")
+    if runtime not in TABLE_RUNTIMES:
+        usable = [name for name in TABLE_RUNTIMES if name != "graph" or device == "cuda"]
+        raise LatencyRuntimeError(f"--runtime: {runtime} compiles every module it times, and a table times thousands; "
+                                  f"use {' or '.join(usable)}, or search without a table (whole networks timed)")
+    return runtime, dtype
 
 
-def make_timer(backend: str, *, warmup: int, repeats: int, threads: int) -> Timer:
-    """The timer of ``backend`` (one of :data:`BACKENDS`); a one-line :class:`UserError` otherwise."""
-    if backend == "onnxruntime":
-        return OnnxRuntimeTimer(warmup=warmup, repeats=repeats, threads=threads)
-    if backend == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; build the table on the GPU machine")
-    if backend not in BACKENDS:
-        raise UserError(f"--device: {backend!r} is not a backend; expected one of {', '.join(BACKENDS)}")
-    return TorchTimer(backend=backend, warmup=warmup, repeats=repeats, threads=threads)
+def make_timer(device: str, *, runtime: str = "auto", dtype: str = "auto", warmup: int, repeats: int,
+               threads: int | None) -> RuntimeTimer:
+    """The timer of a table on ``device`` (cpu or cuda), ``runtime`` and ``dtype`` (:func:`table_runtime`)."""
+    runtime, dtype = table_runtime(device, runtime, dtype)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LatencyRuntimeError("--device cuda: no CUDA device is available here; build the table on the GPU machine")
+    return RuntimeTimer(device=device, runtime=runtime, dtype=dtype, warmup=warmup, repeats=repeats, threads=threads)

@@ -21,7 +21,8 @@ from typing import Any
 import optuna
 import torch
 
-from nas.budget import Budget, check_budget_against
+from nas.budget import Budget, check_budget_against, format_seconds
+from nas.latency.plan import LatencyPlan
 from nas.latency.table import LatencyTable
 from nas.settings import SearchSettings
 from nas.study.candidates import (
@@ -90,13 +91,15 @@ def search(request: SearchRequest) -> SearchSummary:
     supernet = supernet.to(device).eval()
     evaluator = build_evaluator(supernet, payload, request, device, table)
     if table is not None:  # before anything is written, like the budgets
-        table.check_matches(space=supernet.space.name, resolution=evaluator.resolution,
-                            batch_size=request.settings.latency.batch_size)
+        latency = request.settings.latency
+        table.check_matches(space=supernet.space.name, resolution=evaluator.resolution, batch_size=latency.batch_size,
+                            runtime=_choice(latency.runtime), dtype=_choice(latency.dtype))
     budgets = check_budgets(request, evaluator)  # before anything is written: a refused run leaves nothing
     study_name = request.study_name or default_study_name(supernet.space, request)
     out_dir = request.out or Path("runs") / "search" / study_name
     study, created = open_search_study(request, study_name, out_dir)
-    claim_study(study, study_identity(request, payload, supernet.space, evaluator.resolution, budgets, table))
+    claim_study(study, study_identity(request, payload, supernet.space, evaluator.resolution, budgets, table,
+                                      evaluator.latency_plan))
     queue_seeds(study, evaluator, budgets, created=created, shared=request.storage is not None)
     for record in finished_records(study):
         evaluator.remember(CandidateResult.from_dict(record))
@@ -140,16 +143,27 @@ def build_evaluator(supernet: SuperNet, payload: dict[str, Any], request: Search
 
 
 def check_budgets(request: SearchRequest, evaluator: CandidateEvaluator) -> dict[str, float]:
-    """``{kind: value}`` of the budgets; refuses one below the smallest network, warns on one that does not bind."""
+    """``{kind: value}`` of the budgets; refuses one below the smallest network, warns on one that does not bind.
+
+    A latency budget is checked against the smallest and the full network timed as every candidate is
+    (same runtime, precision, batch and warm-up) and side by side (interleaved, one measurement), so
+    neither is timed alone while the machine is still coming out of idle.
+    """
     space = evaluator.supernet.space
     budgets: dict[str, float] = {}
     for budget in (request.flops_budget, request.latency_budget):
         if budget is None:
             continue
-        smallest, largest = (_cost_of(evaluator, space.min_config(), budget.kind),
-                             _cost_of(evaluator, space.max_config(), budget.kind))
-        if budget.kind == "latency":  # two timings of tiny networks can come out in either order on a busy machine
-            smallest, largest = sorted((smallest, largest))
+        if budget.kind == "latency":
+            smallest, largest = evaluator.config_latencies([space.min_config(), space.max_config()])
+            if smallest > largest:
+                print(f"note: the smallest sub-network measured slower than the full one ({format_seconds(smallest)} "
+                      f"vs {format_seconds(largest)}, {_timed_as(evaluator)}): there latency does not follow the "
+                      "network's work (per-op overhead dominates); the budget is checked against the two in order",
+                      file=sys.stderr)
+                smallest, largest = largest, smallest
+        else:
+            smallest, largest = float(evaluator.static_flops(space.min_config())), float(evaluator.static_flops(space.max_config()))
         warning = check_budget_against(budget, smallest=smallest, largest=largest)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
@@ -157,16 +171,26 @@ def check_budgets(request: SearchRequest, evaluator: CandidateEvaluator) -> dict
     return budgets
 
 
-def _cost_of(evaluator: CandidateEvaluator, cfg: SubnetConfig, kind: str) -> float:
-    if kind == "latency":
-        network = evaluator.supernet.extract(cfg).to(evaluator.device).eval()
-        return float(evaluator.measure_latency(network, cfg)["seconds"])
-    return float(evaluator.static_flops(cfg))
+def _timed_as(evaluator: CandidateEvaluator) -> str:
+    plan = evaluator.latency_plan
+    return "predicted by the latency table" if plan is None else f"{plan.describe()} at batch {plan.batch_size}"
+
+
+def _choice(value: Any) -> str | None:
+    """A ``latency.runtime``/``latency.dtype`` setting as a string, None for ``auto``."""
+    text = str(getattr(value, "value", value))
+    return None if text == "auto" else text
 
 
 def study_identity(request: SearchRequest, payload: dict[str, Any], space: SearchSpace, resolution: int,
-                   budgets: dict[str, float], latency_table: LatencyTable | None = None) -> dict[str, Any]:
-    """Everything that changes a trial's score, as flat ``key: value`` (see :func:`nas.study.storage.claim_study`)."""
+                   budgets: dict[str, float], latency_table: LatencyTable | None = None,
+                   latency_plan: LatencyPlan | None = None) -> dict[str, Any]:
+    """Everything that changes a trial's score, as flat ``key: value`` (see :func:`nas.study.storage.claim_study`).
+
+    When latency is part of the score: the table it is predicted from, or how it is measured
+    (:meth:`nas.latency.plan.LatencyPlan.identity`: device, runtime, precision, batch, warm-up, repeats,
+    threads, versions).
+    """
     settings = settings_dict(request.settings)
     latency_matters = request.objective == "latency" or "latency" in budgets  # times are then part of the score
     identity: dict[str, Any] = {
@@ -178,10 +202,12 @@ def study_identity(request: SearchRequest, payload: dict[str, Any], space: Searc
     if latency_matters and latency_table is not None:  # predicted: the table is what was "measured on"
         identity.update({"device": f"latency table {latency_table.sha256[:12]} ({latency_table.device})",
                          "latency_table.sha256": latency_table.sha256, "latency_table.device": latency_table.device,
-                         "latency.batch_size": settings["latency"]["batch_size"]})
+                         "latency.runtime": latency_table.runtime, "latency.dtype": latency_table.dtype,
+                         "latency.batch_size": latency_table.batch_size})
     elif latency_matters:
-        identity.update({"device": str(resolve_device(request.device, key="--device")),
-                         **flatten(settings["latency"], "latency.")})
+        plan = latency_plan or LatencyPlan.from_settings(request.settings.latency,
+                                                         resolve_device(request.device, key="--device"))
+        identity.update(plan.identity())
     return identity
 
 
