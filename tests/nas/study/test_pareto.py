@@ -204,3 +204,34 @@ def test_plot_latency_axis_in_milliseconds(tmp_path):
     records = [record(0, 0.5, 1e6, latency=0.0008), record(1, 0.6, 2e6, latency=0.0016)]
     axis = _plot(tmp_path / "p.png", records, records, objective="latency", budgets={"latency": 0.5}, title="t")
     assert not axis.log and axis.limits[1] < 2.0 and axis.note is not None  # 500 ms budget named, not drawn
+
+
+def timed(trial: int, accuracy: float, at_1: float, at_256: float) -> dict[str, Any]:
+    """A scored record timed at batch 1 and 256 (the objective's)."""
+    r = record(trial, accuracy, 1e6 * (trial + 1))
+    r["latency_by_batch"] = {"1": {"seconds": at_1, "batch_size": 1, "device": "cuda:0 X"},
+                             "256": {"seconds": at_256, "batch_size": 256, "device": "cuda:0 X"}}
+    r["latency"] = r["latency_by_batch"]["256"]
+    return r
+
+
+def test_a_latency_objective_has_a_front_at_each_batch(tmp_path) -> None:
+    """At batch 1 a big GPU is flat in FLOPs, at 256 latency follows the work: the fronts differ, both are written."""
+    from nas.study.pareto import fronts_by_batch, write_outputs
+
+    records = [timed(0, 0.50, 1.0e-3, 2e-3), timed(1, 0.60, 1.1e-3, 4e-3), timed(2, 0.70, 0.9e-3, 8e-3),
+               timed(3, 0.65, 1.2e-3, 9e-3)]
+    fronts = fronts_by_batch(records, "latency")
+    assert [r["trial"] for r in fronts["256"]] == [0, 1, 2] and [r["trial"] for r in fronts["1"]] == [2]
+    assert fronts_by_batch(records, "flops") == {}
+    front, _ = write_outputs(tmp_path, records, objective="latency", budgets={}, meta={"study": "s"})
+    assert [r["trial"] for r in front] == [0, 1, 2]  # the objective's batch
+    pareto = json.loads((tmp_path / "pareto.json").read_text())
+    assert pareto["latency_batch_sizes"] == [1, 256]
+    assert {size: [m["trial"] for m in members] for size, members in pareto["fronts_by_batch"].items()} == {
+        "1": [2], "256": [0, 1, 2]}
+    rows = (tmp_path / "pareto.csv").read_text().splitlines()
+    assert rows[0].split(",")[14] == "on_front_at_batch"
+    assert [row.split(",")[14] for row in rows[1:]] == ["256", "256", "1 256"]
+    width = int.from_bytes((tmp_path / "pareto.png").read_bytes()[16:20], "big")  # PNG header: two panels side by side
+    assert width >= 2 * 7 * 120 - 10
