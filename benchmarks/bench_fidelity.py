@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nas.oracle import build_oracle
-from nas.search import at_resolution
 from nas.settings import load_search_settings
+from nas.study.oracle import build_oracle
+from nas.study.run import at_resolution
 from supernet.evaluation import (
     embed_tensor,
     linear_probe,

@@ -21,10 +21,10 @@ import optuna
 import torch
 
 from nas.budget import parse_budget
-from nas.candidates import CandidateEvaluator, suggest_config
-from nas.oracle import build_oracle
 from nas.settings import load_search_settings
-from nas.study import build_sampler
+from nas.study.candidates import CandidateEvaluator, suggest_config
+from nas.study.oracle import build_oracle
+from nas.study.storage import build_sampler
 from supernet.io.checkpoint import load_supernet
 
 

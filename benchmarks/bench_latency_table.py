@@ -1,17 +1,19 @@
-"""Does a latency table predict what a sub-network measures? (issue 9, item 3.)
+"""Does a latency table predict what a sub-network measures? (issue 9, item 3; on CUDA, issue 18, item 5.)
 
 Per space (default ``resnet18_cifar`` and ``mobilenet_v2_cifar``, 32 px): build a latency table on
-this machine (``nas.latency_table.build_table``, CPU, batch 1, the command's default warm-up 3 and
-median of 10 per entry) or load one (``--table SPACE=PATH``),
+this machine (``nas.latency.build.build_table``; ``--device``, ``--runtime``, ``--dtype`` and
+``--batch-size``, default CPU eager float32 batch 1; the command's default warm-up 3 and median of 10
+per entry) or load one (``--table SPACE=PATH``),
 then draw ``--configs`` random static configs (``space.sample``, seeded) and ``--gated`` random gated
 ones, and for each compare
 
 * predicted: ``LatencyTable.predict(cfg)`` (gated: the mean over ``--gated-inputs`` images of the
   per-input sum, from the channels each gate kept), with
-* measured: ``nas.latency.measure_latency`` of ``supernet.extract(cfg)``, batch 1, the table's
-  threads, the search's default warm-up 5 and median of 20 (gated: gathered mode, the images cycled, every image seen twice in
-  the warm-up so no new conv shape is timed; median); the mean of two passes over the configs, the
-  second in reverse order,
+* measured: ``nas.latency.measure.measure_latency`` of ``supernet.extract(cfg)`` on the table's
+  device, runtime, precision, batch size and threads, the search's default warm-up 5 and median of 20
+  (gated: gathered mode where the table's runtime runs it so, the images cycled, every image seen
+  twice in the warm-up so no new conv shape is timed; masked elsewhere); the mean of two passes over
+  the configs, the second in reverse order,
 
 on the same machine. The two passes also give the measurement's own repeatability (Kendall tau
 and median relative difference between them): the ceiling a prediction can reach on this machine. Gated configs need gates that decide something: as in ``bench_gated.py``, BN
@@ -21,7 +23,12 @@ measured, Kendall's tau-b between predicted and measured (static configs; and al
 entry count and build time. Targets: median |error| <= 10 % and tau >= 0.9 (static configs).
 
     python benchmarks/bench_latency_table.py --threads 1 --json latency_table.json
+    python benchmarks/bench_latency_table.py --device cuda --runtime graph --batch-size 256 --json cuda_tables.json
     python benchmarks/bench_latency_table.py --spaces tiny --configs 10 --gated 2 --repeats 5   # quick check
+
+On an H200 the CUDA-graph tables at batch 256 hold 1,680 (resnet18_cifar) and 2,462
+(mobilenet_v2_cifar) entries (no gathered entries: captured graphs run gates masked); expect about a
+minute per space.
 """
 
 from __future__ import annotations
@@ -40,9 +47,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.latency import measure_latency
-from nas.latency_entries import count_entries
-from nas.latency_table import LatencyTable, build_table, kept_channels
+from nas.latency.build import build_table
+from nas.latency.entries import count_entries
+from nas.latency.measure import measure_latency
+from nas.latency.table import LatencyTable, kept_channels
+from nas.latency.timers import table_runtime
 from search_spaces import SubnetConfig, get_space, list_spaces
 from supernet import SuperNet, build_supernet, recalibrate_bn
 from supernet.io.files import atomic_write_text
@@ -85,6 +94,10 @@ class SpaceReport:
 @dataclass
 class Report:
     benchmark: str
+    device: str
+    runtime: str
+    dtype: str
+    batch_size: int
     threads: int
     warmup: int  # the measured networks'
     repeats: int
@@ -142,16 +155,18 @@ def deciding_gates(supernet: SuperNet, generator: torch.Generator) -> None:
 
 def bench_space(space_name: str, *, table_path: Path | None, save_table: Path | None, configs: int, gated: int,
                 gated_inputs: int, threads: int, warmup: int, repeats: int, table_warmup: int, table_repeats: int,
-                seed: int) -> SpaceReport:
+                seed: int, device: str = "cpu", runtime: str = "auto", dtype: str = "auto",
+                batch_size: int = 1) -> SpaceReport:
     space = get_space(space_name)
     resolution = space.default_resolution
     if table_path is not None:
         table, build_seconds = LatencyTable.load(table_path), None
         data = json.loads(table_path.read_text())
-        table.check_matches(space=space.name, resolution=resolution, batch_size=1)
+        table.check_matches(space=space.name, resolution=resolution, batch_size=batch_size)
     else:
-        data = build_table(space.name, resolution=resolution, backend="cpu", batch_size=1, threads=threads,
-                           warmup=table_warmup, repeats=table_repeats, progress=False, seed=seed)
+        data = build_table(space.name, resolution=resolution, device=device, runtime=runtime, dtype=dtype,
+                           batch_size=batch_size, threads=threads, warmup=table_warmup, repeats=table_repeats,
+                           progress=False, seed=seed)
         build_seconds = data["build_seconds"]
         if save_table is not None:
             atomic_write_text(save_table, json.dumps(data, indent=1) + "\n")
@@ -165,22 +180,27 @@ def bench_space(space_name: str, *, table_path: Path | None, save_table: Path | 
     rng = np.random.default_rng(seed)
     samples = [space.sample(rng, gates=index >= configs) for index in range(configs + gated)]
     samples = [SubnetConfig(c.space, dict(c.channels), c.gate_thresholds, resolution) for c in samples]
-    gate_images = synthetic_images(gated_inputs, resolution, torch.Generator().manual_seed(seed + 1))
-    image = gate_images[:1]
+    gate_images = synthetic_images(max(gated_inputs, batch_size), resolution, torch.Generator().manual_seed(seed + 1))
+    batch = gate_images[:batch_size]
+    timing = {"device": device, "runtime": table.runtime, "dtype": table.dtype,
+              "threads": threads if device == "cpu" else None}
 
     def predict_and_measure(index: int) -> tuple[float, float]:
         cfg = samples[index]
         network = supernet.extract(cfg).eval()
         if not cfg.gated:
-            predicted, inputs, warm = table.predict(cfg), [image], warmup
+            predicted, inputs, warm = table.predict(cfg), [batch], warmup
         else:
             calibration = synthetic_images(32, resolution, torch.Generator().manual_seed(seed + 2 + index))
             recalibrate_bn(network, calibration, num_images=32, batch_size=32, seed=seed)
-            predicted = table.predict(cfg, kept_channels(network, gate_images))
-            network.set_gate_mode("gathered")
-            inputs = [gate_images[i : i + 1] for i in range(gated_inputs)]
-            warm = max(warmup, 2 * gated_inputs)
-        measured = measure_latency(network, inputs, warmup=warm, repeats=max(repeats, len(inputs)), threads=threads)
+            if table.gathered:
+                predicted = table.predict(cfg, kept_channels(network, gate_images[:gated_inputs]))
+                network.set_gate_mode("gathered")
+                inputs = [gate_images[i : i + 1] for i in range(gated_inputs)]
+                warm = max(warmup, 2 * gated_inputs)
+            else:
+                predicted, inputs, warm = table.predict(cfg), [batch], warmup
+        measured = measure_latency(network, inputs, warmup=warm, repeats=max(repeats, len(inputs)), **timing)
         return predicted, measured.seconds
 
     first = [predict_and_measure(index) for index in range(len(samples))]
@@ -203,7 +223,8 @@ def bench_space(space_name: str, *, table_path: Path | None, save_table: Path | 
 
     error, kendall = median_abs(static), tau(static)
     return SpaceReport(
-        space=space.name, resolution=resolution, entries=count_entries(space, batch_size=1)["total"],
+        space=space.name, resolution=resolution,
+        entries=count_entries(space, batch_size=batch_size, gathered=table.gathered)["total"],
         table_build_seconds=build_seconds, table_device=table.device,
         table_recheck=data.get("recheck", {}).get("median_relative_change"), median_abs_error=error, kendall_tau=kendall,
         median_abs_error_all=median_abs(results), kendall_tau_all=tau(results),
@@ -218,25 +239,29 @@ def bench_space(space_name: str, *, table_path: Path | None, save_table: Path | 
 def bench_latency_table(*, spaces: Sequence[str] = DEFAULT_SPACES, tables: dict[str, Path] | None = None,
                         save_tables: Path | None = None, configs: int = 50, gated: int = 5, gated_inputs: int = 8,
                         threads: int = 1, warmup: int = 5, repeats: int = 20, table_warmup: int = 3,
-                        table_repeats: int = 10, seed: int = 0) -> Report:
+                        table_repeats: int = 10, seed: int = 0, device: str = "cpu", runtime: str = "auto",
+                        dtype: str = "auto", batch_size: int = 1) -> Report:
     """Predicted vs measured latency per space (module docstring)."""
+    runtime, dtype = table_runtime(device, runtime, dtype)
     tables = tables or {}
     reports = []
     for name in spaces:
-        save = None if save_tables is None else save_tables / f"{name}-cpu-b1.json"
+        save = None if save_tables is None else save_tables / f"{name}-{device}-{runtime}-{dtype}-b{batch_size}.json"
         reports.append(bench_space(name, table_path=tables.get(name), save_table=save, configs=configs, gated=gated,
                                    gated_inputs=gated_inputs, threads=threads, warmup=warmup, repeats=repeats,
-                                   table_warmup=table_warmup, table_repeats=table_repeats, seed=seed))
+                                   table_warmup=table_warmup, table_repeats=table_repeats, seed=seed, device=device,
+                                   runtime=runtime, dtype=dtype, batch_size=batch_size))
     return Report(
-        benchmark="latency_table", threads=threads, warmup=warmup, repeats=repeats, table_warmup=table_warmup,
-        table_repeats=table_repeats, seed=seed,
+        benchmark="latency_table", device=device, runtime=runtime, dtype=dtype, batch_size=batch_size, threads=threads,
+        warmup=warmup, repeats=repeats, table_warmup=table_warmup, table_repeats=table_repeats, seed=seed,
         targets=f"median |error| <= {TARGET_MEDIAN_ERROR:.0%} and Kendall tau >= {TARGET_KENDALL_TAU} (static configs)",
         spaces=reports, machine=machine_record(threads),
     )
 
 
 def format_report(report: Report) -> str:
-    lines = [f"latency table vs measured: CPU, {report.threads} thread(s), batch 1; networks: warm-up {report.warmup}, "
+    lines = [f"latency table vs measured: {report.device} {report.runtime} {report.dtype}, {report.threads} thread(s), "
+             f"batch {report.batch_size}; networks: warm-up {report.warmup}, "
              f"median of {report.repeats}; built tables: warm-up {report.table_warmup}, median of "
              f"{report.table_repeats}; seed {report.seed}"]
     header = (f"{'space':<20} {'entries':>7} {'build':>7} {'configs':>7} {'med |err|':>9} {'tau':>6} "
@@ -277,6 +302,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--table-warmup", type=int, default=3, help="built tables: untimed forwards per entry")
     parser.add_argument("--table-repeats", type=int, default=10, help="built tables: timed forwards per entry")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the tables are built and timed")
+    parser.add_argument("--runtime", default="auto", help="eager, graph (cuda) or onnxruntime (cpu); auto: graph on "
+                        "cuda, eager on cpu")
+    parser.add_argument("--dtype", default="auto", help="float32, bfloat16 or float16; auto: float16 on cuda")
+    parser.add_argument("--batch-size", type=int, default=1, help="the tables' and the measured networks' batch")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the numbers here")
     args = parser.parse_args(argv)
     unknown = [name for name in args.spaces if name not in list_spaces()]
@@ -304,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = bench_latency_table(spaces=args.spaces, tables=args.tables, save_tables=args.save_tables,
                                  configs=args.configs, gated=args.gated, gated_inputs=args.gated_inputs,
                                  threads=args.threads, warmup=args.warmup, repeats=args.repeats,
-                                 table_warmup=args.table_warmup, table_repeats=args.table_repeats, seed=args.seed)
+                                 table_warmup=args.table_warmup, table_repeats=args.table_repeats, seed=args.seed,
+                                 device=args.device, runtime=args.runtime, dtype=args.dtype, batch_size=args.batch_size)
     print(format_report(report))
     print(f"({time.perf_counter() - started:.0f} s in all)")
     if args.json is not None:

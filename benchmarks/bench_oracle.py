@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nas.candidates import CandidateEvaluator
-from nas.oracle import build_oracle
-from nas.search import at_resolution
 from nas.settings import load_search_settings
+from nas.study.candidates import CandidateEvaluator
+from nas.study.oracle import build_oracle
+from nas.study.run import at_resolution
 from supernet.io.checkpoint import load_supernet
 
 TARGET = 1.3

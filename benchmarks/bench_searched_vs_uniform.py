@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from nas.budget import Budget
-from nas.oracle import build_oracle
-from nas.search import SearchRequest, at_resolution, search
 from nas.settings import load_search_settings
+from nas.study.oracle import build_oracle
+from nas.study.run import SearchRequest, at_resolution, search
 from search_spaces import SubnetConfig
 from supernet.evaluation import (
     embed_tensor,

@@ -1,7 +1,7 @@
 """What a sub-network costs: fvcore FLOPs (one multiply-add = one flop), effective FLOPs, parameters.
 
 :func:`measure_costs` is the one place the search, the export and the evaluation measure them, so
-a config costs the same wherever it is reported. Latency is measured by :mod:`nas.latency`.
+a config costs the same wherever it is reported. Latency is measured by :mod:`nas.latency.measure`.
 """
 
 from __future__ import annotations

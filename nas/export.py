@@ -1,223 +1,34 @@
 """``python -m nas.export``: a searched sub-network as files that plain PyTorch loads.
 
-Into the export directory (each file written atomically, ``subnet.json`` last):
-
-* ``subnet.json``: the :class:`SubnetConfig`, its metrics measured as ``nas.search`` measures them
-  (kNN top-1 of the oracle, fvcore FLOPs, effective FLOPs with gates, parameters, latency), the
-  checkpoint, the input the network expects, and the result of the equality check below;
-* ``weights.pt``: the extracted network's ``state_dict`` (BatchNorm recalibrated), readable with
-  ``torch.load(path, weights_only=True)``; ``nas.evaluate`` rebuilds the network from the config;
-* ``model.pt2``: a self-contained ``torch.export`` program with a dynamic batch dimension
-  (:mod:`nas.program`; gated networks in masked mode);
-* ``model.onnx`` (only with ``--onnx``): the same network as an ONNX model with a dynamic batch
-  dimension, checked in onnxruntime against the supernet (:mod:`nas.onnx_program`);
-* ``README.txt``: the three lines that load and run it.
-
-BatchNorm is recalibrated exactly as the search's oracle does it (same calibration images, seed,
-batch size). Before anything is written the program is checked: on real validation images its
-outputs, the extracted network's and the supernet's at ``set_active(config)`` (a copy of the supernet
-recalibrated on the same images) must agree to ``TOLERANCE``; with ``--onnx``, so must onnxruntime's
-outputs, and the oracle's kNN must predict the same class from them on its validation images.
+This module is the command line: it parses, builds a :class:`nas.deploy.export.ExportRequest`, calls
+:func:`nas.deploy.export.export` and prints a summary. What is written and checked: :mod:`nas.deploy.export`.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import hashlib
-import json
-import os
-import shutil
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 
-from nas.candidates import CandidateEvaluator
-from nas.onnx_program import (
-    ONNX_FILE,
-    check_onnx,
-    export_onnx,
-    knn_probe,
-    onnx_record,
-    require_onnx,
-)
-from nas.oracle import Oracle, build_oracle, trained_data_settings
-from nas.pareto import gate_speed_note
-from nas.program import (
-    CHECK_IMAGES,
-    EXPORT_FORMAT,
-    FILES,
-    check_program,
-    export_program,
-    readme,
-)
-from nas.settings import SearchSettings, load_search_settings
-from nas.sources import (
+from nas.deploy.export import ExportRequest, export
+from nas.deploy.sources import (
     ExportError,
-    ExportSource,
-    check_fits,
     source_from_best,
     source_from_config,
     source_from_trial,
 )
-from search_spaces import SubnetConfig
+from nas.settings import load_search_settings
+from nas.study.pareto import gate_speed_note
 from supernet.cli import ArgumentParser, command
-from supernet.data.views import IMAGENET_MEAN, IMAGENET_STD
-from supernet.devices import resolve_device
-from supernet.io.checkpoint import find_latest_checkpoint, load_supernet
-from supernet.io.files import atomic_save, atomic_write_text
-from supernet.io.provenance import provenance
-from supernet.nn.bn import recalibrate_bn
+from supernet.io.checkpoint import find_latest_checkpoint
 from supernet.nn.flops import FLOP_CONVENTION
-from supernet.nn.models import SuperNet
-from supernet.settings import settings_dict
 
-__all__ = ["ExportRequest", "default_out_dir", "export", "main", "measure"]
+__all__ = ["build_parser", "main", "print_summary", "request_from_args"]
 
 
-@dataclass
-class ExportRequest:
-    source: ExportSource
-    checkpoint: Path
-    out: Path | None
-    device: str
-    settings: SearchSettings
-    onnx: bool = False  # also write model.onnx, checked with onnxruntime
-
-
-def default_out_dir(cfg: SubnetConfig) -> Path:
-    """``runs/export/<space>-<first 8 hex digits of the config's SHA-1>``."""
-    return Path("runs") / "export" / f"{cfg.space}-{hashlib.sha1(cfg.key().encode()).hexdigest()[:8]}"
-
-
-def export(request: ExportRequest) -> dict[str, Any]:
-    """Measure, export, check and write one sub-network; returns the ``subnet.json`` record."""
-    if request.onnx:
-        require_onnx()  # before the checkpoint is even read
-    device = resolve_device(request.device, key="--device")
-    cfg = request.source.config
-    supernet, payload = load_supernet(request.checkpoint, map_location="cpu")
-    supernet = supernet.to(device).eval()
-    check_fits(cfg, supernet, where=_where(request.source), checkpoint=request.checkpoint)
-    oracle = build_oracle(supernet, payload, request.settings.data, request.settings.oracle, device)
-    resolution = oracle.data.resolution
-    if cfg.resolution != resolution:
-        print(f"note: the config says {cfg.resolution} px but the supernet was trained and is scored at {resolution} px; "
-              f"the metrics and the exported program use {resolution} px", file=sys.stderr)
-    network = oracle.subnet(cfg).eval()  # extracted, BatchNorm recalibrated as the search does it
-    metrics = measure(network, cfg, oracle, request.settings, device)
-
-    network = network.cpu()
-    network.set_gate_mode("masked")
-    reference = supernet_reference(supernet, cfg, oracle)
-    images = _check_images(oracle)
-    program, dynamic_batch = export_program(network, images)
-
-    out_dir = request.out or default_out_dir(cfg)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
-    try:
-        torch.export.save(program, staging / FILES["program"])
-        check = check_program(staging / FILES["program"], network, reference, images)
-        onnx = None
-        if request.onnx:
-            onnx_export = export_onnx(network, images, staging / ONNX_FILE)
-            onnx_check = check_onnx(onnx_export, reference, images, knn_probe(reference, oracle, device=device))
-            onnx = onnx_record(onnx_export, onnx_check, gate_mode="masked" if cfg.gated else None)
-        record = _record(request, cfg, payload, oracle, metrics, check, onnx, dynamic_batch, network, resolution, device)
-        files = record["files"]
-        atomic_save({name: tensor.detach().cpu() for name, tensor in network.state_dict().items()},
-                    staging / files["weights"])
-        atomic_write_text(staging / files["readme"], readme(record))
-        atomic_write_text(staging / files["config"], json.dumps(record, indent=2))
-        for key in [k for k in files if k != "config"] + ["config"]:  # subnet.json last: it describes the others
-            os.replace(staging / files[key], out_dir / files[key])
-        if "onnx" not in files:  # a model.onnx of an earlier export with --onnx no longer matches subnet.json
-            (out_dir / ONNX_FILE).unlink(missing_ok=True)
-    except BaseException:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {**record, "out_dir": str(out_dir)}
-
-
-def measure(network: SuperNet, cfg: SubnetConfig, oracle: Oracle, settings: SearchSettings,
-            device: torch.device) -> dict[str, Any]:
-    """The search's metrics of a recalibrated network, measured by the search's own evaluator."""
-    evaluator = CandidateEvaluator(network, oracle, flops_budget=None, latency_budget=None, latency=settings.latency,
-                                   effective_flops_images=settings.effective_flops_images, device=device)
-    costs = evaluator.costs(network, cfg)
-    latency = evaluator.measure_latency(network, cfg)
-    by_batch, static_by_batch = evaluator.latency_profile(network, cfg, latency)
-    return {"accuracy": oracle.accuracy(cfg, network), **costs.to_dict(), "latency": latency,
-            "latency_by_batch": by_batch, "static_latency_by_batch": static_by_batch,
-            "resolution": oracle.data.resolution}
-
-
-def supernet_reference(supernet: SuperNet, cfg: SubnetConfig, oracle: Oracle) -> SuperNet:
-    """A CPU copy of the supernet at ``set_active(cfg)``, BatchNorm recalibrated like the oracle's networks."""
-    reference = copy.deepcopy(supernet).cpu()
-    reference.set_active(cfg)
-    reference.set_gate_mode("masked")
-    return recalibrate_bn(reference, oracle.data.calibration, len(oracle.data.calibration),
-                          batch_size=oracle.batch_size, seed=oracle.seed, device="cpu")
-
-
-def _check_images(oracle: Oracle) -> torch.Tensor:
-    images = oracle.data.val[:CHECK_IMAGES]
-    if images.shape[0] < 2:  # the dynamic batch dimension needs an example of more than one image
-        images = torch.cat([images, oracle.data.calibration[: 2 - images.shape[0]]])
-    return images.cpu()
-
-
-def _record(request: ExportRequest, cfg: SubnetConfig, payload: dict[str, Any], oracle: Oracle, metrics: dict[str, Any],
-            check: dict[str, Any], onnx: dict[str, Any] | None, dynamic_batch: bool, network: SuperNet, resolution: int,
-            device: torch.device) -> dict[str, Any]:
-    return {
-        "format": EXPORT_FORMAT,
-        "config": cfg.to_dict(),
-        "metrics": {**metrics, "accuracy_metric": f"weighted kNN top-1 (cosine, k={oracle.k}, T={oracle.temperature}; "
-                                                  f"{len(oracle.data.bank)} bank, {len(oracle.data.val)} validation images)"},
-        "flop_convention": FLOP_CONVENTION,
-        "checkpoint": str(Path(request.checkpoint).resolve()),
-        "checkpoint_step": int(payload.get("step", 0)),
-        "with_gates": bool(payload.get("with_gates", True)),  # the supernet's: its untrained twin needs it
-        "gate_options": payload.get("gate_options", {}),
-        "source": request.source.origin,
-        "files": {**FILES, "onnx": ONNX_FILE} if onnx else dict(FILES),
-        "input": {
-            "shape": [1, 3, resolution, resolution],
-            "dynamic_batch": dynamic_batch,
-            "dtype": "float32",
-            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                              "note": "RGB scaled to [0, 1], then (x - mean) / std per channel"},
-        },
-        "output": {"shape": [1, network.feature_dim], "meaning": "pooled encoder features (no classifier head)"},
-        "gate_mode": "masked" if cfg.gated else None,
-        "recalibration": {"images": len(oracle.data.calibration), "seed": oracle.seed, "batch_size": oracle.batch_size,
-                          "device": str(device)},
-        "check": check,
-        **({"onnx": onnx} if onnx else {}),
-        "data": trained_data_settings(payload),
-        "settings": settings_dict(request.settings),
-        "provenance": provenance(),
-    }
-
-
-def _where(source: ExportSource) -> str:
-    origin = source.origin
-    return f"trial {origin['number']}" if origin["kind"] == "trial" else str(origin["path"])
-
-
-# -- command line ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m nas.export",
@@ -271,7 +82,8 @@ def print_summary(record: dict[str, Any]) -> None:
           f"to {record['out_dir']}")
     print(f"  kNN top-1 {metrics['accuracy']:.2%} | {metrics['flops'] / 1e6:.2f} MFLOPs, effective "
           f"{metrics['effective_flops'] / 1e6:.2f} MFLOPs ({FLOP_CONVENTION}) | {metrics['params'] / 1e6:.3f} M params | "
-          f"latency {latency['seconds'] * 1e3:.3f} ms ({latency['device']}, batch {latency['batch_size']})")
+          f"latency {latency['seconds'] * 1e3:.3f} ms ({latency.get('runtime', 'eager')} {latency.get('dtype', 'float32')}, "
+          f"{latency['device']}, batch {latency['batch_size']})")
     print(f"  check, max |difference| on {check['images']} validation images (tolerance {check['tolerance']:.0e}): "
           f"program vs network {check['program_vs_network']:.2e}, network vs supernet "
           f"{check['network_vs_supernet']:.2e}, program vs supernet {check['program_vs_supernet']:.2e}")

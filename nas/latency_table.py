@@ -1,438 +1,32 @@
-"""Latency tables: predict a sub-network's latency on a device you are not on.
+"""``python -m nas.latency_table``: time every part of a search space on this machine, for searches elsewhere.
 
 Build the table once on the target device; search anywhere with it::
 
     python -m nas.latency_table --space resnet18_cifar --resolution 32 --device cpu --batch-size 1 --out cpu1.json
+    python -m nas.latency_table --space resnet18_cifar --device cuda --runtime graph --batch-size 256 --out h200.json
     python -m nas.search --latency-table cpu1.json --latency-budget 3ms
 
-A table times every part of the space's networks alone at every width combination it can appear
-in (:mod:`nas.latency_entries`: stem, blocks, gates, gathered gated blocks, head; warm-up, fixed
-threads, medians), and 15 whole networks (the 7 uniform widths from min to max and 8 seeded random
-configs). The prediction is the additive model of latency lookup tables (Cai et al. 2019,
-ProxylessNAS; Wu et al. 2019, FBNet) plus an overhead fitted on those networks:
-
-    latency(cfg) = S + overhead(S),  overhead(S) = fixed + proportional * S,  S = the sum of cfg's entries
-
-``fixed`` and ``proportional`` are the Theil-Sen line of the networks' measured latency minus their
-S (robust to a few networks timed while the machine was busy); S is held to the fitted range, so a
-gated network smaller than the min config is not extrapolated. The overhead is not one constant
-because it grows with the network: a part timed alone finds its weights in cache, inside the whole
-network it does not (on the 2-core development CPU, resnet18_cifar's measured overhead was 0.1 ms at
-min width and 2.6 ms at max), so one constant misses the small or the large networks by tens of
-percent.
-
-A gated config at batch 1 runs gathered, so its cost depends on the input: per input, each gated
-block costs its gate plus the gathered block at the channels its gate kept (rounded up to a
-multiple of 8, see :mod:`nas.latency_entries`); the prediction is the mean over calibration inputs
-of the per-input S, plus the overhead. At batch > 1 a gated network runs masked: every channel
-computed, plus the gates (the mask multiplication itself is not tabulated).
-
-File format (JSON, ``format_version`` 1): the build's metadata (space, resolution, batch size,
-backend, device, threads, warm-up, repeats, versions, date, build time, recheck), ``overhead``
-(coefficients and the networks measured) and ``entries[section][module][widths]`` in seconds, e.g.
-``entries["blocks"]["layer2.0"]["in=64 inner=96 out=128"]``.
+What a table holds and how it predicts: :mod:`nas.latency.table`; how it is built: :mod:`nas.latency.build`.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import hashlib
 import json
-import math
-import platform
-import statistics
 import sys
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from nas.latency_entries import (
-    BACKENDS,
-    SECTIONS,
-    Entry,
-    block_entry_widths,
-    build_entry_module,
-    count_entries,
-    gate_widths,
-    gathered_widths,
-    head_name,
-    input_sizes,
-    kept_grid,
-    make_timer,
-    plan_entries,
-    widths_key,
-)
-from search_spaces import (
-    SearchSpace,
-    SubnetConfig,
-    UserError,
-    first_line,
-    get_space,
-    list_spaces,
-)
-from search_spaces.spec import BlockSpec
+from nas.latency.build import UNSTEADY, build_table
+from nas.latency.entries import SECTIONS, count_entries
+from nas.latency.runtimes import DTYPES, gate_mode
+from nas.latency.timers import TABLE_RUNTIMES, table_runtime
+from search_spaces import get_space, list_spaces
 from supernet.cli import ArgumentParser, command
 from supernet.io.files import atomic_write_text
-from supernet.io.provenance import git_commit, package_version
-from supernet.nn.blocks import GatedBlock
-from supernet.nn.models import SuperNet, build_supernet
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "LatencyPredictor", "LatencyTable", "LatencyTableError", "build_table",
-           "kept_channels", "main"]
-
-FORMAT = "slimnas latency table"
-FORMAT_VERSION = 1
-OVERHEAD_MULTIPLIERS = tuple(0.25 + i / 8 for i in range(7))  # uniform widths the overhead is measured at: min to max
-OVERHEAD_RANDOM_CONFIGS = 8  # and this many seeded random configs
-RECHECK_ENTRIES = 32  # entries timed again at the end of a build, to see whether the machine stayed steady
-UNSTEADY = 0.05  # a median change of the rechecked entries above this is reported
-OVERHEAD_MODEL = ("overhead = fixed_seconds + proportional * S, S = the sum of entries held to entries_range_seconds; "
-                  "Theil-Sen line through the measured networks")
-KEPT_WIDTHS = ("gathered entries at kept = every multiple of 8 up to the gated layer's maximum; "
-               "a kept count between two is looked up at the next one up")
-_METADATA: dict[str, type | tuple[type, ...]] = {
-    "space": str, "resolution": int, "batch_size": int, "backend": str, "device": str, "threads": (int, type(None)),
-    "warmup": int, "repeats": int, "versions": dict, "created": str, "overhead": dict, "entries": dict,
-}
+__all__ = ["build_parser", "main"]
 
 
-class LatencyTableError(UserError):
-    """A latency table that cannot be used: unreadable, malformed, incomplete, or for another setting."""
-
-
-class LatencyPredictor(Protocol):
-    """What :class:`nas.candidates.CandidateEvaluator` needs instead of timing the device."""
-
-    def predicted_latency(self, network: SuperNet, cfg: SubnetConfig, images: torch.Tensor, *,
-                          batch_size: int = 256) -> dict[str, Any]: ...
-
-
-def _rebuild_hint(space: str, resolution: int | str, batch_size: int | str) -> str:
-    return (f"build one with python -m nas.latency_table --space {space} --resolution {resolution} "
-            f"--batch-size {batch_size} --device DEVICE --out TABLE.json")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True, repr=False)
-class LatencyTable:
-    """A loaded, validated latency table of one space at one resolution and batch size (seconds)."""
-
-    space: SearchSpace
-    resolution: int
-    batch_size: int
-    backend: str
-    device: str
-    repeats: int
-    entries: Mapping[str, Mapping[str, Mapping[str, float]]]
-    overhead: Overhead = field(default_factory=lambda: Overhead())
-    sha256: str = ""
-    path: Path | None = None
-    _grids: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False)
-
-    def __repr__(self) -> str:
-        return (f"LatencyTable({self.space.name!r}, {self.resolution} px, batch {self.batch_size}, {self.device!r}, "
-                f"sha256 {self.sha256[:12]!r}, path {str(self.path)!r})")
-
-    # -- loading ---------------------------------------------------------------------------------------
-    @classmethod
-    def load(cls, path: str | Path) -> LatencyTable:
-        """Read and validate a table file; one-line :class:`LatencyTableError` on the first problem."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise LatencyTableError(f"latency table {path}: cannot be read ({first_line(error)}); "
-                                    "pass the JSON file python -m nas.latency_table wrote") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise LatencyTableError(f"latency table {path}: not valid JSON ({error}); "
-                                    "pass the JSON file python -m nas.latency_table wrote") from None
-        return cls.from_dict(data, source=path)
-
-    @classmethod
-    def from_dict(cls, data: Any, *, source: Path | None = None) -> LatencyTable:
-        """Validate the parsed JSON of a table (format, metadata, every entry present, finite and >= 0)."""
-        where = f"latency table {source}" if source is not None else "latency table"
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise LatencyTableError(f"{where}: not a latency table (its 'format' is not {FORMAT!r}); "
-                                    "pass a file python -m nas.latency_table wrote")
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise LatencyTableError(f"{where}: format_version {version!r} is not supported; expected {FORMAT_VERSION} "
-                                    "(rebuild the table with this version of python -m nas.latency_table)")
-        for name, kind in _METADATA.items():
-            if name not in data:
-                raise LatencyTableError(f"{where}: missing field {name!r}; rebuild the table")
-            if not isinstance(data[name], kind) or isinstance(data[name], bool):
-                raise LatencyTableError(f"{where}: field {name!r} is {data[name]!r}, of the wrong type; rebuild the table")
-        try:
-            space = get_space(data["space"])
-        except KeyError as error:
-            raise LatencyTableError(f"{where}: {error.args[0]}") from None
-        if data["resolution"] < 1 or data["batch_size"] < 1:
-            raise LatencyTableError(f"{where}: resolution {data['resolution']} and batch_size {data['batch_size']} "
-                                    "must be positive; rebuild the table")
-        hint = _rebuild_hint(space.name, data["resolution"], data["batch_size"])
-        entries = data["entries"]
-        missing, bad = [], []
-        for entry in plan_entries(space, batch_size=data["batch_size"]):
-            section = entries.get(entry.section)
-            module = section.get(entry.module) if isinstance(section, dict) else None
-            value = module.get(entry.key) if isinstance(module, dict) else None
-            if value is None:
-                missing.append(entry)
-            elif not _is_number(value) or not math.isfinite(value) or value < 0:
-                bad.append((entry, value))
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise LatencyTableError(f"{where}: missing entry {missing[0]}{more}; {hint}")
-        if bad:
-            (entry, value), more = bad[0], f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise LatencyTableError(f"{where}: entry {entry} is {value!r}{more}; times must be finite seconds >= 0; {hint}")
-        return cls(space=space, resolution=data["resolution"], batch_size=data["batch_size"], backend=data["backend"],
-                   device=data["device"], repeats=data["repeats"], entries=entries,
-                   overhead=Overhead.from_dict(data["overhead"], where=f"{where}: overhead", hint=hint),
-                   sha256=canonical_sha256(data), path=source)
-
-    def check_matches(self, *, space: str, resolution: int, batch_size: int) -> None:
-        """Refuse (one line) a table built for another space, resolution or batch size than the search's."""
-        ours = (self.space.name, self.resolution, self.batch_size)
-        if ours != (space, resolution, batch_size):
-            raise LatencyTableError(
-                f"--latency-table {self.path}: built for {ours[0]} at {ours[1]} px, batch {ours[2]}; this search needs "
-                f"{space} at {resolution} px, batch {batch_size} (latency.batch_size); "
-                f"{_rebuild_hint(space, resolution, batch_size)}"
-            )
-
-    # -- predicting ------------------------------------------------------------------------------------
-    def predict(self, cfg: SubnetConfig, kept: Mapping[str, Sequence[int] | np.ndarray] | None = None) -> float:
-        """Predicted seconds of ``cfg``: the sum of its entries plus the overhead.
-
-        A gated config at batch 1 needs ``kept``: per gated block, the inner channels its gate kept for
-        each of N inputs (see :func:`kept_channels`); the result is the mean over the N inputs.
-        """
-        if cfg.space != self.space.name or cfg.resolution != self.resolution:
-            raise LatencyTableError(f"config of {cfg.space} at {cfg.resolution} px: this table is for "
-                                    f"{self.space.name} at {self.resolution} px")
-        self.space.validate(cfg)
-        channels = cfg.channels
-        last = self.space.blocks[-1].out_layer
-        head = (("in", channels[last]),) + ((("out", channels[self.space.head_layer]),) if self.space.head_layer else ())
-        seconds = (self._entry("stem", self.space.stem_layer, (("out", channels[self.space.stem_layer]),))
-                   + self._entry("head", head_name(self.space), head))
-        gathered: list[np.ndarray] = []
-        for spec in self.space.blocks:
-            gated = cfg.gate_thresholds is not None and spec.gated
-            if gated:
-                seconds += self._entry("gates", spec.name, gate_widths(spec, channels))
-            if not gated or self.batch_size > 1:  # static, or masked: every inner channel computed
-                seconds += self._entry("blocks", spec.name, block_entry_widths(spec, channels))
-                continue
-            if kept is None or spec.name not in kept:
-                raise ValueError(f"predict: gated config at batch 1 needs the kept channels of block {spec.name!r}")
-            counts = np.asarray(kept[spec.name], dtype=np.float64)
-            if counts.size and not 0 <= counts.min() <= counts.max() <= channels[spec.gated_layer]:
-                raise ValueError(f"predict: kept channels of block {spec.name!r} must lie in [0, "
-                                 f"{channels[spec.gated_layer]}], got {counts.min():g} to {counts.max():g}")
-            grid, times = self._gathered_grid(spec, channels)
-            gathered.append(times[np.searchsorted(grid, counts, side="left")])
-        if gathered:
-            if len({len(times) for times in gathered}) > 1 or len(gathered[0]) == 0:
-                raise ValueError("predict: kept channels must cover the same, non-empty set of inputs for every block")
-            seconds += float(np.sum(gathered, axis=0).mean())
-        return seconds + self.overhead.at(seconds)
-
-    def predicted_latency(self, network: SuperNet, cfg: SubnetConfig, images: torch.Tensor, *,
-                          batch_size: int = 256) -> dict[str, Any]:
-        """:meth:`predict` as :meth:`nas.latency.Latency.to_dict` (method ``"table"``), with the table's file and
-        hash; a gated ``network`` (recalibrated) runs its gates on ``images`` for the kept channels."""
-        # the search times every candidate at its evaluation resolution, whatever cfg.resolution says (seed configs
-        # carry the space's default); check_matches made sure that resolution is the table's
-        cfg = SubnetConfig(cfg.space, dict(cfg.channels), cfg.gate_thresholds, self.resolution)
-        kept = kept_channels(network, images, batch_size=batch_size) if cfg.gated and self.batch_size == 1 else None
-        return {"seconds": self.predict(cfg, kept), "device": self.device, "batch_size": self.batch_size,
-                "repeats": self.repeats, "method": "table", "table": str(self.path) if self.path else None,
-                "table_sha256": self.sha256}
-
-    def _entry(self, section: str, module: str, widths: tuple[tuple[str, int], ...]) -> float:
-        return float(self.entries[section][module][widths_key(widths)])
-
-    def _gathered_grid(self, spec: BlockSpec, channels: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Tabulated kept counts of ``spec`` at ``channels``' other widths, and their seconds (cached)."""
-        cache_key = (spec.name, widths_key(gathered_widths(spec, channels, 0)))
-        if cache_key not in self._grids:
-            grid = kept_grid(self.space, spec)
-            times = [self._entry("gathered", spec.name, gathered_widths(spec, channels, kept)) for kept in grid]
-            self._grids[cache_key] = (np.asarray(grid, dtype=np.float64), np.asarray(times, dtype=np.float64))
-        return self._grids[cache_key]
-
-
-def canonical_sha256(data: Any) -> str:
-    """SHA-256 of ``data`` as canonical JSON (sorted keys, no spaces): a table's identity, whatever its layout."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
-
-
-@torch.no_grad()
-def kept_channels(network: SuperNet, images: torch.Tensor, *, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Per active gated block of ``network``: (N,) inner channels its gate keeps for each of ``images``.
-
-    Runs masked, in eval mode (the blocks record ``last_mask``); mode and training flag are restored.
-    """
-    was_training, mode = network.training, network.gate_mode
-    blocks = {name: module for name, module in network.named_modules()
-              if isinstance(module, GatedBlock) and module.gate_active}
-    device = next(network.parameters()).device
-    kept: dict[str, list[torch.Tensor]] = {name: [] for name in blocks}
-    network.eval()
-    network.set_gate_mode("masked")
-    try:
-        for batch in images.split(batch_size):
-            network(batch.to(device))
-            for name, block in blocks.items():
-                assert block.last_mask is not None
-                kept[name].append(block.last_mask.sum(dim=1).round().long().cpu())
-    finally:
-        network.set_gate_mode(mode)
-        network.train(was_training)
-    return {name: torch.cat(counts).numpy() for name, counts in kept.items()}
-
-
-# -- building --------------------------------------------------------------------------------------------
-def build_table(space_name: str, *, resolution: int, backend: str, batch_size: int, threads: int, warmup: int,
-                repeats: int, progress: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Time every entry of the space and the whole networks the overhead is fitted on, on this machine.
-
-    The whole networks are timed at evenly spaced points of the build, in random order, so a slow drift of
-    the machine's speed reaches them as it reaches the entries; at the end a sample of entries is timed again
-    (``recheck``): a large change says the machine was not quiet. Returns the table as a JSON-able dict.
-    """
-    try:
-        space = get_space(space_name)
-    except KeyError as error:
-        raise LatencyTableError(f"--space: {error.args[0]}") from None
-    timer = make_timer(backend, warmup=warmup, repeats=repeats, threads=threads)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    started = time.perf_counter()
-    sizes = input_sizes(space, resolution)
-    plan = plan_entries(space, batch_size=batch_size)
-    networks = overhead_networks(space, resolution, rng)
-    supernet = build_supernet(space, with_gates=False).eval()
-    images = torch.randn(batch_size, 3, resolution, resolution)
-    due = {int(i * len(plan) / len(networks)): i for i in rng.permutation(len(networks))}
-    network_seconds: dict[int, float] = {}
-
-    def time_network(index: int) -> None:
-        network_seconds[index] = timer(supernet.extract(networks[index][1]).eval(), images)
-
-    def time_entry(entry: Entry) -> float:
-        module, shape = build_entry_module(space, entry, sizes, batch_size=batch_size, resolution=resolution)
-        return timer(module, torch.randn(shape))
-
-    entries: dict[str, dict[str, dict[str, float]]] = {section: {} for section in SECTIONS}
-    for position, entry in enumerate(tqdm(plan, desc=f"{space.name} table", disable=not progress, file=sys.stdout)):
-        if position in due:
-            time_network(due[position])
-        entries[entry.section].setdefault(entry.module, {})[entry.key] = time_entry(entry)
-    for index in range(len(networks)):
-        if index not in network_seconds:  # more networks than entries
-            time_network(index)
-    sample = [plan[i] for i in rng.choice(len(plan), size=min(RECHECK_ENTRIES, len(plan)), replace=False)]
-    changes = [abs(time_entry(e) - entries[e.section][e.module][e.key]) / max(entries[e.section][e.module][e.key], 1e-9)
-               for e in sample]
-    partial = LatencyTable(space=space, resolution=resolution, batch_size=batch_size, backend=backend,
-                           device=timer.device, repeats=repeats, entries=entries, overhead=Overhead())
-    overhead = Overhead.fit([{"config": label, "network_seconds": network_seconds[index],
-                              "entries_seconds": partial.predict(cfg)} for index, (label, cfg) in enumerate(networks)])
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "space": space.name, "resolution": resolution,
-        "batch_size": batch_size, "backend": backend, "device": timer.device,
-        "threads": threads if backend != "cuda" else None, "warmup": warmup, "repeats": repeats, "statistic": "median",
-        "units": "seconds",
-        "versions": {"slimnas": package_version(), "git_commit": git_commit(), "torch": torch.__version__,
-                     "onnxruntime": timer.runtime_version, "python": platform.python_version()},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "build_seconds": round(time.perf_counter() - started, 1),
-        "kept_widths": KEPT_WIDTHS if batch_size == 1 else None,
-        "recheck": {"entries": len(changes), "median_relative_change": statistics.median(changes)},
-        "overhead": overhead.to_dict(),
-        "entries": entries,
-    }
-
-
-def overhead_networks(space: SearchSpace, resolution: int, rng: np.random.Generator) -> list[tuple[str, SubnetConfig]]:
-    """The static networks the overhead is fitted on: every uniform width from min to max, and random ones."""
-    configs = [(f"uniform {m:g}", space.uniform_config(m)) for m in OVERHEAD_MULTIPLIERS]
-    configs += [(f"random {i}", space.sample(rng)) for i in range(OVERHEAD_RANDOM_CONFIGS)]
-    return [(label, SubnetConfig(cfg.space, dict(cfg.channels), None, resolution)) for label, cfg in configs]
-
-
-@dataclass(frozen=True)
-class Overhead:
-    """What a whole network costs beyond the sum S of its entries: ``fixed + proportional * S`` (S held to
-    ``entries_range``); ``measured`` are the networks it was fitted on. The default is no overhead."""
-
-    fixed_seconds: float = 0.0
-    proportional: float = 0.0
-    entries_range: tuple[float, float] = (0.0, math.inf)
-    measured: tuple[dict[str, Any], ...] = field(default=(), repr=False)
-
-    def at(self, entries_seconds: float) -> float:
-        low, high = self.entries_range
-        return self.fixed_seconds + self.proportional * min(max(entries_seconds, low), high)
-
-    @classmethod
-    def fit(cls, measured: Sequence[dict[str, Any]]) -> Overhead:
-        """The Theil-Sen line of network seconds on entries seconds over ``measured`` ({network,entries}_seconds).
-
-        Theil-Sen (slope: the median of the pairwise slopes; intercept: the median residual) rather than least
-        squares: a network timed while something else ran is an outlier, and up to about 29 % of them move
-        it little.
-        """
-        sums = np.array([row["entries_seconds"] for row in measured], dtype=np.float64)
-        networks = np.array([row["network_seconds"] for row in measured], dtype=np.float64)
-        first, second = np.triu_indices(len(sums), k=1)
-        apart = np.abs(sums[second] - sums[first]) > 1e-9
-        slopes = (networks[second] - networks[first])[apart] / (sums[second] - sums[first])[apart]
-        # one network shape only (a fixed-width space): a constant overhead
-        slope = float(np.median(slopes)) if slopes.size else 1.0
-        intercept = float(np.median(networks - slope * sums))
-        return cls(intercept, slope - 1.0, (float(sums.min()), float(sums.max())), tuple(measured))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": OVERHEAD_MODEL, "fixed_seconds": self.fixed_seconds, "proportional": self.proportional,
-                "entries_range_seconds": list(self.entries_range),
-                "measured": [{**row, "overhead_seconds": row["network_seconds"] - row["entries_seconds"]}
-                             for row in self.measured]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str, hint: str) -> Overhead:
-        """Read a table's ``overhead``; a one-line :class:`LatencyTableError` if a number is missing or not finite."""
-        values = [data.get("fixed_seconds"), data.get("proportional")]
-        entries_range = data.get("entries_range_seconds")
-        if isinstance(entries_range, list) and len(entries_range) == 2:
-            values += entries_range
-        if len(values) != 4 or not all(_is_number(v) and math.isfinite(v) for v in values) or not (
-                0 <= values[2] <= values[3]):
-            raise LatencyTableError(f"{where}: fixed_seconds, proportional and entries_range_seconds [low, high] must be "
-                                    f"finite numbers, 0 <= low <= high; {hint}")
-        measured = data.get("measured")
-        return cls(float(values[0]), float(values[1]), (float(values[2]), float(values[3])),
-                   tuple(measured) if isinstance(measured, list) else ())
-
-
-# -- command line ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m nas.latency_table",
@@ -441,8 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--space", required=True, help=f"search space: {', '.join(list_spaces())}")
     parser.add_argument("--resolution", type=int, default=None, help="input size in pixels (default: the space's)")
-    parser.add_argument("--device", choices=BACKENDS, default="cpu",
-                        help="what to time on: cpu (torch), cuda (torch, CUDA events) or onnxruntime (CPU provider)")
+    parser.add_argument("--device", default="cpu", help="where to time: cpu (perf_counter, fixed threads) or cuda "
+                        "(CUDA events)")
+    parser.add_argument("--runtime", choices=("auto", *TABLE_RUNTIMES), default="auto",
+                        help="what each part runs as: eager, graph (CUDA graphs, cuda) or onnxruntime (cpu); auto: graph on "
+                        "cuda, eager on cpu, as the search times")
+    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                        help="precision; auto: float16 on cuda, float32 on cpu")
     parser.add_argument("--batch-size", type=int, default=1, help="must equal the search's latency.batch_size")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch or onnxruntime intra-op); default 1")
     parser.add_argument("--warmup", type=int, default=3, help="untimed forwards before each entry (default 3)")
@@ -467,22 +66,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--warmup: {args.warmup} must be >= 0")
     space = get_space(args.space)
     resolution = args.resolution or space.default_resolution
-    counts = count_entries(space, batch_size=args.batch_size)
+    runtime, dtype = table_runtime(args.device, args.runtime, args.dtype)
+    counts = count_entries(space, batch_size=args.batch_size, gathered=gate_mode(runtime, args.batch_size) == "gathered")
     if args.count:
-        print(f"{space.name} at batch {args.batch_size}: {counts['total']} entries "
+        print(f"{space.name} at batch {args.batch_size} on {runtime} {dtype}: {counts['total']} entries "
               f"({', '.join(f'{counts[s]} {s}' for s in SECTIONS)})")
         return 0
     if args.out is None:
         parser.error("--out: required (where to write the table), unless --count")
-    table = build_table(space.name, resolution=resolution, backend=args.device, batch_size=args.batch_size,
-                        threads=args.threads, warmup=args.warmup, repeats=args.repeats, progress=not args.no_progress)
+    table = build_table(space.name, resolution=resolution, device=args.device, runtime=runtime, dtype=dtype,
+                        batch_size=args.batch_size, threads=args.threads, warmup=args.warmup, repeats=args.repeats,
+                        progress=not args.no_progress)
     atomic_write_text(args.out, json.dumps(table, indent=1) + "\n")
     overhead, change = table["overhead"], table["recheck"]["median_relative_change"]
     if change > UNSTEADY:
         print(f"warning: entries timed again at the end of the build changed by {change:.0%} (median); the machine "
               "was not quiet, so the table is noisy; rebuild it on an idle machine", file=sys.stderr)
     print(f"{args.out}: {counts['total']} entries of {space.name} at {resolution} px, batch {args.batch_size}, "
-          f"{table['device']}; built in {table['build_seconds']:.0f} s; overhead {overhead['fixed_seconds'] * 1e3:.3f} ms "
+          f"{runtime} {dtype} on {table['device']}; built in {table['build_seconds']:.0f} s; overhead {overhead['fixed_seconds'] * 1e3:.3f} ms "
           f"+ {overhead['proportional']:.1%} of the entries")
     return 0
 

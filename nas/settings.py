@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
+from nas.latency.runtimes import DTYPES, RUNTIMES
 from supernet.data.datasets import DataName
 from supernet.evaluation.settings import (
     KnnSettings,
@@ -26,7 +27,7 @@ from supernet.settings import (
     positive,
 )
 
-__all__ = ["PROBE_PROTOCOLS", "DataOverrides", "LatencySettings", "ProbeProtocol", "ProbeSettings", "SearchSettings",
+__all__ = ["PROBE_PROTOCOLS", "DataOverrides", "LatencyDtype", "LatencyRuntime", "LatencySettings", "ProbeProtocol", "ProbeSettings", "SearchSettings",
            "StorageSettings", "load_search_settings"]
 
 
@@ -44,17 +45,27 @@ class DataOverrides:
     RULES: ClassVar[Rules] = {"holdout_size": optional(at_least(0))}
 
 
+LatencyRuntime = choice("LatencyRuntime", ("auto", *RUNTIMES))
+"""``latency.runtime``: what a candidate is timed as (:mod:`nas.latency.runtimes`); auto: graph on CUDA, eager on CPU."""
+LatencyDtype = choice("LatencyDtype", ("auto", *DTYPES))
+"""``latency.dtype``: its precision; auto: float16 on CUDA, float32 on CPU."""
+
+
 @dataclass
 class LatencySettings:
-    """How latency is measured: median of ``repeats`` timed forwards after ``warmup`` untimed ones."""
+    """How latency is measured: the static network as deployed on ``runtime`` in ``dtype``, at ``batch_size`` (and
+    batch 1); after at least ``warmup`` untimed forwards and ``warmup_seconds``, the median of ``repeats`` timed ones."""
 
-    batch_size: int = 1
+    runtime: LatencyRuntime = LatencyRuntime.auto  # type: ignore[valid-type]
+    dtype: LatencyDtype = LatencyDtype.auto  # type: ignore[valid-type]
+    batch_size: Optional[int] = None  # the objective's batch; null: 256 on CUDA, 1 on CPU
     warmup: int = 5
+    warmup_seconds: float = 0.2  # and at least this long: a machine coming out of idle needs time, not a count
     repeats: int = 20
     threads: Optional[int] = 1  # CPU threads, fixed so figures compare; null = torch's default
 
-    RULES: ClassVar[Rules] = {"batch_size": at_least(1), "warmup": at_least(0), "repeats": at_least(1),
-                              "threads": optional(at_least(1))}
+    RULES: ClassVar[Rules] = {"batch_size": optional(at_least(1)), "warmup": at_least(0), "warmup_seconds": at_least(0),
+                              "repeats": at_least(1), "threads": optional(at_least(1))}
 
 
 PROBE_PROTOCOLS = ("fast", "linear", "switchable", "semi")

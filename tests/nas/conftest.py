@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from nas.budget import parse_budget
-from nas.oracle import build_oracle
-from nas.search import SearchRequest
 from nas.settings import load_search_settings
+from nas.study.oracle import build_oracle
+from nas.study.run import SearchRequest
 from search_spaces import SubnetConfig
 from supernet.io.checkpoint import load_supernet
 from supernet.nn.models import SuperNet
@@ -25,7 +25,7 @@ TINY_RESOLUTION = 16  # tiny_checkpoint's training resolution
 # Oracle and cost settings small enough for CPU tests (bank, calibration, latency repeats).
 SMALL_SEARCH_OVERRIDES = [
     "oracle.bank_size=200", "oracle.calibration_images=128", "latency.repeats=3", "latency.warmup=1",
-    "effective_flops_images=64",
+    "latency.warmup_seconds=0", "effective_flops_images=64",
 ]
 
 
@@ -52,7 +52,7 @@ def search_overrides() -> list[str]:
 
 @pytest.fixture(scope="session")
 def make_request() -> Callable[..., SearchRequest]:
-    """Factory of :class:`nas.search.SearchRequest` with small oracle settings and no progress bar."""
+    """Factory of :class:`nas.study.run.SearchRequest` with small oracle settings and no progress bar."""
 
     def build(
         checkpoint: Path,

@@ -295,7 +295,7 @@ def test_gathered_mode_folds_once_and_sees_weight_changes(kind: str, small_space
 
 
 def test_gathered_without_set_gate_mode_folds_on_first_use(small_spaces, make_gated_subnet) -> None:
-    """``block.gather = True`` set directly (as nas.latency_entries does) works: the fold is built lazily."""
+    """``block.gather = True`` set directly (as nas.latency.entries does) works: the fold is built lazily."""
     space = small_spaces["inverted_residual"]
     _, sub, _ = make_gated_subnet(space, seed=5)
     x = torch.randn(2, 3, space.default_resolution, space.default_resolution)

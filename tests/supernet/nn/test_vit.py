@@ -270,7 +270,7 @@ def test_train_search_and_export_vit_test(tmp_path: Path) -> None:
     """Two training steps (BYOL, gates on), a 4-trial search and an export (torch.export; ONNX if
     onnxruntime is installed) of ``vit_test``; the rebuilt export equals the supernet at its config."""
     from nas.export import main as export_main
-    from nas.program import load_exported
+    from nas.deploy.program import load_exported
     from nas.search import main as search_main
     from supernet.io.checkpoint import load_supernet
     from supernet.train import load_train_settings

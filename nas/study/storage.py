@@ -197,7 +197,7 @@ def _process_alive(pid: int) -> bool:
 
 # -- reading results back -------------------------------------------------------------------------------
 def trial_record(trial: FrozenTrial) -> dict[str, Any]:
-    """A finished trial's result (:class:`nas.candidates.CandidateResult` as a dict) with its number."""
+    """A finished trial's result (:class:`nas.study.candidates.CandidateResult` as a dict) with its number."""
     return {"trial": trial.number, **trial.user_attrs["result"]}
 
 

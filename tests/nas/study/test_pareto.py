@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nas.pareto import best_record, dominates, pareto_front
+from nas.study.pareto import best_record, dominates, pareto_front
 
 
 def record(trial: int, accuracy: float | None, flops: float, *, violation: float | None = None,
@@ -167,7 +167,7 @@ def test_front_matches_brute_force_on_random_clouds(seed: int) -> None:
 
 # -- pareto.png's cost axis ------------------------------------------------------------------------
 def test_cost_axis_follows_the_data_and_names_a_budget_outside_it():
-    from nas.pareto import cost_axis
+    from nas.study.pareto import cost_axis
 
     axis = cost_axis([2.4, 12.0, 34.75], 1000.0, budget_text="1.00 GFLOPs")  # the default run's shape
     assert not axis.log  # 14.5 x span
@@ -176,7 +176,7 @@ def test_cost_axis_follows_the_data_and_names_a_budget_outside_it():
 
 
 def test_cost_axis_draws_a_budget_inside_and_goes_log_past_30x():
-    from nas.pareto import LOG_SPAN, cost_axis
+    from nas.study.pareto import LOG_SPAN, cost_axis
 
     inside = cost_axis([10.0, 20.0, 40.0], 30.0)
     assert inside.budget_shown and inside.note is None and not inside.log
@@ -188,7 +188,7 @@ def test_cost_axis_draws_a_budget_inside_and_goes_log_past_30x():
 
 
 def test_plot_uses_the_axis(tmp_path):
-    from nas.pareto import _plot
+    from nas.study.pareto import _plot
 
     records = [record(0, 0.5, 2.4e6), record(1, 0.6, 34.75e6), record(2, None, 2e9, violation=1e9)]
     axis = _plot(tmp_path / "p.png", records, [records[0], records[1]], objective="flops",
@@ -199,8 +199,39 @@ def test_plot_uses_the_axis(tmp_path):
 
 
 def test_plot_latency_axis_in_milliseconds(tmp_path):
-    from nas.pareto import _plot
+    from nas.study.pareto import _plot
 
     records = [record(0, 0.5, 1e6, latency=0.0008), record(1, 0.6, 2e6, latency=0.0016)]
     axis = _plot(tmp_path / "p.png", records, records, objective="latency", budgets={"latency": 0.5}, title="t")
     assert not axis.log and axis.limits[1] < 2.0 and axis.note is not None  # 500 ms budget named, not drawn
+
+
+def timed(trial: int, accuracy: float, at_1: float, at_256: float) -> dict[str, Any]:
+    """A scored record timed at batch 1 and 256 (the objective's)."""
+    r = record(trial, accuracy, 1e6 * (trial + 1))
+    r["latency_by_batch"] = {"1": {"seconds": at_1, "batch_size": 1, "device": "cuda:0 X"},
+                             "256": {"seconds": at_256, "batch_size": 256, "device": "cuda:0 X"}}
+    r["latency"] = r["latency_by_batch"]["256"]
+    return r
+
+
+def test_a_latency_objective_has_a_front_at_each_batch(tmp_path) -> None:
+    """At batch 1 a big GPU is flat in FLOPs, at 256 latency follows the work: the fronts differ, both are written."""
+    from nas.study.pareto import fronts_by_batch, write_outputs
+
+    records = [timed(0, 0.50, 1.0e-3, 2e-3), timed(1, 0.60, 1.1e-3, 4e-3), timed(2, 0.70, 0.9e-3, 8e-3),
+               timed(3, 0.65, 1.2e-3, 9e-3)]
+    fronts = fronts_by_batch(records, "latency")
+    assert [r["trial"] for r in fronts["256"]] == [0, 1, 2] and [r["trial"] for r in fronts["1"]] == [2]
+    assert fronts_by_batch(records, "flops") == {}
+    front, _ = write_outputs(tmp_path, records, objective="latency", budgets={}, meta={"study": "s"})
+    assert [r["trial"] for r in front] == [0, 1, 2]  # the objective's batch
+    pareto = json.loads((tmp_path / "pareto.json").read_text())
+    assert pareto["latency_batch_sizes"] == [1, 256]
+    assert {size: [m["trial"] for m in members] for size, members in pareto["fronts_by_batch"].items()} == {
+        "1": [2], "256": [0, 1, 2]}
+    rows = (tmp_path / "pareto.csv").read_text().splitlines()
+    assert rows[0].split(",")[14] == "on_front_at_batch"
+    assert [row.split(",")[14] for row in rows[1:]] == ["256", "256", "1 256"]
+    width = int.from_bytes((tmp_path / "pareto.png").read_bytes()[16:20], "big")  # PNG header: two panels side by side
+    assert width >= 2 * 7 * 120 - 10

@@ -2,14 +2,16 @@
 
 Costs (cached per config with the result): fvcore FLOPs of the extracted network (one
 multiply-add = one flop; gates counted with every channel kept), effective FLOPs with gates on
-(mean over calibration images of the per-input FLOPs), parameters, and latency measured on the
-device (or predicted by a latency table, :mod:`nas.latency_table`, with nothing timed). A candidate
+(mean over calibration images of the per-input FLOPs), parameters, and latency measured as the network
+would be deployed (runtime, precision and batch of :class:`nas.latency.plan.LatencyPlan`; or predicted by a
+latency table, :mod:`nas.latency.table`, with nothing timed). A candidate
 over a budget never pays for BN recalibration or the kNN evaluation, except that a gated candidate
 needs recalibrated gates before its effective FLOPs can be known.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,10 +19,10 @@ import optuna
 import torch
 
 from nas.cost import Costs, count_flops, measure_costs
-from nas.latency import measure_latency
-from nas.latency_table import LatencyPredictor
-from nas.oracle import Oracle
+from nas.latency.plan import LatencyPlan
+from nas.latency.table import LatencyPredictor
 from nas.settings import LatencySettings
+from nas.study.oracle import Oracle
 from search_spaces import SearchSpace, SubnetConfig
 from supernet.nn.models import SuperNet
 
@@ -33,7 +35,7 @@ class CandidateResult:
     flops: int  # static (gates counted, every channel kept)
     effective_flops: float  # mean per input with gates on; equals flops when gates are off
     params: int
-    latency: dict[str, Any] | None = None  # nas.latency.Latency.to_dict() at latency.batch_size: the objective
+    latency: dict[str, Any] | None = None  # nas.latency.measure.Latency.to_dict() at latency.batch_size: the objective
     # Scored candidates: latency at batch 1 and at latency.batch_size ("1", "B"); for a gated one also the
     # same widths without gates, so the output can say whether the gates saved time at each batch.
     latency_by_batch: dict[str, dict[str, Any]] | None = None
@@ -81,6 +83,8 @@ class CandidateEvaluator:
         self.effective_flops_images = effective_flops_images
         self.device = torch.device(device)
         self.latency_predictor = latency_predictor  # None: latency is measured on the device
+        # how networks are timed here (runtime, precision, batch); refused in one line before anything runs
+        self.latency_plan = LatencyPlan.from_settings(latency, self.device) if latency_predictor is None else None
         self.resolution = oracle.data.resolution
         self._cache: dict[SubnetConfig, CandidateResult] = {}
         self._static_flops: dict[str, int] = {}
@@ -119,23 +123,36 @@ class CandidateEvaluator:
 
     def latency_profile(self, network: SuperNet, cfg: SubnetConfig, at_batch: dict[str, Any]
                         ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]] | None]:
-        """Latency at batch 1 and at ``latency.batch_size`` (``at_batch``, already measured), and for a gated
-        config the same at its widths without gates.
+        """Latency at batch 1 and at the objective's batch (``at_batch``, already measured), and for a gated
+        config the same widths without gates at each, timed beside the gated network.
 
-        Gates change the cost only at batch 1, where they run gathered (only kept channels); at larger
-        batches every channel is computed and masked, which never saves time. A latency table answers for
-        its own batch size only, so with one the other batch is left out.
+        Gates can save time only where they run gathered (eager at batch 1: only the kept channels run);
+        on every other runtime or batch they run masked, every channel computed, which never saves time.
+        A latency table answers for its own batch size only, so with one the other batch is left out.
         """
-        batch = self.latency_settings.batch_size
+        batch = int(at_batch["batch_size"])
         by_batch = {str(batch): at_batch}
-        if batch != 1 and self.latency_predictor is None:
-            by_batch["1"] = self.measure_latency(network, cfg, batch_size=1)
+        if self.latency_predictor is not None:
+            sizes: tuple[int, ...] = (batch,)
+        else:
+            assert self.latency_plan is not None
+            sizes = self.latency_plan.batch_sizes
         if not cfg.gated:
-            return by_batch, None
+            for size in sizes:
+                if str(size) not in by_batch:
+                    by_batch[str(size)] = self.measure_latency(network, cfg, batch_size=size)
+            return dict(sorted(by_batch.items(), key=lambda item: int(item[0]))), None
         static_cfg = cfg.with_gates(None)
         static = self.supernet.extract(static_cfg).to(self.device).eval()
-        static_by_batch = {size: self.measure_latency(static, static_cfg, batch_size=int(size)) for size in by_batch}
-        return by_batch, static_by_batch
+        static_by_batch = {}
+        for size in sizes:
+            if str(size) in by_batch:  # the objective's figure stands; time the static widths on their own
+                static_by_batch[str(size)] = self.measure_latency(static, static_cfg, batch_size=size)
+            else:
+                gated, plain = self.measure_latencies([(network, cfg), (static, static_cfg)], batch_size=size)
+                by_batch[str(size)], static_by_batch[str(size)] = gated, plain
+        order = lambda item: int(item[0])  # noqa: E731
+        return dict(sorted(by_batch.items(), key=order)), dict(sorted(static_by_batch.items(), key=order))
 
     def costs(self, network: SuperNet, cfg: SubnetConfig) -> Costs:
         """:func:`nas.cost.measure_costs` on the oracle's calibration images."""
@@ -151,8 +168,9 @@ class CandidateEvaluator:
         return cost > budget
 
     def measure_latency(self, network: SuperNet, cfg: SubnetConfig, *, batch_size: int | None = None) -> dict[str, Any]:
-        """Median latency on the device at ``batch_size`` (default ``latency.batch_size``); a gated network
-        runs gathered at batch 1 over real images.
+        """Latency of ``network`` (``cfg``'s) at ``batch_size`` (default the objective's) as the plan times it: on its
+        runtime and precision, over real images; a gated network runs gathered where the runtime allows it
+        (eager, batch 1), else masked.
 
         With a latency predictor, its prediction instead (same dict, method ``"table"``; the table's own batch
         size); the device is not timed.
@@ -160,19 +178,36 @@ class CandidateEvaluator:
         if self.latency_predictor is not None:
             images = self.oracle.data.calibration[: self.effective_flops_images]
             return self.latency_predictor.predicted_latency(network, cfg, images, batch_size=self.oracle.batch_size)
-        settings = self.latency_settings
-        batch = settings.batch_size if batch_size is None else batch_size
-        if cfg.gated and batch == 1:
-            network.set_gate_mode("gathered")
+        return self.measure_latencies([(network, cfg)], batch_size=batch_size)[0]
+
+    def measure_latencies(self, candidates: Sequence[tuple[SuperNet, SubnetConfig]], *, batch_size: int | None = None
+                          ) -> list[dict[str, Any]]:
+        """:meth:`measure_latency` of several networks, timed interleaved (side by side in one measurement)."""
+        plan = self.latency_plan
+        if plan is None:
+            raise ValueError("measure_latencies: this evaluator predicts latency from a table; nothing is timed")
+        batch = plan.batch_size if batch_size is None else batch_size
+        for network, cfg in candidates:
+            if cfg.gated:
+                network.set_gate_mode(plan.gate_mode(batch))  # type: ignore[arg-type]
         images = self.oracle.data.calibration
         inputs = [images[i : i + batch] for i in range(0, min(len(images), 8 * batch), batch)]
         inputs = [x for x in inputs if x.shape[0] == batch] or [torch.zeros(batch, 3, self.resolution, self.resolution)]
         try:
-            measured = measure_latency(network, inputs, device=self.device, warmup=settings.warmup,
-                                       repeats=settings.repeats, threads=settings.threads if self.device.type == "cpu" else None)
+            measured = plan.measure([network for network, _ in candidates], inputs)
         finally:
-            network.set_gate_mode("masked")
-        return measured.to_dict()
+            for network, cfg in candidates:
+                if cfg.gated:
+                    network.set_gate_mode("masked")
+        return [latency.to_dict() for latency in measured]
+
+    def config_latencies(self, configs: Sequence[SubnetConfig]) -> list[float]:
+        """Seconds of ``configs``' extracted networks at the objective's batch, timed interleaved (or predicted):
+        the budget check's smallest and largest networks, measured side by side as candidates are."""
+        networks = [self.supernet.extract(cfg).to(self.device).eval() for cfg in configs]
+        if self.latency_predictor is not None:
+            return [float(self.measure_latency(network, cfg)["seconds"]) for network, cfg in zip(networks, configs)]
+        return [float(m["seconds"]) for m in self.measure_latencies(list(zip(networks, configs)))]
 
 
 # -- Optuna <-> SubnetConfig ----------------------------------------------------------------------

@@ -20,30 +20,30 @@ import torch
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-import nas.candidates
-import nas.latency
-from nas.latency import Latency
-from nas.latency_entries import (
+import nas.latency.measure
+import nas.latency.plan
+from nas.latency.build import build_table
+from nas.latency.entries import (
     Entry,
-    OnnxRuntimeTimer,
     block_entry_widths,
     build_entry_module,
     count_entries,
     input_sizes,
     plan_entries,
 )
-from nas.latency_table import (
+from nas.latency.measure import Latency
+from nas.latency.table import (
     FORMAT,
     FORMAT_VERSION,
     LatencyTable,
     LatencyTableError,
     Overhead,
-    build_table,
     kept_channels,
 )
+from nas.latency.timers import RuntimeTimer
 from nas.latency_table import main as table_main
 from nas.search import main as search_main
-from nas.search import search
+from nas.study.run import search
 from search_spaces import SubnetConfig, UserError, get_space
 from supernet import build_supernet
 from supernet.nn.flops import per_input_effective_flops, static_flops
@@ -66,7 +66,8 @@ def synthetic_table(space: str = "tiny", *, batch_size: int = 1, entries_range: 
         entries.setdefault(entry.section, {}).setdefault(entry.module, {})[entry.key] = (index + 1) * 1e-6
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "space": space, "resolution": RESOLUTION,
-        "batch_size": batch_size, "backend": "cpu", "device": "cpu Synthetic (1 thread)", "threads": 1, "warmup": 0,
+        "batch_size": batch_size, "runtime": "eager", "dtype": "float32", "gathered": batch_size == 1,
+        "device": "cpu Synthetic (1 thread)", "threads": 1, "warmup": 0,
         "repeats": 1, "versions": {"torch": torch.__version__}, "created": "2026-12-01T00:00:00+00:00",
         "overhead": {"fixed_seconds": FIXED, "proportional": PROPORTIONAL, "entries_range_seconds": list(entries_range),
                      "measured": []},
@@ -82,7 +83,7 @@ def write(path: Path, data: dict) -> Path:
 @pytest.fixture(scope="module")
 def measured_tiny() -> dict:
     """A tiny table measured on this machine at the checkpoint's resolution (one timed forward per entry)."""
-    return build_table("tiny", resolution=RESOLUTION, backend="cpu", batch_size=1, threads=1, warmup=0, repeats=1)
+    return build_table("tiny", resolution=RESOLUTION, device="cpu", batch_size=1, threads=1, warmup=0, repeats=1)
 
 
 # -- what a table holds ---------------------------------------------------------------------------------
@@ -253,9 +254,10 @@ def test_the_command_builds_a_table_with_its_metadata(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert (data["format"], data["format_version"], data["space"], data["resolution"], data["batch_size"]) == (
         FORMAT, FORMAT_VERSION, "tiny", RESOLUTION, 1)
-    assert (data["backend"], data["threads"], data["warmup"], data["repeats"], data["statistic"]) == ("cpu", 1, 1, 2, "median")
+    assert (data["runtime"], data["dtype"], data["gathered"]) == ("eager", "float32", True)
+    assert (data["threads"], data["warmup"], data["repeats"], data["statistic"]) == (1, 1, 2, "median")
     assert data["device"].startswith("cpu ") and data["device"].endswith("(1 thread)")
-    assert data["versions"]["torch"] == torch.__version__ and "onnxruntime" in data["versions"]
+    assert data["versions"]["torch"] == torch.__version__ and "python" in data["versions"]
     assert datetime.datetime.fromisoformat(data["created"]).tzinfo is not None
     assert data["build_seconds"] > 0 and "multiple of 8" in data["kept_widths"]
     assert len(data["overhead"]["measured"]) == 15
@@ -267,14 +269,27 @@ def test_the_command_builds_a_table_with_its_metadata(tmp_path: Path) -> None:
 
 def test_count_builds_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert table_main(["--space", "tiny", "--count"]) == 0
-    assert "539 entries (4 stem, 212 blocks, 44 gates, 272 gathered, 7 head)" in capsys.readouterr().out
+    assert "on eager float32: 539 entries (4 stem, 212 blocks, 44 gates, 272 gathered, 7 head)" in capsys.readouterr().out
+    # a CUDA-graph table (counted anywhere): captured graphs cannot follow gathered shapes, so gated blocks run masked
+    assert table_main(["--space", "tiny", "--device", "cuda", "--runtime", "graph", "--count"]) == 0
+    assert "on graph float16: 267 entries (4 stem, 212 blocks, 44 gates, 0 gathered, 7 head)" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no GPU")
+def test_a_cuda_table_without_a_gpu_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert table_main(["--space", "tiny", "--device", "cuda", "--out", str(tmp_path / "t.json")]) == 2
+    assert "no CUDA device is available here" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "t.json").exists()
 
 
 @pytest.mark.parametrize("arguments, expected", [
     (["--space", "resnet7"], "resnet7"),
     (["--space", "tiny", "--repeats", "0"], "--repeats"),
     (["--space", "tiny"], "--out"),
-    (["--space", "tiny", "--device", "tpu"], "tpu"),
+    (["--space", "tiny", "--device", "tpu", "--out", "t.json"], "tpu"),
+    (["--space", "tiny", "--device", "onnxruntime", "--count"], "--runtime onnxruntime"),
+    (["--space", "tiny", "--runtime", "graph", "--count"], "--runtime: graph does not run on cpu"),
+    (["--space", "tiny", "--dtype", "float16", "--runtime", "onnxruntime", "--count"], "--dtype: onnxruntime"),
 ])
 def test_bad_command_lines_are_one_line(arguments: list[str], expected: str, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -285,25 +300,34 @@ def test_bad_command_lines_are_one_line(arguments: list[str], expected: str, tmp
 def test_onnxruntime_missing_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
-    assert table_main(["--space", "tiny", "--device", "onnxruntime", "--out", str(tmp_path / "t.json")]) == 2
+    assert table_main(["--space", "tiny", "--runtime", "onnxruntime", "--out", str(tmp_path / "t.json")]) == 2
     assert 'pip install "slimnas[onnx]"' in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "t.json").exists()
 
 
-def test_onnxruntime_times_every_kind_of_entry() -> None:
+def test_onnxruntime_times_every_kind_of_entry_its_table_holds() -> None:
+    """An onnxruntime table runs gated blocks masked, as the exported model.onnx does: no gathered entries, and a
+    gathered module is refused (a caller bug), not timed as something it is not."""
     pytest.importorskip("onnxruntime")
     space = get_space("tiny")
     sizes = input_sizes(space, RESOLUTION)
-    timer = OnnxRuntimeTimer(warmup=1, repeats=2, threads=1)
+    timer = RuntimeTimer(device="cpu", runtime="onnxruntime", dtype="float32", warmup=1, repeats=2, threads=1)
+    plan = plan_entries(space, batch_size=1, gathered=False)
+    assert not any(entry.section == "gathered" for entry in plan)
     first = {}
-    for entry in plan_entries(space, batch_size=1):
+    for entry in plan:
         first.setdefault(entry.section, entry)
-    first["gathered_some"] = Entry("gathered", "layer2.0", (("in", 16), ("kept", 24), ("out", 32)))
+    assert set(first) == {"stem", "blocks", "gates", "head"}
     for entry in first.values():
         module, shape = build_entry_module(space, entry, sizes, batch_size=1, resolution=RESOLUTION)
         seconds = timer(module, torch.randn(shape))
         assert 0 < seconds < 1, entry
-    assert timer.device.startswith("onnxruntime ") and "(1 thread)" in timer.device
+    assert timer.device.startswith("cpu ") and "(1 thread)" in timer.device
+    assert timer.runtime == "onnxruntime" and "onnxruntime" in timer.versions
+    gathered = Entry("gathered", "layer2.0", (("in", 16), ("kept", 24), ("out", 32)))
+    module, shape = build_entry_module(space, gathered, sizes, batch_size=1, resolution=RESOLUTION)
+    with pytest.raises(ValueError, match="masked"):
+        timer(module, torch.randn(shape))
 
 
 # -- refusing a table ---------------------------------------------------------------------------------------
@@ -375,7 +399,7 @@ def test_search_refuses_a_table_built_for_something_else(mismatch: str, measured
                                                          capfd: pytest.CaptureFixture[str]) -> None:
     data, extra = measured_tiny, []
     if mismatch == "space":
-        data = build_table("tiny@0.5", resolution=RESOLUTION, backend="cpu", batch_size=1, threads=1, warmup=0, repeats=1)
+        data = build_table("tiny@0.5", resolution=RESOLUTION, device="cpu", batch_size=1, threads=1, warmup=0, repeats=1)
     elif mismatch == "resolution":
         data = {**measured_tiny, "resolution": 32}
     else:
@@ -396,8 +420,8 @@ def never_timed(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the device was timed although a latency table was given")
 
-    monkeypatch.setattr(nas.latency, "measure_latency", refuse)
-    monkeypatch.setattr(nas.candidates, "measure_latency", refuse)
+    monkeypatch.setattr(nas.latency.measure, "measure_latencies", refuse)
+    monkeypatch.setattr(nas.latency.plan, "measure_latencies", refuse)
 
 
 def latency_budget(table: LatencyTable) -> str:

@@ -19,10 +19,11 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.budget import format_flops
-from nas.candidates import CandidateEvaluator
-from nas.oracle import Oracle
-from nas.pareto import dominates
-from nas.search import at_resolution, main, search
+from nas.search import main
+from nas.study.candidates import CandidateEvaluator
+from nas.study.oracle import Oracle
+from nas.study.pareto import dominates
+from nas.study.run import at_resolution, search
 from search_spaces import SearchSpace, SubnetConfig
 from supernet.io.checkpoint import load_supernet
 from supernet.nn.flops import count_flops
@@ -383,7 +384,7 @@ def test_scored_candidates_record_latency_at_batch_1_and_at_the_batch_size(tiny_
 
 
 def test_gate_speed_note_calls_out_a_batch_where_gates_save_nothing():
-    from nas.pareto import gate_speed_note
+    from nas.study.pareto import gate_speed_note
 
     def timing(seconds: float, batch: int) -> dict[str, Any]:
         return {"seconds": seconds, "batch_size": batch}
@@ -396,3 +397,46 @@ def test_gate_speed_note_calls_out_a_batch_where_gates_save_nothing():
     record["latency_by_batch"]["8"] = timing(1.9e-3, 8)
     assert "no faster" not in gate_speed_note(record)
     assert gate_speed_note({"trial": 1, "latency_by_batch": {"1": timing(1e-3, 1)}, "static_latency_by_batch": None}) is None
+
+
+# -- latency as deployed (issue 18) ------------------------------------------------------------------------
+def test_a_latency_search_has_a_front_at_each_batch_and_records_how_it_timed(tiny_checkpoint, make_request, tmp_path):
+    request = make_request(tiny_checkpoint, tmp_path / "run", budget="1s", trials=6, study_name="served",
+                           overrides=("latency.batch_size=4",))
+    summary = search(request)
+    scored = [r for r in summary.records if r["accuracy"] is not None]
+    for r in scored:
+        for size, latency in r["latency_by_batch"].items():
+            assert (latency["runtime"], latency["dtype"], latency["batch_size"]) == ("eager", "float32", int(size))
+            assert latency["device"].startswith("cpu ") and {"torch", "python"} <= set(latency["versions"])
+            expected_mode = None if not r["config"]["gate_thresholds"] else ("gathered" if size == "1" else "masked")
+            assert latency["gate_mode"] == expected_mode
+    pareto = json.loads((summary.out_dir / "pareto.json").read_text())
+    assert pareto["latency_batch_sizes"] == [1, 4] and set(pareto["fronts_by_batch"]) == {"1", "4"}
+    for size, members in pareto["fronts_by_batch"].items():  # each batch's front is non-dominated at that batch
+        points = {r["trial"]: (r["accuracy"], r["latency_by_batch"][size]["seconds"]) for r in scored}
+        assert {m["trial"] for m in members} <= set(points)
+        for m in members:
+            assert not any(dominates(points[t], points[m["trial"]]) for t in points)
+    assert [m["trial"] for m in pareto["fronts_by_batch"]["4"]] == [r["trial"] for r in summary.front]
+    rows = {int(row["trial"]): row for row in csv.DictReader((summary.out_dir / "pareto.csv").open())}
+    for size, members in pareto["fronts_by_batch"].items():
+        assert all(size in rows[m["trial"]]["on_front_at_batch"].split() for m in members)
+    identity = optuna.load_study(study_name="served", storage=JournalStorage(JournalFileBackend(
+        str(summary.out_dir / "study.journal")))).user_attrs["identity"]
+    assert (identity["latency.runtime"], identity["latency.dtype"], identity["latency.batch_size"]) == ("eager", "float32", 4)
+    assert identity["device"].startswith("cpu ") and identity["latency.versions.torch"]
+
+
+def test_a_study_timed_on_one_runtime_is_not_resumed_on_another(tiny_checkpoint: Path, make_request: Callable[..., Any],
+                                                                search_overrides: list[str], tmp_path: Path,
+                                                                capfd: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "study"
+    search(make_request(tiny_checkpoint, out, budget="1s", trials=1, study_name="timed"))
+    capfd.readouterr()
+    code = main(["--checkpoint", str(tiny_checkpoint), "--latency-budget", "1s", "--trials", "2", "--study-name", "timed",
+                 "--out", str(out), "--no-progress", *search_overrides, "latency.runtime=onnxruntime"])
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]  # past the budget warning
+    assert code == 2 and len(errors) == 1 and errors[0].startswith(
+        "error: latency.runtime: study 'timed' was scored with 'eager', this run asks for 'onnxruntime'"), errors

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas.latency import Latency, cuda_available, measure_latency
+from nas.latency.measure import Latency, cuda_available, measure_latency
 
 
 def conv_net(channels: int) -> nn.Sequential:

@@ -22,7 +22,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nas.study import fail_orphaned_trials, journal_storage
+from nas.study.storage import fail_orphaned_trials, journal_storage
 
 STUDY = "workers"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import optuna
 
-from nas.study import journal_storage
+from nas.study.storage import journal_storage
 from search_spaces import ConfigError, SubnetConfig, UserError, first_line
 from supernet.nn.models import SuperNet
 

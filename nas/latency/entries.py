@@ -1,7 +1,7 @@
 """What a latency table holds, and how one of its entries is built and timed.
 
 A sub-network's latency is predicted as the sum of its parts, each measured alone at its exact
-shape (the shape ``SuperNet.extract(cfg)`` gives it), plus an overhead (:mod:`nas.latency_table`).
+shape (the shape ``SuperNet.extract(cfg)`` gives it), plus an overhead (:mod:`nas.latency.table`).
 The parts, as table sections:
 
 * ``stem``: the stem at each of its width choices (ResNet: conv, BN, ReLU, max-pool if any);
@@ -10,7 +10,7 @@ The parts, as table sections:
   share a tie group has one entry per width of the group, not per pair);
 * ``gates``: for gated blocks, the gate alone (pool, two 1x1 convs, threshold) at each input x
   gated-width combination;
-* ``gathered`` (tables at batch 1 only, where the search runs gated networks gathered): the gated
+* ``gathered`` (tables of runtimes that run gated networks gathered: eager at batch 1): the gated
   block without its gate, running only ``kept`` inner channels, for kept = 0, 8, 16, ... up to the
   gated layer's maximum. A gate can keep any count; a count between two multiples of 8 is looked up
   at the next one up, not interpolated: convolution kernels compute channels in SIMD blocks of 8 or
@@ -31,22 +31,16 @@ their parameter shapes equal those of the extracted network's modules.
 
 from __future__ import annotations
 
-import io
 import itertools
-import statistics
-import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 from torch import nn
 
-from nas.latency import measure_latency
 from search_spaces import SearchSpace, UserError
 from search_spaces.spec import CHANNEL_DIVISOR, BlockSpec
-from supernet.io.provenance import cpu_name
 from supernet.nn.blocks import (
     BasicBlock,
     Bottleneck,
@@ -58,17 +52,14 @@ from supernet.nn.gates import ChannelGate
 from supernet.nn.models import build_supernet
 from supernet.nn.ops import DynamicBatchNorm2d, DynamicConv2d
 
-__all__ = ["BACKENDS", "SECTIONS", "TABULATED_FAMILIES", "Entry", "OnnxRuntimeTimer", "Timer", "TorchTimer", "block_entry_widths",
-           "build_entry_module", "count_entries", "gate_widths", "gathered_widths", "head_name", "input_sizes", "kept_grid",
-           "make_timer", "plan_entries", "widths_key"]
+__all__ = ["SECTIONS", "TABULATED_FAMILIES", "Entry", "block_entry_widths", "build_entry_module",
+           "count_entries", "gate_widths", "gathered_widths", "head_name", "input_sizes", "kept_grid", "plan_entries",
+           "widths_key"]
 
-Backend = Literal["cpu", "cuda", "onnxruntime"]
-BACKENDS: tuple[str, ...] = ("cpu", "cuda", "onnxruntime")
 Section = Literal["stem", "blocks", "gates", "gathered", "head"]
 SECTIONS: tuple[str, ...] = ("stem", "blocks", "gates", "gathered", "head")
 TABULATED_FAMILIES: tuple[str, ...] = ("resnet", "mobilenet_v2")  # the families whose parts are built here
 GATE_THRESHOLD = 0.5  # the gate's time does not depend on it
-ONNX_INSTALL = 'pip install "slimnas[onnx]"'
 
 Widths = tuple[tuple[str, int], ...]  # (("in", 64), ("inner", 96), ("out", 128)): the order keys are written in
 
@@ -136,8 +127,14 @@ def _combinations(space: SearchSpace, layers: Sequence[str]) -> Iterator[dict[st
         yield {layer: chosen[decision_of[layer]] for layer in layers}
 
 
-def plan_entries(space: SearchSpace, *, batch_size: int) -> list[Entry]:
-    """Every entry a table of ``space`` at ``batch_size`` holds, in network order (see the module docstring)."""
+def plan_entries(space: SearchSpace, *, batch_size: int, gathered: bool | None = None) -> list[Entry]:
+    """Every entry a table of ``space`` at ``batch_size`` holds, in network order (see the module docstring).
+
+    ``gathered``: whether the table's runtime runs gated blocks gathered (eager at batch 1, the default
+    at batch 1); only then are the ``gathered`` entries timed.
+    """
+    if gathered is None:
+        gathered = batch_size == 1
     if space.family not in TABULATED_FAMILIES:
         raise UserError(f"--space {space.name}: latency tables cover the {' and '.join(TABULATED_FAMILIES)} families, "
                         f"not {space.family}; search {space.name} with measured latency (no --latency-table)")
@@ -150,7 +147,7 @@ def plan_entries(space: SearchSpace, *, batch_size: int) -> list[Entry]:
             continue
         gate_layers = [spec.in_layer, spec.gated_layer]
         entries += [Entry("gates", spec.name, gate_widths(spec, c)) for c in _combinations(space, gate_layers)]
-        if batch_size == 1:
+        if gathered:
             rest = [spec.in_layer, *spec.inner_layers[1:], spec.out_layer]
             entries += [Entry("gathered", spec.name, gathered_widths(spec, {**c, spec.gated_layer: 0}, kept))
                         for c in _combinations(space, rest) for kept in kept_grid(space, spec)]
@@ -163,10 +160,10 @@ def plan_entries(space: SearchSpace, *, batch_size: int) -> list[Entry]:
     return entries
 
 
-def count_entries(space: SearchSpace, *, batch_size: int) -> dict[str, int]:
+def count_entries(space: SearchSpace, *, batch_size: int, gathered: bool | None = None) -> dict[str, int]:
     """Entries per section (and ``total``): what a table costs to build, before building it."""
     counts = dict.fromkeys(SECTIONS, 0)
-    for entry in plan_entries(space, batch_size=batch_size):
+    for entry in plan_entries(space, batch_size=batch_size, gathered=gathered):
         counts[entry.section] += 1
     return {**counts, "total": sum(counts.values())}
 
@@ -279,80 +276,3 @@ def build_entry_module(space: SearchSpace, entry: Entry, sizes: Mapping[str, tup
     block.gate_threshold = GATE_THRESHOLD
     block.gather = True
     return block.eval(), shape
-
-
-# -- timing ------------------------------------------------------------------------------------------
-class Timer(Protocol):
-    """Times one module on one backend: the median of ``repeats`` forwards after ``warmup``, in seconds."""
-
-    backend: str
-    device: str  # e.g. "cpu AMD EPYC 7763 (1 thread)"; known after the first call
-    runtime_version: str | None  # onnxruntime's version, when it is the backend
-
-    def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float: ...
-
-
-class TorchTimer:
-    """:func:`nas.latency.measure_latency`: perf_counter with fixed threads on CPU, CUDA events on GPU."""
-
-    runtime_version = None
-
-    def __init__(self, *, backend: str, warmup: int, repeats: int, threads: int | None) -> None:
-        self.backend = backend
-        self.warmup, self.repeats = warmup, repeats
-        self.threads = threads if backend == "cpu" else None
-        self.device = backend
-
-    def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
-        latency = measure_latency(module, inputs, device=self.backend, warmup=self.warmup, repeats=self.repeats,
-                                  threads=self.threads)
-        self.device = latency.device
-        return latency.seconds
-
-
-class OnnxRuntimeTimer:
-    """Exports the module with ``torch.onnx`` and times an ``onnxruntime.InferenceSession`` (CPU provider,
-    ``intra_op_num_threads`` fixed, one inter-op thread) with perf_counter."""
-
-    def __init__(self, *, warmup: int, repeats: int, threads: int) -> None:
-        try:
-            import onnxruntime
-        except ImportError:
-            raise UserError(f"--device onnxruntime: onnxruntime is not installed; {ONNX_INSTALL}") from None
-        self.backend = "onnxruntime"
-        self.warmup, self.repeats, self.threads = warmup, repeats, threads
-        self._runtime = onnxruntime
-        self.runtime_version = onnxruntime.__version__
-        self.device = (f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, cpu {cpu_name()} "
-                       f"({threads} thread{'s' if threads != 1 else ''})")
-
-    def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
-        buffer = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            # the TorchScript exporter: about 20x faster per module than the dynamo one, and a table exports thousands
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module.eval(), (inputs,), buffer, dynamo=False, input_names=["x"])
-        options = self._runtime.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        session = self._runtime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: inputs.numpy()}
-        for _ in range(self.warmup):
-            session.run(None, feed)
-        times = []
-        for _ in range(self.repeats):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-
-def make_timer(backend: str, *, warmup: int, repeats: int, threads: int) -> Timer:
-    """The timer of ``backend`` (one of :data:`BACKENDS`); a one-line :class:`UserError` otherwise."""
-    if backend == "onnxruntime":
-        return OnnxRuntimeTimer(warmup=warmup, repeats=repeats, threads=threads)
-    if backend == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; build the table on the GPU machine")
-    if backend not in BACKENDS:
-        raise UserError(f"--device: {backend!r} is not a backend; expected one of {', '.join(BACKENDS)}")
-    return TorchTimer(backend=backend, warmup=warmup, repeats=repeats, threads=threads)

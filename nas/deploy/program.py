@@ -6,7 +6,7 @@ exported in masked mode: the gates compute a 0/1 mask per input and every channe
 then the dropped ones are zeroed. Gathered mode (batch 1, only the kept channels' weights) has
 data-dependent shapes, which ``torch.export`` does not capture; the masked program computes the
 same outputs, but without the gathered mode's savings. ``model.onnx`` (``--onnx``,
-:mod:`nas.onnx_program`) is exported from the same network, so it too is in masked mode.
+:mod:`nas.deploy.onnx_model`) is exported from the same network, so it too is in masked mode.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from nas.sources import ExportError, config_from, read_json
+from nas.deploy.sources import ExportError, config_from, read_json
 from search_spaces import ConfigError, first_line, get_space
 from supernet.cli import CommandFailed
 from supernet.nn.flops import FLOP_CONVENTION

@@ -1,7 +1,7 @@
 """``model.onnx``: the exported sub-network as an ONNX model, checked with onnxruntime before it is kept.
 
 ``python -m nas.export --onnx`` writes it beside ``model.pt2``. It comes from the same network
-(extracted, BatchNorm recalibrated, gates in masked mode: see :mod:`nas.program`) through
+(extracted, BatchNorm recalibrated, gates in masked mode: see :mod:`nas.deploy.program`) through
 ``torch.onnx.export``: first the dynamo-based exporter (``torch.export`` + onnxscript) with a dynamic
 batch dimension, else the TorchScript exporter with a dynamic batch axis, else the dynamo exporter at
 a fixed batch of 1; :class:`OnnxExport` records which.
@@ -10,7 +10,7 @@ The check (:func:`check_onnx`) runs the file in onnxruntime (``CPUExecutionProvi
 it with the supernet at ``set_active(config)`` (``nas.export``'s reference). The export fails if
 
 * on the check images ``model.pt2`` is checked on, at batch N and at batch 1, any feature differs
-  by more than ``nas.program.TOLERANCE`` (``max_abs_diff``), or any output is not finite;
+  by more than ``nas.deploy.program.TOLERANCE`` (``max_abs_diff``), or any output is not finite;
 * on up to :data:`AGREEMENT_IMAGES` of the oracle's validation images, fewer than
   :data:`MIN_AGREEMENT` of them have features within that tolerance, or fewer than that share have
   the same kNN top-1 from the ONNX features as from the supernet's (``top1_agreement``; the oracle's
@@ -39,14 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nas.program import TOLERANCE, ExportCheckError
-from nas.sources import ExportError
+from nas.deploy.program import TOLERANCE, ExportCheckError
+from nas.deploy.sources import ExportError
 from search_spaces import first_line
 from supernet.evaluation.knn import embed_tensor, knn_predict
 from supernet.nn.models import SuperNet
 
 if TYPE_CHECKING:
-    from nas.oracle import Oracle
+    from nas.study.oracle import Oracle
 
 __all__ = ["AGREEMENT_IMAGES", "INPUT_NAME", "MIN_AGREEMENT", "ONNX_FILE", "OUTPUT_NAME", "PROVIDER", "KnnProbe", "OnnxCheck",
            "OnnxExport", "check_onnx", "export_onnx", "knn_probe", "onnx_record", "require_onnx", "run_onnx"]

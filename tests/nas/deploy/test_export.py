@@ -14,11 +14,11 @@ import optuna
 import pytest
 import torch
 
-import nas.program as program_module
+import nas.deploy.program as program_module
+from nas.deploy.program import ExportCheckError, check_program, load_exported
+from nas.deploy.sources import source_from_best, source_from_trial
 from nas.export import build_parser, main, request_from_args
-from nas.program import ExportCheckError, check_program, load_exported
-from nas.sources import source_from_best, source_from_trial
-from nas.study import journal_storage
+from nas.study.storage import journal_storage
 from search_spaces import SubnetConfig
 from supernet.nn.flops import FLOP_CONVENTION, count_flops
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import nas.export as export_module
-import nas.onnx_program as onnx_module
-from nas.export import main
-from nas.onnx_program import (
+import nas.deploy.export as export_module
+import nas.deploy.onnx_model as onnx_module
+from nas.deploy.onnx_model import (
     KnnProbe,
     OnnxExport,
     check_onnx,
@@ -22,7 +21,8 @@ from nas.onnx_program import (
     knn_probe,
     run_onnx,
 )
-from nas.program import ExportCheckError, load_exported
+from nas.deploy.program import ExportCheckError, load_exported
+from nas.export import main
 from search_spaces import SubnetConfig
 from supernet.evaluation.knn import knn_accuracy
 from supernet.nn.models import SuperNet

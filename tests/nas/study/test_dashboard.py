@@ -10,8 +10,8 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
-from nas.search import search
-from nas.study import journal_storage
+from nas.study.run import search
+from nas.study.storage import journal_storage
 
 dashboard = pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is not installed (pip install slimnas[dashboard])")
 
