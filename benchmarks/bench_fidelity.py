@@ -31,7 +31,7 @@ from supernet.evaluation import (
     untrained_network,
 )
 from supernet.io.checkpoint import load_supernet
-from supernet.nn.flops import count_flops
+from supernet.nn.flops import ShapeFlopCounter
 
 TARGET = 0.8
 
@@ -60,17 +60,19 @@ def main() -> int:
     parser.add_argument("--configs", type=int, default=12)
     parser.add_argument("--pool", type=int, default=200, help="random configs to pick quantiles from")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where the oracle embeds: cpu or cuda")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = load_search_settings(args.overrides)
     supernet, payload = load_supernet(args.checkpoint)
-    oracle = build_oracle(supernet, payload, settings.data, settings.oracle, torch.device("cpu"))
+    oracle = build_oracle(supernet, payload, settings.data, settings.oracle, torch.device(args.device))
     space, resolution = supernet.space, oracle.data.resolution
     rng = np.random.default_rng(0)
     pool = {space.uniform_config(m) for m in (0.25, 0.5, 0.75, 1.0)} | {space.sample(rng) for _ in range(args.pool)}
-    flops = {cfg: count_flops(supernet.extract(cfg), resolution) for cfg in pool}
+    counter = ShapeFlopCounter(supernet, resolution)  # fvcore's counts without tracing each config
+    flops = {cfg: counter(cfg) for cfg in pool}
     ordered = sorted(pool, key=lambda cfg: flops[cfg])
     picks = [ordered[round(q)] for q in np.linspace(0, len(ordered) - 1, args.configs)]
     seed = int(payload.get("config", {}).get("seed", 0))

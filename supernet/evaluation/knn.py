@@ -50,20 +50,23 @@ def knn_predict_chunked(
     The running top-k over the chunks equals the top-k over the whole bank.
     """
     k = min(k, bank_labels.shape[0])
+    device = queries.device  # the queries' device does the work (a GPU's, when the features are there)
+    bank_labels = bank_labels.to(device)
     predictions = []
     for start in range(0, queries.shape[0], chunk_size):
         query = F.normalize(queries[start : start + chunk_size].float(), dim=1)
-        best = torch.full((query.shape[0], 0), -2.0)
-        best_index = torch.zeros((query.shape[0], 0), dtype=torch.long)
+        best = torch.full((query.shape[0], 0), -2.0, device=device)
+        best_index = torch.zeros((query.shape[0], 0), dtype=torch.long, device=device)
         offset = 0
         for chunk in bank_chunks():
-            similarity = query @ F.normalize(chunk.float(), dim=1).T
+            similarity = query @ F.normalize(chunk.to(device).float(), dim=1).T
             candidates = torch.cat([best, similarity], dim=1)
-            index = torch.cat([best_index, torch.arange(offset, offset + chunk.shape[0]).expand(query.shape[0], -1)], dim=1)
+            arange = torch.arange(offset, offset + chunk.shape[0], device=device).expand(query.shape[0], -1)
+            index = torch.cat([best_index, arange], dim=1)
             best, position = candidates.topk(min(k, candidates.shape[1]), dim=1)
             best_index = index.gather(1, position)
             offset += chunk.shape[0]
-        votes = torch.zeros(query.shape[0], num_classes)
+        votes = torch.zeros(query.shape[0], num_classes, device=device)
         votes.scatter_add_(1, bank_labels[best_index], (best / temperature).exp())
         predictions.append(votes.argmax(dim=1))
     return torch.cat(predictions)
@@ -81,7 +84,7 @@ def knn_accuracy(
 ) -> float:
     """Top-1 accuracy in [0, 1] of :func:`knn_predict`."""
     predicted = knn_predict(bank, bank_labels, queries, num_classes=num_classes, k=k, temperature=temperature)
-    return float((predicted == query_labels).float().mean())
+    return float((predicted == query_labels.to(predicted.device)).float().mean())
 
 
 @torch.no_grad()

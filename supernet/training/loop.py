@@ -18,7 +18,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from supernet.training.schedules import ema_momentum, group_alpha, warmup_cosine
 from supernet.training.schema import TrainConfig
 from supernet.training.setup import Run, build_run, save_checkpoint, view_options
 
-__all__ = ["TrainingStopped", "check_health", "scalars", "train", "train_step"]
+__all__ = ["BatchSource", "TrainingStopped", "check_health", "scalars", "train", "train_step"]
 
 
 class TrainingStopped(CommandFailed):
@@ -66,36 +66,16 @@ def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the supernet described by ``cfg``; return the run directory."""
     run = build_run(cfg)
     log_path = run.out_dir / "metrics.jsonl"
-    device_batches = _device_batches(run) if run.pipeline.name == "device" else None
-    train_set = None
-    if device_batches is None:
-        views, _ = build_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
-        train_set = ViewDataset(run.data.train, views, seed=cfg.seed)
+    source = BatchSource(run)
     if run.step == 0 and cfg.knn.enabled and run.dist.is_main:
         _append_jsonl(log_path, log_baselines(run))
     while run.step < run.stop_step:
         epoch, start_batch = divmod(run.step, run.steps_per_epoch)
-        batches: Iterable[list[torch.Tensor]]
-        if device_batches is not None:
-            batches = device_batches.epoch(epoch, start_batch)
-        else:
-            assert train_set is not None
-            sampler = EpochSampler(len(train_set), seed=cfg.seed, epoch=epoch, batch_size=cfg.batch_size,
-                                   start_batch=start_batch, rank=run.dist.rank, world_size=run.dist.world_size)
-            # The loader's own generator keeps worker seeding off the global RNG (Gumbel noise), so
-            # where a run resumes does not shift the noise stream.
-            batches = DataLoader(
-                train_set, batch_size=cfg.batch_size // run.dist.world_size, sampler=sampler, drop_last=True,
-                num_workers=cfg.data.num_workers, pin_memory=run.device.type == "cuda",
-                generator=torch.Generator().manual_seed(cfg.seed + epoch),
-            )
-        progress = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and run.dist.is_main),
-                        leave=False, initial=start_batch, total=run.steps_per_epoch, file=sys.stdout)
+        progress = tqdm(source.epoch(epoch, start_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                        disable=not (cfg.progress and run.dist.is_main), leave=False, initial=start_batch,
+                        total=run.steps_per_epoch, file=sys.stdout)
         started, images_seen = time.perf_counter(), 0
         for batch in progress:
-            batch = [v.to(run.device, non_blocking=True) for v in batch]
-            if run.device.type == "cuda" and cfg.channels_last:
-                batch = [v.contiguous(memory_format=torch.channels_last) for v in batch]
             terms = train_step(run, batch)
             run.step += 1
             images_seen += batch[0].shape[0] * run.dist.world_size
@@ -117,7 +97,7 @@ def train(cfg: TrainConfig) -> Path:
         progress.close()
         if run.step % run.steps_per_epoch == 0 or run.step == run.stop_step:
             record: dict[str, Any] = {"kind": "epoch", "step": run.step, "epoch": epoch + 1}
-            if cfg.knn.enabled and run.dist.is_main:
+            if cfg.knn.enabled and run.dist.is_main and ((epoch + 1) % cfg.knn.every_epochs == 0 or run.step == run.stop_step):
                 record["knn"] = monitor_knn(run)
                 print(f"epoch {epoch + 1}: kNN top-1 {_format_knn(record['knn'])}")
             if run.dist.is_main:
@@ -126,6 +106,42 @@ def train(cfg: TrainConfig) -> Path:
     _check_replicas(run)
     shutdown(run.dist)
     return run.out_dir
+
+
+class BatchSource:
+    """A run's training batches, epoch by epoch, as lists of view batches on its device (channels-last
+    on CUDA when ``channels_last``): made on the device from a uint8 store (``data.pipeline=device``)
+    or by the PIL views in DataLoader workers (``loader``)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.device_batches = _device_batches(run) if run.pipeline.name == "device" else None
+        self.train_set: ViewDataset | None = None
+        if self.device_batches is None:
+            views, _ = build_views(run.cfg.views.name, run.cfg.data.resolution, view_options(run.cfg))
+            self.train_set = ViewDataset(run.data.train, views, seed=run.cfg.seed)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[list[torch.Tensor]]:
+        """The batches of ``epoch`` from ``start_batch`` on (a resumed run starts mid-epoch)."""
+        run, cfg = self.run, self.run.cfg
+        batches: Iterable[list[torch.Tensor]]
+        if self.device_batches is not None:
+            batches = self.device_batches.epoch(epoch, start_batch)
+        else:
+            assert self.train_set is not None
+            sampler = EpochSampler(len(self.train_set), seed=cfg.seed, epoch=epoch, batch_size=cfg.batch_size,
+                                   start_batch=start_batch, rank=run.dist.rank, world_size=run.dist.world_size)
+            # The loader's own generator keeps worker seeding off the global RNG (Gumbel noise), so
+            # where a run resumes does not shift the noise stream.
+            batches = DataLoader(
+                self.train_set, batch_size=cfg.batch_size // run.dist.world_size, sampler=sampler, drop_last=True,
+                num_workers=cfg.data.num_workers, pin_memory=run.device.type == "cuda",
+                generator=torch.Generator().manual_seed(cfg.seed + epoch),
+            )
+        channels_last = run.device.type == "cuda" and cfg.channels_last
+        for batch in batches:
+            batch = [v.to(run.device, non_blocking=True) for v in batch]
+            yield [v.contiguous(memory_format=torch.channels_last) for v in batch] if channels_last else batch
 
 
 def _device_batches(run: Run) -> DeviceBatches:

@@ -235,9 +235,13 @@ class OptimConfig:
 
 @dataclass
 class MonitorConfig(KnnSettings):
-    """kNN monitoring of the max, middle and min widths after every epoch (and of the untrained network)."""
+    """kNN monitoring of the max, middle and min widths every ``every_epochs`` epochs and at the end (and of
+    the untrained network at step 0)."""
 
     enabled: bool = True
+    every_epochs: int = 1
+
+    RULES: ClassVar[Rules] = {**KnnSettings.RULES, "every_epochs": at_least(1)}
 
 
 @dataclass
@@ -261,6 +265,9 @@ class TrainConfig:
     log_every_steps: int = 10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    # torch.compile the networks whose shapes never change: the teacher, and the student when only the
+    # full width trains (sandwich.enabled=false); sub-networks change shape every pass and stay eager
+    compile: bool = False
     channels_last: bool = True  # on CUDA
     collapse_std: float = 0.05  # stop if per-dim std of embeddings < collapse_std / sqrt(dim)
     progress: bool = True

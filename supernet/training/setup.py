@@ -148,6 +148,8 @@ def build_run(cfg: TrainConfig) -> Run:
         sync_batch_norms(method)
     if device.type == "cuda" and cfg.channels_last:
         method.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        compile_static_networks(method, student_too=not cfg.sandwich.enabled)
     groups = parameter_groups(method, weight_decay=cfg.regularization.weight_decay, decay_encoder=not cfg.regularization.group)
     lr = cfg.optim.lr * cfg.batch_size / 256  # linear scaling rule (Goyal et al. 2017)
     run = Run(
@@ -204,6 +206,18 @@ def resolve_pipeline(cfg: TrainConfig, data: ImageData, device: torch.device, di
         choice = PipelineChoice(choice.name, f"{choice.reason}; the checkpoint was trained with {previous}, so the "
                                 "views from here on differ from an uninterrupted run's", choice.layout, choice.sizes)
     return choice
+
+
+def compile_static_networks(method: SSLMethod, *, student_too: bool) -> None:
+    """``torch.compile`` (in place, so parameters and checkpoints keep their names) the networks whose
+    shapes never change: the full-width teacher, and the student's encoder and projector when only the
+    full width trains. A sliced sub-network changes shape every pass, so compiling it would recompile
+    on every new width."""
+    for network in (method.teacher_encoder, method.teacher_projector):
+        network.compile(dynamic=False)
+    if student_too:
+        method.encoder.compile(dynamic=False)
+        method.projector.compile(dynamic=False)
 
 
 def _check_patch_size(space: SearchSpace, views: ViewSpec) -> None:

@@ -250,3 +250,13 @@ def test_slimclr_weights_scale_each_sub_network_loss_by_one(tmp_path: Path) -> N
                         stage_min_widths=list(cfg.sandwich.stage_min_widths), stage_ends=list(cfg.sandwich.stage_ends))
     sub_widths = sum(relative_size(run.space, sub) for label, sub in plan if label != "max")
     assert slimclr["loss"] - equal["loss"] == pytest.approx(sub_widths * equal["max/byol"], rel=1e-4)
+
+
+def test_knn_monitor_every_few_epochs_and_at_the_end(tmp_path: Path) -> None:
+    """knn.every_epochs=2 over 3 epochs: the baseline, epoch 2 and the last epoch; epochs 1 has none."""
+    FEW = [*FAST, "knn.enabled=true", "knn.bank_size=100", "knn.val_size=50", "knn.calibration_images=64"]
+    train(compose_train([*FEW, "epochs=3", "knn.every_epochs=2", "gates.enabled=false", f"out_dir={tmp_path}"]))
+    records = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
+    assert records[0]["kind"] == "baseline"
+    epochs = {r["epoch"]: "knn" in r for r in records if r["kind"] == "epoch"}
+    assert epochs == {1: False, 2: True, 3: True}
