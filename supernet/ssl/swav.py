@@ -102,6 +102,10 @@ class SwAV(SSLMethod):
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))  # the next row to overwrite
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))  # rows written so far, at most queue_length
         self._pending: dict[int, torch.Tensor] = {}  # this step's gathered embeddings per global view, for the queue
+        # ``queue_filled`` mirrored on the host, so no step reads the device to know whether the queue is full;
+        # None: read it once (after a checkpoint restored the buffer)
+        self._filled_rows: int | None = 0
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_filled_rows", None))
         self.set_epoch(0.0)
 
     @property
@@ -111,7 +115,9 @@ class SwAV(SSLMethod):
     @property
     def queue_in_use(self) -> bool:
         """Whether the queue's scores join this step's Sinkhorn batch: filling, and full once."""
-        return self.queue_filling and int(self.queue_filled) >= self.queue_length
+        if self._filled_rows is None:
+            self._filled_rows = int(self.queue_filled)
+        return self.queue_filling and self._filled_rows >= self.queue_length
 
     def set_epoch(self, epoch: float) -> dict[str, float]:
         """Whether the prototypes are frozen and the queue fills (from the whole epoch ``epoch_queue_starts``)."""
@@ -162,6 +168,8 @@ class SwAV(SSLMethod):
             self.queue[:, index] = embeddings.to(self.queue.dtype)
             self.queue_pointer.copy_((self.queue_pointer + count) % length)
         self.queue_filled.copy_(torch.clamp(self.queue_filled + count, max=length))
+        if self._filled_rows is not None:
+            self._filled_rows = min(self._filled_rows + count, length)
 
     def after_step(self, targets: list[torch.Tensor]) -> None:
         """Queue this step's embeddings of the global views, after their codes were computed (as SwAV)."""

@@ -112,6 +112,8 @@ def test_queue_fills_from_its_epoch_and_joins_sinkhorn_once_full() -> None:
     restored.load_state_dict(method.state_dict())
     torch.testing.assert_close(restored.queue, method.queue)
     assert int(restored.queue_filled) == 12 and int(restored.queue_pointer) == int(method.queue_pointer)
+    # the step reads the fill from a host-side count; a restored method takes it from the checkpoint
+    assert restored.set_epoch(3.5)["queue_in_use"] == 1.0
 
 
 def test_queue_of_other_ranks_rows_keeps_the_newest() -> None:
