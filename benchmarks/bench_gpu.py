@@ -62,7 +62,8 @@ from supernet.evaluation.data import EvalData  # noqa: E402
 from supernet.io.files import atomic_write_text  # noqa: E402
 from supernet.io.provenance import machine_record  # noqa: E402
 from supernet.nn.bn import recalibrate_bn  # noqa: E402
-from supernet.nn.flops import per_input_effective_flops, static_flops  # noqa: E402
+from supernet.nn.flops import ShapeFlopCounter  # noqa: E402
+from supernet.nn.models import SuperNet  # noqa: E402
 from supernet.train import load_train_settings  # noqa: E402
 from supernet.training.loop import BatchSource, check_health, train, train_step  # noqa: E402
 from supernet.training.sandwich import plan_gated, plan_subnets  # noqa: E402
@@ -206,7 +207,7 @@ def evaluation_data(run: Run, *, workers: int) -> EvalData:
 
     def pixels(dataset: Any) -> torch.Tensor:
         sizes = native_sizes(dataset)
-        layout = store_layout(sizes, resolution=resolution, store_side=resolution)
+        layout = store_layout(sizes, resolution=resolution, store_side=None)
         if layout.squeezed or layout.height != resolution:
             raise SystemExit(f"--data-root: images of {layout.height}x{layout.width} px; this benchmark scores "
                              f"{resolution}-px CIFAR-10 images as stored")
@@ -241,18 +242,27 @@ def raw_pixels_knn(data: EvalData, device: torch.device) -> float:
                         temperature=KNN_TEMPERATURE)
 
 
-def half_flops_threshold(network: nn.Module, cfg: SubnetConfig, data: EvalData, device: torch.device) -> tuple[float, float]:
+def half_flops_threshold(network: SuperNet, cfg: SubnetConfig, data: EvalData, device: torch.device) -> tuple[float, float]:
     """The gate threshold (one for all blocks) at which the gated network keeps ~50 % of the dense FLOPs
-    on the calibration images, by bisection; returns (threshold, effective FLOPs / dense FLOPs)."""
-    dense = static_flops(network.extract(cfg).to(device), data.resolution)
+    on the calibration images, by bisection; returns (threshold, effective FLOPs / dense FLOPs).
+
+    Effective FLOPs as :func:`supernet.nn.flops.effective_flops` counts them: the network with every gated
+    channel kept, less what each input's gates skipped; counted from shapes (no trace per threshold).
+    """
+    counter = ShapeFlopCounter(network, data.resolution)
+    dense = counter(cfg)
     images = data.calibration[:512].to(device)
-    low, high, ratio = 0.0, 1.0, 1.0
+    low, high, ratio, threshold = 0.0, 1.0, 1.0, 0.5
     for _ in range(12):
         threshold = (low + high) / 2
         gated_cfg = cfg.with_gates({block.name: threshold for block in network.space.gated_blocks})
         gated = recalibrate_bn(network.extract(gated_cfg).to(device), data.calibration, len(data.calibration), batch_size=500,
                                device=device)
-        ratio = float(per_input_effective_flops(gated, images).mean()) / dense
+        gated.set_gate_mode("masked")
+        with torch.no_grad():
+            gated(images)
+        saved = gated.gate_flops_saved()
+        ratio = (counter(gated_cfg) - float(saved.double().mean())) / dense if saved is not None else 1.0
         if abs(ratio - 0.5) < 0.01:
             break
         low, high = (threshold, high) if ratio > 0.5 else (low, threshold)
@@ -314,7 +324,12 @@ def main() -> int:
         print(f"bench_gpu: --data-root {args.data_root} is not a folder; expected an ImageFolder of CIFAR-10 training JPEGs")
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    report = Report(machine=machine_record(), args={k: str(v) for k, v in vars(args).items()})
+    if args.dry_run:
+        print("bench_gpu: DRY RUN on the CPU at toy sizes (the tiny space against a full ResNet-18 reference, "
+              "seconds of training): it shows every stage runs; its numbers and PASS/FAIL lines mean nothing", flush=True)
+    machine = {**machine_record(torch.get_num_threads()), "device": "cpu" if args.dry_run else "cuda",
+               "gpu": None if args.dry_run else torch.cuda.get_device_name(), "cuda": torch.version.cuda}
+    report = Report(machine=machine, args={k: str(v) for k, v in vars(args).items()})
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-", dir=args.out))
     scale = (3, 1, 2) if args.dry_run else (60, 15, 5)  # timed steps, warm-up steps, sandwich rounds
     started = time.perf_counter()
