@@ -189,7 +189,7 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
     )
     sizes = [relative_size(run.space, subnet) for _, subnet in plan]
     weights = loss_weights(cfg.sandwich.loss_weights, sizes)
-    logged: dict[str, torch.Tensor] = {}
+    logged: dict[str, torch.Tensor | float] = {}
     losses: list[torch.Tensor] = []
     cache: dict[str, Any] = {}
     projections: dict[str, list[torch.Tensor]] = {}  # each network's projections of the global views
@@ -227,8 +227,8 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
 def scalars(terms: dict[str, torch.Tensor | float]) -> dict[str, float]:
     """A step's terms as Python floats, read from the device in one transfer."""
     names = [name for name, value in terms.items() if isinstance(value, torch.Tensor)]
-    values = torch.stack([terms[name].float().reshape(()) for name in names]).tolist() if names else []  # type: ignore[union-attr]
-    return {name: (dict(zip(names, values))[name] if name in names else float(value)) for name, value in terms.items()}
+    read = dict(zip(names, torch.stack([terms[name].float().reshape(()) for name in names]).tolist())) if names else {}  # type: ignore[union-attr]
+    return {name: read[name] if name in read else float(value) for name, value in terms.items()}
 
 
 def check_health(run: Run, terms: dict[str, torch.Tensor | float]) -> dict[str, float]:
@@ -266,7 +266,7 @@ def _optimizer_step(run: Run, alpha: float) -> None:
 
 
 def _gated_pass(run: Run, views: list[torch.Tensor], targets: list[torch.Tensor], plan: list[tuple[str, SubnetConfig]],
-                projections: dict[str, list[torch.Tensor]], logged: dict[str, torch.Tensor]) -> torch.Tensor:
+                projections: dict[str, list[torch.Tensor]], logged: dict[str, torch.Tensor | float]) -> torch.Tensor:
     """Gumbel-sigmoid gates at one of the step's widths and sampled thresholds (Krishna et al.).
 
     SSL term (the method's ``gated_loss``): the gated network regresses, through the auxiliary
@@ -295,11 +295,11 @@ def _gated_pass(run: Run, views: list[torch.Tensor], targets: list[torch.Tensor]
         terms["density"] = density_bound_loss(densities, lower, upper, gates.bound_weight)
         loss = sum(terms.values())
     logged["gated/flops_ratio"] = gated_flops.detach().mean() / flops.dense
-    logged["gated/width"] = torch.tensor(relative_size(run.space, gated))
+    logged["gated/width"] = relative_size(run.space, gated)  # known on the host
     return _backward(loss, {f"gated/{name}": value for name, value in terms.items()}, logged)
 
 
-def _backward(loss: torch.Tensor, terms: dict[str, torch.Tensor], logged: dict[str, torch.Tensor]) -> torch.Tensor:
+def _backward(loss: torch.Tensor, terms: dict[str, torch.Tensor], logged: dict[str, torch.Tensor | float]) -> torch.Tensor:
     loss.backward()
     logged.update({name: term.detach() for name, term in terms.items()})
     return loss.detach()
