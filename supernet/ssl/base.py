@@ -84,6 +84,9 @@ def shuffled_forward(
     in the original order. One process: the batch itself is permuted and restored.
     """
     world = collectives.world_size
+    if collectives.enabled and generator is None:
+        raise ValueError("shuffled_forward: data-parallel ranks must draw the same permutation; pass a generator "
+                         "seeded the same way on every rank")
     everything = collectives.gather_batch(images)
     order = torch.randperm(everything.shape[0], generator=generator).to(images.device, non_blocking=True)
     outputs = network(everything[order][collectives.rank :: world])
