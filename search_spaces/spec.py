@@ -97,6 +97,7 @@ class SearchSpace:
     layers: tuple[LayerSpec, ...]
     ties: tuple[tuple[str, ...], ...]
     gate_threshold_range: tuple[float, float] = (0.1, 0.9)
+    route_threshold_range: tuple[float, float] = (0.05, 0.95)
     default_resolution: int = 224
     head_dim: int | None = None  # ViT: width of one attention head (attention widths are whole heads)
     _by_name: dict[str, LayerSpec] = field(init=False, repr=False, compare=False)
@@ -110,6 +111,7 @@ class SearchSpace:
                 decision_of[name] = group[0]
         object.__setattr__(self, "_by_name", by_name)
         object.__setattr__(self, "_decision_of", decision_of)
+        self._check_router_groups()
 
     # -- lookups -----------------------------------------------------------------------------
     def layer(self, name: str) -> LayerSpec:
@@ -122,6 +124,62 @@ class SearchSpace:
     @property
     def gated_blocks(self) -> tuple[BlockSpec, ...]:
         return tuple(block for block in self.blocks if block.gated)
+
+    # -- width routing (DS-Net's dynamic width; supernet.nn.routing) ------------------------------
+    @property
+    def router_blocks(self) -> tuple[str, ...]:
+        """Blocks with a width router in front: every block that changes resolution (ResNets, MobileNetV2).
+
+        A router reads the pooled features entering its block and picks, per input, one width for its
+        group: the blocks from it up to the next router (the last group also holds the head layer).
+        The blocks before the first router run at the config's widths. ViTs have no routers.
+        """
+        if self.family == "vit":
+            return ()
+        return tuple(block.name for block in self.blocks if block.stride > 1)
+
+    @property
+    def router_groups(self) -> dict[str, tuple[str, ...]]:
+        """Router block -> the searchable layers whose width it sets (inner, output, shortcut; the head last)."""
+        groups: dict[str, list[str]] = {}
+        current: list[str] | None = None
+        routers = set(self.router_blocks)
+        for block in self.blocks:
+            if block.name in routers:
+                current = groups.setdefault(block.name, [])
+            if current is not None:
+                current.extend([*block.inner_layers, block.out_layer, *([block.shortcut_layer] if block.shortcut_layer else [])])
+        if current is not None and self.head_layer is not None:
+            current.append(self.head_layer)
+        return {name: tuple(layers) for name, layers in groups.items()}
+
+    def route_widths(self, cfg: SubnetConfig, levels: Mapping[str, float]) -> SubnetConfig:
+        """The static config of one route of routed (or any) ``cfg``: each router group in ``levels`` at the
+        width choice nearest ``multiplier x max channels``, capped by ``cfg``'s own width (the widest route).
+
+        ``levels``: router block -> width multiplier; groups not named keep ``cfg``'s widths.
+        """
+        channels = dict(cfg.channels)
+        groups = self.router_groups
+        for router, multiplier in levels.items():
+            if router not in groups:
+                raise ConfigError(f"route: {router!r} is not a router block; router blocks: {list(self.router_blocks)}")
+            for name in groups[router]:
+                spec = self.layer(name)
+                target = spec.max_channels * multiplier
+                nearest = min(spec.width_choices, key=lambda c: (abs(c - target), c))
+                channels[name] = min(nearest, cfg.channels[name])
+        return SubnetConfig(cfg.space, channels, None, cfg.resolution)
+
+    def _check_router_groups(self) -> None:
+        """Each tie group lies within one router group (or before the first router): a route sets whole ties."""
+        if not self.layers:
+            return
+        group_of = {layer: router for router, layers in self.router_groups.items() for layer in layers}
+        for tie in self.ties:
+            owners = {group_of.get(name) for name in tie}
+            if len(owners) > 1:
+                raise ValueError(f"search space {self.name}: tie group {tie} spans router groups {sorted(map(str, owners))}")
 
     @property
     def decisions(self) -> dict[str, tuple[str, ...]]:
@@ -142,6 +200,7 @@ class SearchSpace:
         channels: Mapping[str, int],
         gate_thresholds: Mapping[str, float] | None = None,
         resolution: int | None = None,
+        route_thresholds: Mapping[str, float] | None = None,
     ) -> SubnetConfig:
         """Build and validate a config of this space."""
         cfg = SubnetConfig(
@@ -149,6 +208,7 @@ class SearchSpace:
             channels=dict(channels),
             gate_thresholds=None if gate_thresholds is None else dict(gate_thresholds),
             resolution=self.default_resolution if resolution is None else resolution,
+            route_thresholds=None if route_thresholds is None else dict(route_thresholds),
         )
         self.validate(cfg)
         return cfg
@@ -158,15 +218,19 @@ class SearchSpace:
         widths: Mapping[str, int],
         gate_thresholds: Mapping[str, float] | float | None = None,
         resolution: int | None = None,
+        route_thresholds: Mapping[str, float] | float | None = None,
     ) -> SubnetConfig:
-        """Config from one width per decision (tie groups expanded); a float threshold applies to all gates."""
+        """Config from one width per decision (tie groups expanded); a float threshold applies to all gates
+        (or all routers)."""
         unknown = set(widths) - set(self.decisions)
         if unknown:
             raise ConfigError(f"widths: unknown decision(s) {sorted(unknown)}; expected {sorted(self.decisions)}")
         channels = {name: widths[self._decision_of[name]] for name in self.layer_names}
         if isinstance(gate_thresholds, (int, float)) and not isinstance(gate_thresholds, bool):
             gate_thresholds = {block.name: float(gate_thresholds) for block in self.gated_blocks}
-        return self.config(channels, gate_thresholds, resolution)
+        if isinstance(route_thresholds, (int, float)) and not isinstance(route_thresholds, bool):
+            route_thresholds = {name: float(route_thresholds) for name in self.router_blocks}
+        return self.config(channels, gate_thresholds, resolution, route_thresholds)
 
     def max_config(self, gate_threshold: float | None = None) -> SubnetConfig:
         return self.from_decisions({k: self.layer(k).width_choices[-1] for k in self.decisions}, gate_threshold)
@@ -244,6 +308,20 @@ class SearchSpace:
             for name, threshold in cfg.gate_thresholds.items():
                 if not low <= threshold <= high:
                     raise ConfigError(f"gate_thresholds[{name!r}]: {threshold} is out of range; allowed: [{low}, {high}]")
+        if cfg.route_thresholds is not None:
+            routers = list(self.router_blocks)
+            if not routers:
+                raise ConfigError(f"route_thresholds: the {self.family} space {self.name} has no width routers; use null")
+            unknown = sorted(set(cfg.route_thresholds) - set(routers))
+            if unknown:
+                raise ConfigError(f"route_thresholds[{unknown[0]!r}]: not a router block; router blocks: {routers}")
+            missing = [name for name in routers if name not in cfg.route_thresholds]
+            if missing:
+                raise ConfigError(f"route_thresholds[{missing[0]!r}]: missing; give every router a threshold or use null")
+            low, high = self.route_threshold_range
+            for name, threshold in cfg.route_thresholds.items():
+                if not low <= threshold <= high:
+                    raise ConfigError(f"route_thresholds[{name!r}]: {threshold} is out of range; allowed: [{low}, {high}]")
 
     def narrow(self, channels: Mapping[str, int]) -> SearchSpace:
         """A space whose maximum is ``channels`` (any positive counts): the shape of an extracted network."""

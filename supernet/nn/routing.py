@@ -1,0 +1,377 @@
+"""Width routing: per input, each group of blocks runs one contiguous slice of the supernet's channels.
+
+DS-Net (Li et al., CVPR 2021) made a slimmable network dynamic by letting a small gate pick, per input,
+one of a few widths for the rest of the network; every kernel then runs dense on a channel prefix
+``weight[:w]``, so the saving is wall-clock time, not only counted FLOPs (per-channel masks, as
+:mod:`supernet.nn.gates`, compute every channel unless hardware skips them). Here a router sits in front of
+every block that changes resolution (:attr:`search_spaces.SearchSpace.router_blocks`); it reads the pooled
+features entering its block and picks a width *level* for its group of blocks (up to the next router).
+
+* Levels are width multipliers of the space's maximum, ascending, the last 1.0 (:class:`RouterSet`); level
+  ``m`` of a routed config sets each layer of the group to the width choice nearest ``m x max``, capped by
+  the config's own width, so the config's ``channels`` are its widest route
+  (:meth:`search_spaces.SearchSpace.route_widths`).
+* A router predicts, for every level but the widest, the probability that the level *suffices* for this input
+  (its embedding still identifies the image as the full-width teacher sees it; trained without labels by
+  :mod:`supernet.training.routing`). Decision at threshold ``t``: the narrowest level whose probability reaches
+  ``t``, else the widest (:func:`route_levels`). The threshold is the searched knob: one trained router
+  serves every cost.
+* :class:`RoutedNetwork` is the deployed form of one routed config: the blocks before the first router, and
+  for every router a branch per (incoming width, level) holding its own sliced weights and BatchNorm, so an
+  input routed to levels ``(a, b, ...)`` runs exactly the static sub-network of that route
+  (:meth:`RoutedNetwork.route_config`), and the network's features are the route's, zero-padded to the widest
+  route's width (the projector's first layer reads a narrower embedding the same way). A batch runs as groups
+  of equal route, each group dense.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_spaces import SearchSpace, SubnetConfig, UserError
+from supernet.nn.ops import DynamicLinear
+
+__all__ = ["DEFAULT_LEVELS", "RouterSet", "RoutedNetwork", "RoutingError", "WidthRouter", "check_levels",
+           "route_levels", "router_key", "segments_of"]
+
+DEFAULT_LEVELS: tuple[float, ...] = (0.25, 0.5, 1.0)
+
+
+class RoutingError(UserError):
+    """Routing settings or a routed config that cannot work; one line naming the setting."""
+
+
+def check_levels(levels: Sequence[float], *, key: str = "routing.levels") -> tuple[float, ...]:
+    """``levels`` as a tuple if they are >= 2 ascending multipliers in (0, 1] ending at 1.0; else one line."""
+    values = tuple(float(level) for level in levels)
+    valid = (len(values) >= 2 and values[-1] == 1.0 and all(0.0 < v <= 1.0 for v in values)
+             and all(a < b for a, b in zip(values, values[1:])))
+    if not valid:
+        raise RoutingError(f"{key}: {list(values)} are not width levels; expected two or more ascending multipliers "
+                           "in (0, 1] ending at 1.0, e.g. [0.25, 0.5, 1.0]")
+    return values
+
+
+def router_key(block: str) -> str:
+    """``layer2.0`` -> ``layer2_0``: a block name as a ``ModuleDict`` key."""
+    return block.replace(".", "_")
+
+
+def route_levels(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Level index (B,) per input from a router's logits (B, K - 1): the narrowest level whose probability of
+    sufficing reaches ``threshold``, else the widest (K - 1). Ties cannot arise: the narrowest qualifying level
+    is taken.
+
+    >>> route_levels(torch.tensor([[2.0, 3.0], [-2.0, 3.0], [-2.0, -3.0]]), 0.5).tolist()
+    [0, 1, 2]
+    """
+    suffices = torch.sigmoid(logits.float()) >= threshold
+    narrowest = suffices.to(torch.int8).argmax(dim=1)  # the first True; 0 when none is True
+    return torch.where(suffices.any(dim=1), narrowest, torch.full_like(narrowest, logits.shape[1]))
+
+
+class WidthRouter(nn.Module):
+    """Global average pool -> linear (C' -> hidden) -> ReLU -> linear (-> K - 1 logits).
+
+    Input (B, C', H, W) with C' <= ``in_channels`` (the first linear layer reads the first C' weights, as the
+    projector does); output (B, K - 1): logit that level j (narrow to wide, the widest excluded) suffices.
+    No BatchNorm: a router decides on one image at a time.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_levels: int) -> None:
+        super().__init__()
+        self.fc1 = DynamicLinear(in_channels, hidden_channels)
+        self.fc2 = nn.Linear(hidden_channels, num_levels - 1)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))))
+
+
+class RouterSet(nn.Module):
+    """One :class:`WidthRouter` per router block of a space, and the width levels they choose among.
+
+    ``routers[router_key(block)]`` reads the features entering ``block``; ``levels`` are ascending width
+    multipliers ending at 1.0 (the widest route is the config itself).
+    """
+
+    def __init__(self, space: SearchSpace, *, levels: Sequence[float] = DEFAULT_LEVELS, hidden_channels: int = 64) -> None:
+        super().__init__()
+        if not space.router_blocks:
+            raise RoutingError(f"routing: the {space.family} space {space.name} has no router blocks; "
+                               "width routing needs a ResNet or MobileNetV2 space")
+        self.space_name = space.name
+        self.levels = check_levels(levels)
+        self.hidden_channels = hidden_channels
+        blocks = {block.name: block for block in space.blocks}
+        self.blocks = space.router_blocks
+        self.routers = nn.ModuleDict({
+            router_key(name): WidthRouter(space.layer(blocks[name].in_layer).max_channels, hidden_channels,
+                                          len(self.levels))
+            for name in self.blocks
+        })
+
+    def router(self, block: str) -> WidthRouter:
+        return self.routers[router_key(block)]  # type: ignore[return-value]
+
+    def settings(self) -> dict[str, object]:
+        """What rebuilds this set (with its ``state_dict``): stored in checkpoints and exports."""
+        return {"space": self.space_name, "levels": list(self.levels), "hidden_channels": self.hidden_channels}
+
+    @classmethod
+    def from_settings(cls, space: SearchSpace, settings: Mapping[str, object]) -> RouterSet:
+        if settings.get("space") != space.name:
+            raise RoutingError(f"routing: routers trained for {settings.get('space')!r} do not fit the {space.name} supernet")
+        return cls(space, levels=settings["levels"], hidden_channels=int(settings["hidden_channels"]))  # type: ignore[arg-type]
+
+
+# -- the network as segments ----------------------------------------------------------------------------
+def segments_of(network: nn.Module, space: SearchSpace) -> list[nn.Sequential]:
+    """``network`` (a ResNet or MobileNetV2 :class:`supernet.nn.models.SuperNet`, or one extracted from it) as
+    ``1 + len(space.router_blocks)`` consecutive segments sharing its modules: the stem and the blocks before
+    the first router, then each router's group (the last one with MobileNetV2's head conv). Running them in
+    order, then pooling, is ``network.forward_features``."""
+    modules = dict(network.named_modules())
+    if space.family == "resnet":
+        stem: list[nn.Module] = [modules["conv1"], modules["bn1"], modules["relu"], modules["maxpool"]]
+        head: list[nn.Module] = []
+    elif space.family == "mobilenet_v2":
+        assert space.head_layer is not None
+        stem, head = [modules["features.0"]], [modules[space.head_layer.rsplit(".", 1)[0]]]
+    else:
+        raise RoutingError(f"routing: the {space.family} family has no width routers")
+    routers = set(space.router_blocks)
+    segments: list[list[nn.Module]] = [stem]
+    for block in space.blocks:
+        if block.name in routers:
+            segments.append([])
+        segments[-1].append(modules[block.name])
+    segments[-1].extend(head)
+    return [nn.Sequential(*parts) for parts in segments]
+
+
+class RoutedNetwork(nn.Module):
+    """The routed sub-network of one config: the prefix, the routers, and a branch for every route prefix.
+
+    ``forward(x)``: (B, 3, R, R) -> (B, D) pooled features of each input's route, zero-padded to D, the widest
+    route's feature width. After a forward, :attr:`last_levels` (B, number of routers) holds each input's level
+    indices. Built with :meth:`build` (weights sliced out of a supernet). A branch is one router group at one
+    level behind one sequence of upstream levels: branches with the same widths share their weights, and each
+    keeps its own BatchNorm statistics, which depend on every width upstream of it. :meth:`recalibrate` sets
+    them as :func:`supernet.nn.bn.recalibrate_bn` sets a static network's, so an input routed to levels
+    ``(a, b, ...)`` runs exactly the recalibrated static sub-network of that route (:meth:`route_config`).
+    """
+
+    def __init__(self, space: SearchSpace, cfg: SubnetConfig, routers: RouterSet, prefix: nn.Module,
+                 branches: Mapping[str, nn.Module], branch_of: Mapping[tuple[int, ...], str],
+                 widths_of: Mapping[tuple[int, ...], int], prefix_width: int) -> None:
+        super().__init__()
+        if not cfg.routed:
+            raise RoutingError("RoutedNetwork: the config has no route_thresholds")
+        self.space, self.config, self.levels = space, cfg, routers.levels
+        self.router_blocks = space.router_blocks
+        self.thresholds = tuple(float(cfg.route_thresholds[name]) for name in self.router_blocks)  # type: ignore[index]
+        self.prefix = prefix
+        self.routers = routers
+        self.branches = nn.ModuleDict(dict(branches))
+        self.branch_of = dict(branch_of)  # route prefix (level indices) -> key of its branch in ``branches``
+        self.widths_of = dict(widths_of)  # route prefix -> channels its last branch outputs
+        self.prefix_width = prefix_width
+        self.feature_dim = max(width for route, width in self.widths_of.items() if len(route) == len(self.router_blocks))
+        self.last_levels: torch.Tensor | None = None
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, supernet: nn.Module, routers: RouterSet, cfg: SubnetConfig) -> RoutedNetwork:
+        """Slice ``cfg``'s routed network out of ``supernet`` (a :class:`supernet.nn.models.SuperNet`); the
+        routers are copied. BatchNorm statistics are the supernet's until :meth:`recalibrate`."""
+        space: SearchSpace = supernet.space  # type: ignore[assignment]
+        space.validate(cfg)
+        if not cfg.routed:
+            raise RoutingError("route_thresholds: null; a routed network needs a threshold per router block")
+        if routers.space_name != space.name:
+            raise RoutingError(f"routing: routers of {routers.space_name!r} do not fit the {space.name} supernet")
+        count, levels = len(space.router_blocks), routers.levels
+        out_layers = _segment_out_layers(space)
+        groups = [space.router_groups[name] for name in space.router_blocks]
+        upstream_layers = [name for name in space.layer_names if not any(name in group for group in groups)]
+        branches: dict[str, nn.Module] = {}
+        by_weights: dict[tuple[int, ...], nn.Module] = {}
+        shared: dict[tuple[object, ...], nn.Parameter] = {}
+        branch_of: dict[tuple[int, ...], str] = {}
+        widths_of: dict[tuple[int, ...], int] = {}
+        prefix: nn.Module | None = None
+        for route in _route_prefixes(count, len(levels)):
+            segment = len(route)  # the branch of router ``segment - 1``'s group at level route[-1]
+            route_cfg = space.route_widths(cfg, {space.router_blocks[i]: levels[level] for i, level in enumerate(route)})
+            widths = route_cfg.channels
+            in_width = widths[out_layers[segment - 1]]
+            own = tuple(widths[name] for name in groups[segment - 1])
+            # what the branch's BatchNorm statistics depend on: every width up to and including its own group
+            signature = (segment, *(widths[name] for name in upstream_layers),
+                         *(widths[name] for group in groups[:segment] for name in group))
+            key = f"segment{segment}_" + hashlib.sha1(repr(signature).encode()).hexdigest()[:12]
+            branch_of[route], widths_of[route] = key, widths[out_layers[segment]]
+            if key in branches:
+                continue
+            weights_key = (segment, in_width, *own)
+            if weights_key in by_weights:  # same widths behind other upstream widths: own statistics only
+                branches[key] = _copy_buffers(by_weights[weights_key])
+                continue
+            pieces = segments_of(supernet.extract(route_cfg).eval(), space)  # type: ignore[operator]
+            if prefix is None:
+                prefix = pieces[0]
+            branches[key] = by_weights[weights_key] = _share_parameters(pieces[segment], segment, shared)
+        assert prefix is not None
+        prefix_width = cfg.channels[out_layers[0]]
+        return cls(space, cfg, copy.deepcopy(routers), prefix, branches, branch_of, widths_of, prefix_width).eval()
+
+    # -- running ------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = x.new_zeros((x.shape[0], self.feature_dim))
+        levels = torch.zeros((x.shape[0], len(self.router_blocks)), dtype=torch.long, device=x.device)
+        rows = torch.arange(x.shape[0], device=x.device)
+        for group_rows, route, hidden in self._groups(self.prefix(x), rows, ()):
+            pooled = torch.flatten(F.adaptive_avg_pool2d(hidden, 1), 1)
+            features[group_rows, : pooled.shape[1]] = pooled.to(features.dtype)
+            levels[group_rows] = torch.tensor(route, device=x.device)
+        self.last_levels = levels
+        return features
+
+    def _groups(self, hidden: torch.Tensor, rows: torch.Tensor, route: tuple[int, ...]
+                ) -> Iterator[tuple[torch.Tensor, tuple[int, ...], torch.Tensor]]:
+        """(rows, route, output) of every group of inputs of equal route, below ``hidden`` at ``route``."""
+        segment = len(route)
+        if segment == len(self.router_blocks):
+            yield rows, route, hidden
+            return
+        router = self.routers.router(self.router_blocks[segment])
+        chosen = route_levels(router(hidden), self.thresholds[segment])
+        present = chosen.unique().tolist()  # the router's one host sync
+        for level in present:
+            if len(present) == 1:
+                part, part_rows = hidden, rows
+            else:
+                mask = chosen == level
+                part, part_rows = hidden[mask], rows[mask]
+            branch = self.branches[self.branch_of[(*route, level)]]
+            yield from self._groups(branch(part), part_rows, (*route, level))
+
+    @torch.no_grad()
+    def entering(self, x: torch.Tensor, route: Sequence[int]) -> torch.Tensor:
+        """Features entering router ``len(route)`` (or the pooling, after the last) with the upstream routers
+        forced to the levels ``route`` (eval): what that router reads on such a path."""
+        hidden = self.prefix(x)
+        for depth in range(1, len(route) + 1):
+            hidden = self.branches[self.branch_of[tuple(route[:depth])]](hidden)
+        return hidden
+
+    # -- what a route is ---------------------------------------------------------------------------------
+    def route_config(self, levels: Sequence[int]) -> SubnetConfig:
+        """The static config of the route with these level indices (one per router)."""
+        return self.space.route_widths(self.config, {name: self.levels[level]
+                                                      for name, level in zip(self.router_blocks, levels)})
+
+    def routes(self) -> list[tuple[int, ...]]:
+        """Every route (level index per router), narrowest first."""
+        return list(_all_routes(len(self.router_blocks), len(self.levels)))
+
+    # -- BatchNorm ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def recalibrate(self, images: torch.Tensor, *, num_images: int | None = None, batch_size: int = 256,
+                    seed: int = 0, device: torch.device | str | None = None) -> RoutedNetwork:
+        """Re-estimate every BatchNorm as :func:`supernet.nn.bn.recalibrate_bn` does for a static network.
+
+        The same ``num_images`` images (drawn with ``seed``), in the same batches, go down every route: per
+        batch the prefix runs once and each branch once, in training mode, so every branch's statistics are
+        those its route's static sub-network gets from ``recalibrate_bn`` (a cumulative average over the
+        batches; a trailing batch of one image is dropped, as there). Left in eval mode.
+        """
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        count = len(images) if num_images is None else min(num_images, len(images))
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count]
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [norm.momentum for norm in norms]
+        self.eval()
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+            norm.train()
+        try:
+            for start in range(0, count, batch_size):
+                batch = images[order[start : start + batch_size]].to(device)
+                if batch.shape[0] == 1 and start > 0:
+                    break
+                self._calibrate_below(self.prefix(batch), (), set())
+        finally:
+            for norm, momentum in zip(norms, saved):
+                norm.momentum = momentum
+            self.eval()
+        return self
+
+    def _calibrate_below(self, hidden: torch.Tensor, route: tuple[int, ...], seen: set[str]) -> None:
+        if len(route) == len(self.router_blocks):
+            return
+        for level in range(len(self.levels)):
+            key = self.branch_of[(*route, level)]
+            if key in seen:  # the same widths behind the same upstream widths: already run for this batch
+                continue
+            seen.add(key)
+            self._calibrate_below(self.branches[key](hidden), (*route, level), seen)
+
+
+def _copy_buffers(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` holding the same parameters and its own buffers (BatchNorm statistics)."""
+    return copy.deepcopy(module, memo={id(p): p for p in module.parameters()})
+
+
+def _share_parameters(module: nn.Module, segment: int, shared: dict[tuple[object, ...], nn.Parameter]) -> nn.Module:
+    """Make ``module``'s parameters the ones already held under the same (segment, name, shape), if any: slices of
+    the same supernet tensor with the same shape hold the same values (a layer behind a narrower input differs
+    only in the layers that read that input)."""
+    for name, parameter in list(module.named_parameters()):
+        key = (segment, name, tuple(parameter.shape))
+        if key not in shared:
+            shared[key] = parameter
+            continue
+        owner_name, _, attribute = name.rpartition(".")
+        setattr(module.get_submodule(owner_name) if owner_name else module, attribute, shared[key])
+    return module
+
+
+def _segment_out_layers(space: SearchSpace) -> list[str]:
+    """The layer whose width each segment outputs (what the next one reads): segment 0 first."""
+    routers = set(space.router_blocks)
+    outs: list[str] = []
+    previous = space.stem_layer
+    for block in space.blocks:
+        if block.name in routers:
+            outs.append(previous)
+        previous = block.out_layer
+    outs.append(space.head_layer or previous)
+    return outs
+
+
+def _all_routes(count: int, num_levels: int) -> Iterator[tuple[int, ...]]:
+    """Every tuple of ``count`` level indices, in lexicographic order."""
+    if count == 0:
+        yield ()
+        return
+    for head in _all_routes(count - 1, num_levels):
+        for level in range(num_levels):
+            yield (*head, level)
+
+
+def _route_prefixes(count: int, num_levels: int) -> Iterator[tuple[int, ...]]:
+    """Route prefixes of length 1..count: one per branch (its upstream levels and its own)."""
+    for length in range(1, count + 1):
+        yield from _all_routes(length, num_levels)
+
