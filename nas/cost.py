@@ -2,6 +2,10 @@
 
 :func:`measure_costs` is the one place the search, the export and the evaluation measure them, so
 a config costs the same wherever it is reported. Latency is measured by :mod:`nas.latency.measure`.
+
+A routed network's FLOPs (``flops``) are its widest route's with every router; its effective FLOPs the mean
+over the calibration images of each image's: its route's static sub-network plus the routers it ran
+(:func:`routed_input_flops`), which is fvcore's count of the routed forward of that one image.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from typing import Any
 
 import torch
 
+from collections.abc import Callable
+
 from search_spaces import SubnetConfig
+from supernet.nn.routing import RoutedNetwork
 from supernet.nn.flops import (
     FLOP_CONVENTION,
     count_flops,
@@ -21,7 +28,8 @@ from supernet.nn.flops import (
 )
 from supernet.nn.models import SuperNet
 
-__all__ = ["FLOP_CONVENTION", "Costs", "count_flops", "count_params", "effective_flops", "measure_costs", "static_flops"]
+__all__ = ["FLOP_CONVENTION", "Costs", "count_flops", "count_params", "effective_flops", "measure_costs", "routed_input_flops",
+           "static_flops"]
 
 
 @dataclass(frozen=True)
@@ -35,18 +43,64 @@ class Costs:
 
 
 def measure_costs(
-    network: SuperNet, cfg: SubnetConfig, calibration: torch.Tensor, *, resolution: int, batch_size: int = 256,
-    device: torch.device | str = "cpu",
+    network: SuperNet | RoutedNetwork, cfg: SubnetConfig, calibration: torch.Tensor, *, resolution: int,
+    batch_size: int = 256, device: torch.device | str = "cpu", route_flops: Callable[[SubnetConfig], int] | None = None,
 ) -> Costs:
-    """The costs of ``network`` (extracted for ``cfg``) at ``resolution``.
+    """The costs of ``network`` (extracted for ``cfg``, or its :class:`RoutedNetwork`) at ``resolution``.
 
-    A gated network's effective FLOPs are the mean over the ``calibration`` images (N, 3, R, R) of
+    A gated or routed network's effective FLOPs are the mean over the ``calibration`` images (N, 3, R, R) of
     each input's FLOPs, so its BatchNorm (the gates' included) must already be recalibrated; a
-    static network's effective FLOPs are its FLOPs and ``calibration`` is not read.
+    static network's effective FLOPs are its FLOPs and ``calibration`` is not read. ``route_flops``: the
+    FLOPs of a route's static config (default: fvcore on the route's network; pass a cached count).
     """
+    if isinstance(network, RoutedNetwork):
+        per_input = routed_input_flops(network, calibration, route_flops=route_flops, batch_size=batch_size,
+                                       device=device)
+        widest = tuple(len(network.levels) - 1 for _ in network.router_blocks)
+        flops = (route_flops(network.route_config(widest)) if route_flops else count_flops(network.route_network(widest), resolution)) + \
+            _router_flops(network, calibration[:1].to(device), widest)
+        params = count_params(network.route_network(widest)) + count_params(network.routers)
+        return Costs(flops=int(flops), effective_flops=float(per_input.mean()), params=params)
     flops = count_flops(network, resolution)
     effective = float(flops)
     if cfg.gated:
         batches = [batch.to(device) for batch in calibration.split(batch_size)]
         effective = effective_flops(network, batches, resolution=resolution)
     return Costs(flops=flops, effective_flops=effective, params=count_params(network))
+
+
+@torch.no_grad()
+def routed_input_flops(network: RoutedNetwork, images: torch.Tensor, *,
+                       route_flops: Callable[[SubnetConfig], int] | None = None, batch_size: int = 256,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N,) FLOPs of each image of ``images`` through the routed ``network``: its route's static sub-network
+    (``route_flops`` of the route's config; default fvcore on :meth:`RoutedNetwork.route_network`) plus the
+    routers on its way (fvcore, pooling included)."""
+    network.eval()
+    levels = []
+    for start in range(0, len(images), batch_size):
+        network(images[start : start + batch_size].to(device))
+        levels.append(network.last_levels.cpu())  # type: ignore[union-attr]
+    routes = torch.cat(levels)
+    example = images[:1].to(device)
+    per_input = torch.empty(len(routes), dtype=torch.float64)
+    for route in {tuple(row) for row in routes.tolist()}:
+        static = route_flops(network.route_config(route)) if route_flops else \
+            count_flops(network.route_network(route), inputs=example)
+        per_input[(routes == torch.tensor(route)).all(dim=1)] = float(static + _router_flops(network, example, route))
+    return per_input
+
+
+def _router_flops(network: RoutedNetwork, example: torch.Tensor, route: tuple[int, ...]) -> int:
+    """fvcore FLOPs of the routers an input running ``route`` passes (each reading what enters its block)."""
+    entering = network.router_inputs(example, route)
+    total = 0
+    for name, x in zip(network.router_blocks, entering):
+        key = (name, tuple(x.shape[1:]))  # a router's FLOPs depend on what it reads, not on the image
+        if key not in _ROUTER_FLOPS:
+            _ROUTER_FLOPS[key] = count_flops(network.routers.router(name), inputs=x)
+        total += _ROUTER_FLOPS[key]
+    return total
+
+
+_ROUTER_FLOPS: dict[tuple[object, ...], int] = {}

@@ -48,6 +48,7 @@ __all__ = [
     "optional",
     "positive",
     "settings_dict",
+    "settings_from_saved",
     "validate",
 ]
 
@@ -164,6 +165,21 @@ def compose_settings(config_name: str, overrides: list[str], schema: type[T]) ->
             composed = compose(config_name, overrides=overrides)
         settings = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as error:
+        raise SettingsError(_describe(error)) from None
+    validate(settings)
+    return settings  # type: ignore[return-value]
+
+
+def settings_from_saved(saved: Mapping[str, Any], overrides: list[str], schema: type[T]) -> T:
+    """The typed, validated settings a run saved (``config.yaml``, a checkpoint's ``config``) with ``key=value``
+    overrides on top: for commands that continue a run rather than start one."""
+    malformed = [item for item in overrides if "=" not in item]
+    if malformed:
+        raise SettingsError(f"override {malformed[0]!r}: expected key=value, e.g. routing.epochs=2")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), saved, OmegaConf.from_dotlist(overrides))
+        settings = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
         raise SettingsError(_describe(error)) from None
     validate(settings)
     return settings  # type: ignore[return-value]

@@ -1,12 +1,14 @@
 """Scoring one candidate sub-network: its costs first, its accuracy only if it fits the budgets.
 
-Costs (cached per config with the result): fvcore FLOPs of the extracted network (one
-multiply-add = one flop; gates counted with every channel kept), effective FLOPs with gates on
-(mean over calibration images of the per-input FLOPs), parameters, and latency measured as the network
+Candidates are of three kinds (``SubnetConfig.kind``): static widths, Krishna et al.'s channel gates
+(``gate_thresholds``) and width routing (``route_thresholds``, :mod:`supernet.nn.routing`). Costs (cached per
+config with the result): fvcore FLOPs of the extracted network (one multiply-add = one flop; gates counted
+with every channel kept; a routed network's widest route with its routers), effective FLOPs (mean over
+calibration images of the per-input FLOPs), parameters, and latency measured as the network
 would be deployed (runtime, precision and batch of :class:`nas.latency.plan.LatencyPlan`; or predicted by a
 latency table, :mod:`nas.latency.table`, with nothing timed). A candidate
-over a budget never pays for BN recalibration or the kNN evaluation, except that a gated candidate
-needs recalibrated gates before its effective FLOPs can be known.
+over a budget never pays for the kNN evaluation, and a static one not for BN recalibration: a gated or routed
+candidate decides per input only once its BatchNorm is recalibrated.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from nas.settings import LatencySettings
 from nas.study.oracle import Oracle
 from search_spaces import SearchSpace, SubnetConfig
 from supernet.nn.models import SuperNet
+from supernet.nn.routing import RoutedNetwork
 
 
 @dataclass
@@ -42,6 +45,7 @@ class CandidateResult:
     static_latency_by_batch: dict[str, dict[str, Any]] | None = None
     accuracy: float | None = None
     violations: dict[str, float] = field(default_factory=dict)  # cost - budget per budget; <= 0 is feasible
+    routes: list[dict[str, Any]] | None = None  # routed: each route's share of the validation images and its kNN
 
     @property
     def feasible(self) -> bool:
@@ -86,6 +90,8 @@ class CandidateEvaluator:
         # how networks are timed here (runtime, precision, batch); refused in one line before anything runs
         self.latency_plan = LatencyPlan.from_settings(latency, self.device) if latency_predictor is None else None
         self.resolution = oracle.data.resolution
+        # routed candidates are timed, never predicted: a latency table has no routers in it
+        self.routing_available = oracle.routers is not None and latency_predictor is None
         self._cache: dict[SubnetConfig, CandidateResult] = {}
         self._static_flops: dict[str, int] = {}
 
@@ -105,9 +111,13 @@ class CandidateEvaluator:
         return self._cache[cfg]
 
     def _evaluate(self, cfg: SubnetConfig) -> CandidateResult:
-        network = self.supernet.extract(cfg).to(self.device).eval()
-        if cfg.gated:  # the gates decide per input only once their BatchNorm is recalibrated
-            self.oracle.recalibrate(network)
+        network: SuperNet | RoutedNetwork
+        if cfg.routed:  # routers decide on recalibrated features
+            network = self.oracle.routed_network(cfg)
+        else:
+            network = self.supernet.extract(cfg).to(self.device).eval()
+            if cfg.gated:  # the gates decide per input only once their BatchNorm is recalibrated
+                self.oracle.recalibrate(network)
         costs = self.costs(network, cfg)
         result = CandidateResult(cfg.to_dict(), costs.flops, costs.effective_flops, costs.params)
         if self._over("flops", result.effective_flops, result):
@@ -115,9 +125,11 @@ class CandidateEvaluator:
         result.latency = self.measure_latency(network, cfg)  # static networks: BN values do not change the time
         if self._over("latency", result.latency["seconds"], result):
             return result
-        if not cfg.gated:
+        if cfg.kind == "static":
             self.oracle.recalibrate(network)
         result.accuracy = self.oracle.accuracy(cfg, network)
+        if isinstance(network, RoutedNetwork):
+            result.routes = [share.to_dict() for share in self.oracle.routed_score(cfg, network).routes]
         result.latency_by_batch, result.static_latency_by_batch = self.latency_profile(network, cfg, result.latency)
         return result
 
@@ -137,12 +149,12 @@ class CandidateEvaluator:
         else:
             assert self.latency_plan is not None
             sizes = self.latency_plan.batch_sizes
-        if not cfg.gated:
+        if cfg.kind == "static":
             for size in sizes:
                 if str(size) not in by_batch:
                     by_batch[str(size)] = self.measure_latency(network, cfg, batch_size=size)
             return dict(sorted(by_batch.items(), key=lambda item: int(item[0]))), None
-        static_cfg = cfg.with_gates(None)
+        static_cfg = cfg.static()
         static = self.supernet.extract(static_cfg).to(self.device).eval()
         static_by_batch = {}
         for size in sizes:
@@ -154,11 +166,11 @@ class CandidateEvaluator:
         order = lambda item: int(item[0])  # noqa: E731
         return dict(sorted(by_batch.items(), key=order)), dict(sorted(static_by_batch.items(), key=order))
 
-    def costs(self, network: SuperNet, cfg: SubnetConfig) -> Costs:
-        """:func:`nas.cost.measure_costs` on the oracle's calibration images."""
+    def costs(self, network: SuperNet | RoutedNetwork, cfg: SubnetConfig) -> Costs:
+        """:func:`nas.cost.measure_costs` on the oracle's calibration images (a route's FLOPs cached per config)."""
         calibration = self.oracle.data.calibration[: self.effective_flops_images]
         return measure_costs(network, cfg, calibration, resolution=self.resolution, batch_size=self.oracle.batch_size,
-                             device=self.device)
+                             device=self.device, route_flops=self.static_flops)
 
     def _over(self, kind: str, cost: float, result: CandidateResult) -> bool:
         budget = self.flops_budget if kind == "flops" else self.latency_budget
@@ -211,32 +223,56 @@ class CandidateEvaluator:
 
 
 # -- Optuna <-> SubnetConfig ----------------------------------------------------------------------
+def candidate_kinds(space: SearchSpace, *, gates_available: bool, routing_available: bool = False) -> tuple[str, ...]:
+    """The kinds of candidate a search proposes: static always, gated with gates, routed with routers."""
+    return ("static", *(("gated",) if gates_available and space.gated_blocks else ()),
+            *(("routed",) if routing_available and space.router_blocks else ()))
+
+
 def suggest_config(
-    trial: optuna.Trial, space: SearchSpace, *, gates_available: bool, resolution: int | None = None
+    trial: optuna.Trial, space: SearchSpace, *, gates_available: bool, routing_available: bool = False,
+    resolution: int | None = None,
 ) -> SubnetConfig:
-    """A config from the trial: one width per independent decision (ties respected), gates optional.
+    """A config from the trial: one width per independent decision (ties respected), then its kind.
 
     Widths are suggested as an ordinal index into the layer's ``width_choices`` (``width.<layer>``)
-    so samplers see their order; ``gates`` switches gates on, then ``threshold.<block>`` per block.
+    so samplers see their order. Static or gated only: ``gates`` switches gates on, then
+    ``threshold.<block>`` per block. With routers: ``kind`` (static, gated, routed), then the gates'
+    thresholds or ``route.<router block>`` per router (how sure a router must be before an input takes a
+    narrower slice); the widths are then the widest route.
     """
     widths = {}
     for key in space.decisions:
         choices = space.layer(key).width_choices
         widths[key] = choices[trial.suggest_int(f"width.{key}", 0, len(choices) - 1)]
-    thresholds = None
-    if gates_available and space.gated_blocks and trial.suggest_categorical("gates", [False, True]):
+    kinds = candidate_kinds(space, gates_available=gates_available, routing_available=routing_available)
+    if "routed" in kinds:
+        kind = trial.suggest_categorical("kind", list(kinds))
+    else:
+        kind = "gated" if len(kinds) > 1 and trial.suggest_categorical("gates", [False, True]) else "static"
+    thresholds = routes = None
+    if kind == "gated":
         low, high = space.gate_threshold_range
         thresholds = {block.name: trial.suggest_float(f"threshold.{block.name}", low, high) for block in space.gated_blocks}
-    return space.from_decisions(widths, thresholds, resolution)
+    elif kind == "routed":
+        low, high = space.route_threshold_range
+        routes = {name: trial.suggest_float(f"route.{name}", low, high) for name in space.router_blocks}
+    return space.from_decisions(widths, thresholds, resolution, routes)
 
 
-def config_params(cfg: SubnetConfig, space: SearchSpace, *, gates_available: bool) -> dict[str, Any]:
+def config_params(cfg: SubnetConfig, space: SearchSpace, *, gates_available: bool,
+                  routing_available: bool = False) -> dict[str, Any]:
     """The trial parameters that :func:`suggest_config` turns into ``cfg`` (for ``enqueue_trial``)."""
     params: dict[str, Any] = {
         f"width.{key}": space.layer(key).width_choices.index(cfg.channels[key]) for key in space.decisions
     }
-    if gates_available and space.gated_blocks:
+    kinds = candidate_kinds(space, gates_available=gates_available, routing_available=routing_available)
+    if "routed" in kinds:
+        params["kind"] = cfg.kind
+    elif len(kinds) > 1:
         params["gates"] = cfg.gated
-        if cfg.gate_thresholds is not None:
-            params.update({f"threshold.{name}": value for name, value in cfg.gate_thresholds.items()})
+    if cfg.gate_thresholds is not None:
+        params.update({f"threshold.{name}": value for name, value in cfg.gate_thresholds.items()})
+    if cfg.route_thresholds is not None:
+        params.update({f"route.{name}": value for name, value in cfg.route_thresholds.items()})
     return params

@@ -4,11 +4,18 @@ For a config (Once-for-All; US-Nets): extract its weights from the supernet, rec
 a fixed calibration subset (default 2,000 training images, fixed seed), embed a labeled bank and a
 validation split, and score by weighted kNN (cosine, k = 20, T = 0.07). Deterministic for a seed;
 results are cached per config.
+
+A routed config (width routers, :mod:`supernet.nn.routing`) is a set of static sub-networks, its routes, and
+each validation image runs one of them: it is scored by the kNN of its route, the bank embedded by that
+route's network (as a slimmable network is read out with one head per width; SlimCLR's switchable probe).
+Bank embeddings are cached per static config, so the routes many routed candidates share are embedded once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -17,10 +24,39 @@ from torch import nn
 from nas.settings import DataOverrides
 from search_spaces import SubnetConfig
 from supernet.data.datasets import load_image_data
-from supernet.evaluation import EvalData, knn_score, prepare_eval_data
+from search_spaces import UserError
+from supernet.evaluation import EvalData, prepare_eval_data
+from supernet.evaluation.knn import embed_tensor, knn_predict
 from supernet.evaluation.settings import KnnSettings
 from supernet.nn.bn import recalibrate_bn
 from supernet.nn.models import SuperNet
+from supernet.nn.routing import RoutedNetwork, RouterSet
+
+BANK_CACHE_SIZE = 64  # bank embeddings kept (5,000 x 512 floats: 10 MB each)
+
+
+class RoutingUnavailable(UserError):
+    """A routed config asked of a supernet whose checkpoint holds no routers."""
+
+
+@dataclass(frozen=True)
+class RouteShare:
+    """One route of a routed config as its validation images took it."""
+
+    levels: tuple[int, ...]  # level index per router
+    multipliers: tuple[float, ...]  # the width multiplier of each level
+    images: int  # validation images routed here
+    fraction: float  # of all validation images
+    accuracy: float  # kNN top-1 on them
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RoutedScore:
+    accuracy: float
+    routes: tuple[RouteShare, ...]
 
 
 class Oracle:
@@ -41,12 +77,16 @@ class Oracle:
         batch_size: int = 256,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        routers: RouterSet | None = None,
     ) -> None:
         self.supernet = supernet.eval()
         self.data = data
         self.k, self.temperature, self.batch_size, self.seed = k, temperature, batch_size, seed
         self.device = torch.device(device)
+        self.routers = routers
         self._cache: dict[SubnetConfig, float] = {}
+        self._routes: dict[SubnetConfig, RoutedScore] = {}
+        self._banks: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def recalibrate(self, network: nn.Module) -> nn.Module:
         """Re-estimate ``network``'s BatchNorm statistics on all calibration images (in place)."""
@@ -59,16 +99,80 @@ class Oracle:
         self.recalibrate(network)
         return network
 
-    def score(self, network: nn.Module) -> float:
-        """kNN top-1 in [0, 1] of a (recalibrated) network on the validation split."""
-        return knn_score(network, self.data, k=self.k, temperature=self.temperature, batch_size=self.batch_size,
-                         device=self.device)
+    def routed_network(self, cfg: SubnetConfig) -> RoutedNetwork:
+        """The routed network of ``cfg`` with every route's BatchNorm recalibrated on the calibration images."""
+        if self.routers is None:
+            raise RoutingUnavailable("route_thresholds: this checkpoint has no width routers; train them with "
+                                     "python -m supernet.route --checkpoint <checkpoint.pt> (or routing.enabled=true)")
+        network = RoutedNetwork.build(self.supernet, self.routers, cfg).to(self.device)
+        return network.recalibrate(self.data.calibration, batch_size=self.batch_size, seed=self.seed, device=self.device)
+
+    def score(self, network: nn.Module, cfg: SubnetConfig | None = None) -> float:
+        """kNN top-1 in [0, 1] of a (recalibrated) static network on the validation split; with ``cfg`` its bank
+        embedding is cached for routes that share it."""
+        embed = lambda images: embed_tensor(network, images, batch_size=self.batch_size, device=self.device)  # noqa: E731
+        bank = self.bank_features(cfg, embed) if cfg is not None else embed(self.data.bank)
+        return self._knn_accuracy(bank, embed(self.data.val), self.data.val_labels)
 
     def accuracy(self, cfg: SubnetConfig, network: nn.Module | None = None) -> float:
-        """Cached kNN accuracy of ``cfg``; pass its recalibrated ``network`` if already built."""
+        """Cached kNN accuracy of ``cfg``; pass its recalibrated ``network`` (static or routed) if already built."""
         if cfg not in self._cache:
-            self._cache[cfg] = self.score(network if network is not None else self.subnet(cfg))
+            if cfg.routed:
+                routed = network if isinstance(network, RoutedNetwork) else self.routed_network(cfg)
+                self._cache[cfg] = self.routed_score(cfg, routed).accuracy
+            else:
+                self._cache[cfg] = self.score(network if network is not None else self.subnet(cfg), cfg)
         return self._cache[cfg]
+
+    def routed_score(self, cfg: SubnetConfig, network: RoutedNetwork) -> RoutedScore:
+        """Accuracy of a routed network (each validation image scored by its route's kNN) and its routes' shares."""
+        if cfg in self._routes:
+            return self._routes[cfg]
+        features, levels = [], []
+        with torch.no_grad():
+            network.eval()
+            for start in range(0, len(self.data.val), self.batch_size):
+                features.append(network(self.data.val[start : start + self.batch_size].to(self.device)).float().cpu())
+                levels.append(network.last_levels.cpu())  # type: ignore[union-attr]
+        val, routes = torch.cat(features), torch.cat(levels)
+        correct = torch.zeros(len(val), dtype=torch.bool)
+        shares = []
+        for route in sorted({tuple(row) for row in routes.tolist()}):
+            rows = (routes == torch.tensor(route)).all(dim=1)
+            route_cfg = network.route_config(route)
+            bank = self.bank_features(route_cfg, lambda images, route=route: torch.cat([
+                network.route_features(images[s : s + self.batch_size].to(self.device), route).float().cpu()
+                for s in range(0, len(images), self.batch_size)]))
+            predicted = knn_predict(bank, self.data.bank_labels, val[rows][:, : bank.shape[1]],
+                                    num_classes=self.data.num_classes, k=self.k, temperature=self.temperature)
+            hits = predicted == self.data.val_labels[rows]
+            correct[rows] = hits
+            shares.append(RouteShare(route, tuple(network.levels[level] for level in route), int(rows.sum()),
+                                     float(rows.float().mean()), float(hits.float().mean())))
+        score = RoutedScore(float(correct.float().mean()), tuple(shares))
+        self._routes[cfg] = score
+        return score
+
+    def bank_features(self, cfg: SubnetConfig | None, embed: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+        """The bank's features (N, D) by the recalibrated static network of ``cfg`` (``embed(images)``), cached
+        per config (a static config fixes the network and its recalibration)."""
+        if cfg is None:
+            return embed(self.data.bank)
+        key = cfg.key()
+        if key in self._banks:
+            self._banks.move_to_end(key)
+            return self._banks[key]
+        with torch.no_grad():
+            bank = embed(self.data.bank)
+        self._banks[key] = bank
+        while len(self._banks) > BANK_CACHE_SIZE:
+            self._banks.popitem(last=False)
+        return bank
+
+    def _knn_accuracy(self, bank: torch.Tensor, val: torch.Tensor, labels: torch.Tensor) -> float:
+        predicted = knn_predict(bank, self.data.bank_labels, val, num_classes=self.data.num_classes, k=self.k,
+                                temperature=self.temperature)
+        return float((predicted == labels.to(predicted.device)).float().mean())
 
     def remember(self, cfg: SubnetConfig, accuracy: float) -> None:
         """Seed the cache (e.g. from a resumed study's finished trials)."""
@@ -103,10 +207,17 @@ def build_eval_data(trained: Mapping[str, Any], data: DataOverrides, oracle: Knn
                              val_size=oracle.val_size, seed=oracle.seed)
 
 
+def routers_of(payload: Mapping[str, Any], supernet: SuperNet) -> RouterSet | None:
+    """The width routers a checkpoint holds (``python -m supernet.route``), or None."""
+    record = payload.get("routers")
+    return None if record is None else RouterSet.from_record(supernet.space, record).eval()
+
+
 def build_oracle(supernet: SuperNet, payload: Mapping[str, Any], data: DataOverrides, oracle: KnnSettings,
                  device: torch.device | str) -> Oracle:
     """The oracle ``nas.search`` scores with, for a supernet loaded from checkpoint ``payload``."""
     eval_data = build_eval_data(trained_data_settings(payload), data, oracle,
                                 default_resolution=supernet.space.default_resolution)
+    routers = routers_of(payload, supernet)
     return Oracle(supernet, eval_data, k=oracle.k, temperature=oracle.temperature, batch_size=oracle.batch_size,
-                  seed=oracle.seed, device=device)
+                  seed=oracle.seed, device=device, routers=None if routers is None else routers.to(device))

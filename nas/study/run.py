@@ -11,6 +11,7 @@ command resumes it, and several workers can share it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from collections.abc import Callable
@@ -199,6 +200,8 @@ def study_identity(request: SearchRequest, payload: dict[str, Any], space: Searc
         **{f"budgets.{kind}": value for kind, value in budgets.items()},
         **flatten(settings["data"], "data."), **flatten(settings["oracle"], "oracle."),
     }
+    if payload.get("routers") is not None and latency_table is None:  # routed candidates are part of the study
+        identity["routers"] = routers_digest(payload["routers"])
     if latency_matters and latency_table is not None:  # predicted: the table is what was "measured on"
         identity.update({"device": f"latency table {latency_table.sha256[:12]} ({latency_table.device})",
                          "latency_table.sha256": latency_table.sha256, "latency_table.device": latency_table.device,
@@ -211,6 +214,15 @@ def study_identity(request: SearchRequest, payload: dict[str, Any], space: Searc
     return identity
 
 
+def routers_digest(record: dict[str, Any]) -> str:
+    """Identity of a checkpoint's routers: their levels and a SHA-256 of their weights (retrained routers differ)."""
+    digest = hashlib.sha256()
+    for name in sorted(record["state"]):
+        digest.update(name.encode())
+        digest.update(record["state"][name].detach().cpu().contiguous().numpy().tobytes())
+    return f"levels {record['settings']['levels']} sha256 {digest.hexdigest()[:16]}"
+
+
 def queue_seeds(study: optuna.Study, evaluator: CandidateEvaluator, budgets: dict[str, float], *, created: bool,
                 shared: bool) -> None:
     """Queue the seed configs (max, min, widest uniform under the FLOP budget) not already held.
@@ -219,11 +231,11 @@ def queue_seeds(study: optuna.Study, evaluator: CandidateEvaluator, budgets: dic
     never be tried again; only finished, running or queued trials make a seed redundant. With a
     shared storage only the worker that created the study queues them.
     """
-    space, gates = evaluator.supernet.space, evaluator.supernet.with_gates
+    space, gates, routing = evaluator.supernet.space, evaluator.supernet.with_gates, evaluator.routing_available
     alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     held = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False, states=alive)]
-    for cfg in seed_configs(space, evaluator, budgets.get("flops"), evaluator.resolution):
-        params = config_params(cfg, space, gates_available=gates)
+    for cfg in seed_configs(space, evaluator, budgets.get("flops"), evaluator.resolution, routing=routing):
+        params = config_params(cfg, space, gates_available=gates, routing_available=routing)
         if created or (params not in held and not shared):
             study.enqueue_trial(params)
 
@@ -231,10 +243,11 @@ def queue_seeds(study: optuna.Study, evaluator: CandidateEvaluator, budgets: dic
 def make_objective(study: optuna.Study, evaluator: CandidateEvaluator,
                    objective: str) -> Callable[[optuna.Trial], tuple[float, float]]:
     """(accuracy, cost) of a trial's config, its budget violations set as Optuna constraints."""
-    space, gates = evaluator.supernet.space, evaluator.supernet.with_gates
+    space, gates, routing = evaluator.supernet.space, evaluator.supernet.with_gates, evaluator.routing_available
 
     def evaluate(trial: optuna.Trial) -> tuple[float, float]:
-        cfg = suggest_config(trial, space, gates_available=gates, resolution=evaluator.resolution)
+        cfg = suggest_config(trial, space, gates_available=gates, routing_available=routing,
+                             resolution=evaluator.resolution)
         known = finished_result(study, cfg.to_dict())  # another worker may have scored it
         result = CandidateResult.from_dict(known) if known else evaluator.evaluate(cfg)
         for kind, violation in result.violations.items():
@@ -249,8 +262,10 @@ def make_objective(study: optuna.Study, evaluator: CandidateEvaluator,
     return evaluate
 
 
-def seed_configs(space: SearchSpace, evaluator: CandidateEvaluator, flops_budget: float | None, resolution: int) -> list[SubnetConfig]:
-    """Max, min, and the widest uniform width whose FLOPs fit the budget (gates off)."""
+def seed_configs(space: SearchSpace, evaluator: CandidateEvaluator, flops_budget: float | None, resolution: int, *,
+                 routing: bool = False) -> list[SubnetConfig]:
+    """Max, min, and the widest uniform width whose FLOPs fit the budget (gates off); with routers also the
+    widest of those routed at the middle of the threshold range."""
     configs = [space.max_config(), space.min_config()]
     if flops_budget is not None:
         for multiplier in sorted({0.25 + i / 8 for i in range(7)}, reverse=True):
@@ -258,11 +273,14 @@ def seed_configs(space: SearchSpace, evaluator: CandidateEvaluator, flops_budget
             if evaluator.static_flops(cfg) <= flops_budget:
                 configs.append(cfg)
                 break
+    if routing and space.router_blocks:
+        middle = sum(space.route_threshold_range) / 2
+        configs.append(configs[2 if len(configs) > 2 else 0].with_routes(dict.fromkeys(space.router_blocks, middle)))
     return list(dict.fromkeys(at_resolution(cfg, resolution) for cfg in configs))
 
 
 def at_resolution(cfg: SubnetConfig, resolution: int) -> SubnetConfig:
-    return SubnetConfig(cfg.space, dict(cfg.channels), cfg.gate_thresholds, resolution)
+    return SubnetConfig(cfg.space, dict(cfg.channels), cfg.gate_thresholds, resolution, cfg.route_thresholds)
 
 
 def default_study_name(space: SearchSpace, request: SearchRequest) -> str:

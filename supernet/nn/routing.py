@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +93,11 @@ class WidthRouter(nn.Module):
         nn.init.zeros_(self.fc2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))))
+        return self.decide(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def decide(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K - 1) from already pooled features (B, C')."""
+        return self.fc2(F.relu(self.fc1(pooled)))
 
 
 class RouterSet(nn.Module):
@@ -131,6 +135,13 @@ class RouterSet(nn.Module):
         if settings.get("space") != space.name:
             raise RoutingError(f"routing: routers trained for {settings.get('space')!r} do not fit the {space.name} supernet")
         return cls(space, levels=settings["levels"], hidden_channels=int(settings["hidden_channels"]))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_record(cls, space: SearchSpace, record: Mapping[str, Any]) -> RouterSet:
+        """The routers a checkpoint's ``routers`` record holds (its ``settings`` and ``state``)."""
+        routers = cls.from_settings(space, record["settings"])
+        routers.load_state_dict(record["state"])
+        return routers
 
 
 # -- the network as segments ----------------------------------------------------------------------------
@@ -273,6 +284,27 @@ class RoutedNetwork(nn.Module):
         for depth in range(1, len(route) + 1):
             hidden = self.branches[self.branch_of[tuple(route[:depth])]](hidden)
         return hidden
+
+    def route_features(self, x: torch.Tensor, route: Sequence[int]) -> torch.Tensor:
+        """Pooled features (B, C_route) of every input of ``x`` sent down ``route`` (a full route, no routers run):
+        the route's static sub-network's features."""
+        return torch.flatten(F.adaptive_avg_pool2d(self.entering(x, route), 1), 1)
+
+    def route_network(self, route: Sequence[int]) -> nn.Sequential:
+        """The route's static sub-network, assembled from this network's modules (shared, not copied):
+        prefix, the route's branches, pooling. Its FLOPs are the route's."""
+        branches = [self.branches[self.branch_of[tuple(route[:depth])]] for depth in range(1, len(route) + 1)]
+        network = nn.Sequential(self.prefix, *branches, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        network.training = self.training  # the wrapper only: whoever restores its mode restores this network's
+        return network
+
+    def router_inputs(self, x: torch.Tensor, route: Sequence[int]) -> list[torch.Tensor]:
+        """What each router reads along ``route`` for inputs ``x`` (eval): one tensor per router."""
+        hidden, seen = self.prefix(x), []
+        for depth, level in enumerate(route):
+            seen.append(hidden)
+            hidden = self.branches[self.branch_of[tuple(route[: depth + 1])]](hidden)
+        return seen
 
     # -- what a route is ---------------------------------------------------------------------------------
     def route_config(self, levels: Sequence[int]) -> SubnetConfig:

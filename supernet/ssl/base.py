@@ -225,6 +225,12 @@ class SSLMethod(nn.Module):
         """US3L: the active sub-network regresses the teacher's full-width output via the auxiliary head."""
         return self.regression_loss(views, targets)
 
+    def route_embeddings(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The active sub-network's embeddings (B, D) of each global view in the space of the teacher's targets:
+        what its loss brings toward them (US3L: the auxiliary head's prediction). The width routers' label-free
+        targets compare them with the teacher's (:mod:`supernet.losses.routing`)."""
+        return [self.aux_predictor(z) for z in self.project(views[: self.num_global])]
+
     def gated_loss(
         self, views: list[torch.Tensor], targets: list[torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:

@@ -77,6 +77,13 @@ class MoCoV2(SSLMethod):
         cache["logits"] = [lg.detach() for _, lg in logits]
         return {"infonce": self._mix([(i, info_nce(lg)) for i, lg in logits])}, projections
 
+    def route_embeddings(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """With online distillation sub-networks contrast their own projections with the teacher's keys (the
+        auxiliary head is not trained); else US3L's auxiliary-head prediction."""
+        if self.online_distillation:
+            return self.project(views[: self.num_global])
+        return super().route_embeddings(views)
+
     def subnet_loss(
         self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:

@@ -127,6 +127,13 @@ class MoCoV3(SSLMethod):
         cache["keys"], cache["queries"] = keys, [q.detach() for q in queries]
         return {"mocov3": loss}, projections
 
+    def route_embeddings(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """With online distillation sub-networks contrast their own projections with the teacher's keys (the
+        auxiliary head is not trained); else US3L's auxiliary-head prediction."""
+        if self.online_distillation:
+            return self.project(views[: self.num_global])
+        return super().route_embeddings(views)
+
     def subnet_loss(
         self, views: list[torch.Tensor], targets: list[torch.Tensor], cache: dict[str, Any]
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:

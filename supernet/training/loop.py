@@ -103,6 +103,11 @@ def train(cfg: TrainConfig) -> Path:
             if run.dist.is_main:
                 _append_jsonl(log_path, record)
             save_checkpoint(run)
+    if cfg.routing.enabled and run.routers_step != run.step:
+        from supernet.training.routing import train_routers
+
+        run.routers, run.routers_step = train_routers(run, log_path), run.step
+        save_checkpoint(run)
     _check_replicas(run)
     shutdown(run.dist)
     return run.out_dir

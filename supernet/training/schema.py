@@ -220,6 +220,27 @@ class GatesConfig:
                               "threshold": in_range(0, 1, low_open=True, high_open=True)}
 
 
+def width_levels(value: Any) -> str | None:
+    valid = (len(value) >= 2 and value[-1] == 1.0 and all(0 < v <= 1 for v in value)
+             and all(a < b for a, b in zip(value, value[1:])))
+    return None if valid else "two or more ascending width multipliers in (0, 1] ending at 1.0, e.g. [0.25, 0.5, 1.0]"
+
+
+@dataclass
+class RoutingConfig:
+    """Width routers (DS-Net's dynamic width, :mod:`supernet.nn.routing`), trained without labels after the
+    supernet, on the frozen supernet (DS-Net's stage II; :mod:`supernet.training.routing`)."""
+
+    enabled: bool = False
+    levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # width multipliers a router picks among
+    hidden_channels: int = 64  # of each router's MLP
+    epochs: int = 1  # passes over the training images
+    lr: float = 1e-3  # AdamW
+
+    RULES: ClassVar[Rules] = {"levels": width_levels, "hidden_channels": at_least(1), "epochs": at_least(1),
+                              "lr": positive}
+
+
 @dataclass
 class OptimConfig:
     name: OptimizerName = OptimizerName.sgd  # type: ignore[valid-type]  # sgd, lars, or adamw (MoCo v3 ViTs)
@@ -253,6 +274,7 @@ class TrainConfig:
     sandwich: SandwichConfig = field(default_factory=SandwichConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     knn: MonitorConfig = field(default_factory=MonitorConfig)
     epochs: int = 10

@@ -28,6 +28,7 @@ from supernet.io.provenance import provenance
 from supernet.nn.flops import ShapeFlopCounter
 from supernet.nn.gates import GateOptions
 from supernet.nn.models import SuperNet, build_supernet
+from supernet.nn.routing import RouterSet
 from supernet.settings import flatten, settings_dict
 from supernet.ssl import Collectives, SSLMethod, get_method
 from supernet.training.distributed import (
@@ -42,7 +43,8 @@ from supernet.training.group_reg import GroupDecay
 from supernet.training.optim import build_optimizer, parameter_groups
 from supernet.training.schema import DataPipeline, TrainConfig
 
-__all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "resolve_pipeline", "save_checkpoint"]
+__all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "resolve_pipeline",
+           "routing_identity", "save_checkpoint"]
 
 MAX_NATIVE_RESOLUTION = 224  # data.resolution=null trains at the images' own size up to this
 # Settings a checkpoint must share with the run that resumes it.
@@ -94,6 +96,8 @@ class Run:
     group_decay: GroupDecay | None = None  # US3L's group regularisation of the encoder, when on
     dist: DistEnv = field(default_factory=DistEnv)
     pipeline: PipelineChoice = field(default_factory=lambda: PipelineChoice("loader", "not chosen yet"))
+    routers: RouterSet | None = None  # width routers, once their stage has run (routing.enabled)
+    routers_step: int = -1  # the supernet step the routers were trained at
     step: int = 0
     # the first step whose loss was not finite (-1: none), kept on the device so no step waits to check
     nonfinite_since: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))
@@ -127,6 +131,9 @@ def build_run(cfg: TrainConfig) -> Run:
         device = torch.device("cuda", dist.local_rank)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     space = get_space(cfg.model.space)
+    if cfg.routing.enabled and not space.router_blocks:
+        raise SetupError(f"routing.enabled: the {space.family} space {space.name} has no width routers (they sit in "
+                         "front of a ResNet's or MobileNetV2's resolution changes); set routing.enabled=false")
     data = load_image_data(cfg.data.name, root=cfg.data.root, max_images=cfg.data.max_images,
                            holdout_size=cfg.data.holdout_size, download=cfg.data.download, seed=cfg.seed,
                            test_root=cfg.data.test_root, official_test=cfg.data.official_test)
@@ -291,6 +298,10 @@ def save_checkpoint(run: Run) -> None:
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
+    if run.routers is not None:
+        payload["routers"] = {"settings": {**run.routers.settings(), **routing_identity(run.cfg)},
+                              "step": run.routers_step,
+                              "state": {name: t.detach().cpu() for name, t in run.routers.state_dict().items()}}
     atomic_save(payload, run.out_dir / CHECKPOINT_NAME, keep_previous=True)
     barrier(run.dist)
 
@@ -310,6 +321,17 @@ def restore(run: Run, payload: dict[str, Any]) -> None:
     if payload["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
     run.step = int(payload["step"])
+    routers = payload.get("routers")
+    if routers is not None and all(routers["settings"].get(key) == value
+                                   for key, value in routing_identity(run.cfg).items()):
+        run.routers = RouterSet.from_record(run.space, routers).to(run.device)
+        run.routers_step = int(routers["step"])
+
+
+def routing_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """The routing settings trained routers answer to: others retrain them."""
+    return {"levels": list(cfg.routing.levels), "hidden_channels": cfg.routing.hidden_channels,
+            "epochs": cfg.routing.epochs, "lr": cfg.routing.lr}
 
 
 def run_info(device: torch.device) -> dict[str, Any]:
