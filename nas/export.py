@@ -78,15 +78,24 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
 def print_summary(record: dict[str, Any]) -> None:
     metrics, check, cfg = record["metrics"], record["check"], record["config"]
     latency = metrics["latency"]
-    print(f"exported {cfg['space']} sub-network (gates {'on' if cfg['gate_thresholds'] else 'off'}) "
-          f"to {record['out_dir']}")
+    kind = "routed" if cfg.get("route_thresholds") else "gates on" if cfg["gate_thresholds"] else "gates off"
+    print(f"exported {cfg['space']} sub-network ({kind}) to {record['out_dir']}")
     print(f"  kNN top-1 {metrics['accuracy']:.2%} | {metrics['flops'] / 1e6:.2f} MFLOPs, effective "
           f"{metrics['effective_flops'] / 1e6:.2f} MFLOPs ({FLOP_CONVENTION}) | {metrics['params'] / 1e6:.3f} M params | "
           f"latency {latency['seconds'] * 1e3:.3f} ms ({latency.get('runtime', 'eager')} {latency.get('dtype', 'float32')}, "
           f"{latency['device']}, batch {latency['batch_size']})")
-    print(f"  check, max |difference| on {check['images']} validation images (tolerance {check['tolerance']:.0e}): "
-          f"program vs network {check['program_vs_network']:.2e}, network vs supernet "
-          f"{check['network_vs_supernet']:.2e}, program vs supernet {check['program_vs_supernet']:.2e}")
+    if "routing" in record:
+        backends = [b for b in ("torch", "onnxruntime") if f"{b}_vs_network" in check]
+        print(f"  routes: " + ", ".join(f"{share['multipliers']} {share['fraction']:.0%} of images (kNN {share['accuracy']:.1%})"
+                                        for share in metrics.get("routes", [])))
+        print(f"  check, max |difference| on {check['images']} validation images (tolerance {check['tolerance']:.0e}): "
+              + ", ".join(f"{b} pieces vs routed network {check[f'{b}_vs_network']:.2e} (routes agree: "
+                          f"{check[f'{b}_routes_agree']})" for b in backends)
+              + f", routed network vs supernet at each route {check['network_vs_supernet']:.2e}")
+    else:
+        print(f"  check, max |difference| on {check['images']} validation images (tolerance {check['tolerance']:.0e}): "
+              f"program vs network {check['program_vs_network']:.2e}, network vs supernet "
+              f"{check['network_vs_supernet']:.2e}, program vs supernet {check['program_vs_supernet']:.2e}")
     if "onnx" in record:
         onnx = record["onnx"]
         print(f"  onnx: {onnx['exporter']}, opset {onnx['opset']}, {'dynamic' if onnx['dynamic_batch'] else 'fixed'} "

@@ -14,7 +14,7 @@ import optuna
 
 from nas.budget import BudgetError, format_cost, parse_budget
 from nas.settings import load_search_settings
-from nas.study.pareto import cost_of, gate_speed_note
+from nas.study.pareto import REFERENCE_LINES, cost_of, gate_speed_note, kind_of
 from nas.study.run import SearchRequest, SearchSummary, search
 from nas.study.storage import SAMPLERS, SearchError
 from supernet.cli import ArgumentParser, command
@@ -30,7 +30,7 @@ def print_table(summary: SearchSummary) -> None:
     batch = next((r["latency"]["batch_size"] for r in front if r.get("latency")), 1)
     batch1 = batch != 1 and any("1" in (r.get("latency_by_batch") or {}) for r in front)
     print(f"{'trial':>6} {'kNN top-1':>10} {'MFLOPs':>10} {'eff. MFLOPs':>12} {'params (M)':>11} "
-          f"{f'latency b{batch}':>12}" + (f" {'latency b1':>12}" if batch1 else "") + "  gates")
+          f"{f'latency b{batch}':>12}" + (f" {'latency b1':>12}" if batch1 else "") + "  kind")
     for r in front:
         latency = r.get("latency")
         latency_text = f"{latency['seconds'] * 1e3:.2f} ms" if latency else "-"
@@ -39,9 +39,13 @@ def print_table(summary: SearchSummary) -> None:
             at_one_text = f"{at_one['seconds'] * 1e3:.2f} ms" if at_one else "-"
             latency_text = f"{latency_text:>12} {at_one_text:>12}"
         print(f"{r['trial']:>6} {r['accuracy']:>10.2%} {r['flops'] / 1e6:>10.2f} {r['effective_flops'] / 1e6:>12.2f} "
-              f"{r['params'] / 1e6:>11.3f} {latency_text:>12}  {'on' if r['config']['gate_thresholds'] else 'off'}")
+              f"{r['params'] / 1e6:>11.3f} {latency_text:>12}  {kind_of(r)}")
     for note in filter(None, map(gate_speed_note, front)):
         print(f"  {note}")
+    references = summary.references
+    if references:
+        print("references (same kNN, same images): " + ", ".join(
+            f"{REFERENCE_LINES[key][0]} {value:.2%}" for key, value in references.items()))
     best = summary.best
     if best is not None:
         print(f"best feasible: trial {best['trial']}, kNN {best['accuracy']:.2%} at "

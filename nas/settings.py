@@ -27,7 +27,7 @@ from supernet.settings import (
     positive,
 )
 
-__all__ = ["PROBE_PROTOCOLS", "DataOverrides", "LatencyDtype", "LatencyRuntime", "LatencySettings", "ProbeProtocol", "ProbeSettings", "SearchSettings",
+__all__ = ["PROBE_PROTOCOLS", "DataOverrides", "LatencyAnchor", "LatencyDtype", "LatencyRuntime", "LatencySettings", "ProbeProtocol", "ProbeSettings", "SearchSettings",
            "StorageSettings", "load_search_settings"]
 
 
@@ -49,6 +49,8 @@ LatencyRuntime = choice("LatencyRuntime", ("auto", *RUNTIMES))
 """``latency.runtime``: what a candidate is timed as (:mod:`nas.latency.runtimes`); auto: graph on CUDA, eager on CPU."""
 LatencyDtype = choice("LatencyDtype", ("auto", *DTYPES))
 """``latency.dtype``: its precision; auto: float16 on CUDA, float32 on CPU."""
+LatencyAnchor = choice("LatencyAnchor", ("auto", "on", "off"))
+"""``latency.anchor``: time every network relative to a reference timed in the same rounds; auto: on the CPU."""
 
 
 @dataclass
@@ -63,6 +65,7 @@ class LatencySettings:
     warmup_seconds: float = 0.2  # and at least this long: a machine coming out of idle needs time, not a count
     repeats: int = 20
     threads: Optional[int] = 1  # CPU threads, fixed so figures compare; null = torch's default
+    anchor: LatencyAnchor = LatencyAnchor.auto  # type: ignore[valid-type]  # relative to a reference network (nas.latency.measure)
 
     RULES: ClassVar[Rules] = {"batch_size": optional(at_least(1)), "warmup": at_least(0), "warmup_seconds": at_least(0),
                               "repeats": at_least(1), "threads": optional(at_least(1))}

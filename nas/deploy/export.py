@@ -13,6 +13,9 @@ Into the export directory (each file written atomically, ``subnet.json`` last):
   dimension, checked in onnxruntime against the supernet (:mod:`nas.deploy.onnx_model`);
 * ``README.txt``: the three lines that load and run it.
 
+A routed config (width routers) is exported as its pieces instead of one program (:mod:`nas.deploy.routed`):
+``pieces/*.pt2`` (and ``pieces/*.onnx`` with ``--onnx``), ``routing.json`` and the runner ``routed_model.py``.
+
 BatchNorm is recalibrated exactly as the search's oracle does it (same calibration images, seed,
 batch size). Before anything is written the program is checked: on real validation images its
 outputs, the extracted network's and the supernet's at ``set_active(config)`` (a copy of the supernet
@@ -51,6 +54,17 @@ from nas.deploy.program import (
     export_program,
     readme,
 )
+from nas.deploy.routed import (
+    PIECES_DIR,
+    ROUTED_FILES,
+    RUNNER,
+    TABLE,
+    check_routed,
+    export_routed_onnx,
+    export_routed_pieces,
+    routing_table,
+    write_runner,
+)
 from nas.deploy.sources import ExportSource, check_fits
 from nas.settings import SearchSettings
 from nas.study.candidates import CandidateEvaluator
@@ -64,6 +78,7 @@ from supernet.io.provenance import provenance
 from supernet.nn.bn import recalibrate_bn
 from supernet.nn.flops import FLOP_CONVENTION
 from supernet.nn.models import SuperNet
+from supernet.nn.routing import RoutedNetwork
 from supernet.settings import settings_dict
 
 __all__ = ["ExportRequest", "default_out_dir", "export", "measure", "supernet_reference"]
@@ -98,6 +113,8 @@ def export(request: ExportRequest) -> dict[str, Any]:
     if cfg.resolution != resolution:
         print(f"note: the config says {cfg.resolution} px but the supernet was trained and is scored at {resolution} px; "
               f"the metrics and the exported program use {resolution} px", file=sys.stderr)
+    if cfg.routed:
+        return _export_routed(request, cfg, supernet, payload, oracle, device)
     network = oracle.subnet(cfg).eval()  # extracted, BatchNorm recalibrated as the search does it
     metrics = measure(network, cfg, oracle, request.settings, device)
 
@@ -138,17 +155,88 @@ def export(request: ExportRequest) -> dict[str, Any]:
     return {**record, "out_dir": str(out_dir)}
 
 
-def measure(network: SuperNet, cfg: SubnetConfig, oracle: Oracle, settings: SearchSettings,
+def measure(network: SuperNet | RoutedNetwork, cfg: SubnetConfig, oracle: Oracle, settings: SearchSettings,
             device: torch.device) -> dict[str, Any]:
     """The search's metrics of a recalibrated network, measured by the search's own evaluator."""
-    evaluator = CandidateEvaluator(network, oracle, flops_budget=None, latency_budget=None, latency=settings.latency,
+    source = oracle.supernet if isinstance(network, RoutedNetwork) else network  # what the static widths come from
+    evaluator = CandidateEvaluator(source, oracle, flops_budget=None, latency_budget=None, latency=settings.latency,
                                    effective_flops_images=settings.effective_flops_images, device=device)
     costs = evaluator.costs(network, cfg)
     latency = evaluator.measure_latency(network, cfg)
     by_batch, static_by_batch = evaluator.latency_profile(network, cfg, latency)
-    return {"accuracy": oracle.accuracy(cfg, network), **costs.to_dict(), "latency": latency,
-            "latency_by_batch": by_batch, "static_latency_by_batch": static_by_batch,
-            "resolution": oracle.data.resolution}
+    metrics = {"accuracy": oracle.accuracy(cfg, network), **costs.to_dict(), "latency": latency,
+               "latency_by_batch": by_batch, "static_latency_by_batch": static_by_batch,
+               "resolution": oracle.data.resolution}
+    if isinstance(network, RoutedNetwork):
+        metrics["routes"] = [share.to_dict() for share in oracle.routed_score(cfg, network).routes]
+    return metrics
+
+
+def _export_routed(request: ExportRequest, cfg: SubnetConfig, supernet: SuperNet, payload: dict[str, Any],
+                   oracle: Oracle, device: torch.device) -> dict[str, Any]:
+    """:func:`export` of a routed config: its pieces, routing table and runner (:mod:`nas.deploy.routed`)."""
+    network = oracle.routed_network(cfg)
+    metrics = measure(network, cfg, oracle, request.settings, device)
+    images = _check_images(oracle)
+    with torch.no_grad():
+        network.cpu().eval()(images)
+        taken = sorted({tuple(row) for row in network.last_levels.tolist()})  # type: ignore[union-attr]
+    references = {route: supernet_reference(supernet, network.route_config(route), oracle) for route in taken}
+    out_dir = request.out or default_out_dir(cfg)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        dynamic_batch = export_routed_pieces(network, images, staging)
+        onnx = export_routed_onnx(network, images, staging) if request.onnx else None
+        table = routing_table(network)
+        atomic_write_text(staging / TABLE, json.dumps(table, indent=2))
+        write_runner(staging)
+        check = check_routed(staging, network, references, images, onnx=request.onnx)
+        record = _record(request, cfg, payload, oracle, metrics, check, None, dynamic_batch, network, resolution=oracle.data.resolution,
+                         device=device)
+        record.update({"files": dict(ROUTED_FILES), "routing": table, "gate_mode": None,
+                       **({"onnx_pieces": onnx} if onnx else {})})
+        record["output"] = {"shape": [1, network.feature_dim],
+                            "meaning": "pooled encoder features of each image's route, zero-padded to the widest route's width"}
+        atomic_save({name: tensor.detach().cpu() for name, tensor in network.state_dict().items()},
+                    staging / ROUTED_FILES["weights"])
+        atomic_write_text(staging / ROUTED_FILES["readme"], routed_readme(record))
+        atomic_write_text(staging / ROUTED_FILES["config"], json.dumps(record, indent=2))
+        for stale in (FILES["program"], ONNX_FILE):  # a static export's files no longer match subnet.json
+            (out_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / PIECES_DIR, ignore_errors=True)
+        for name in (PIECES_DIR, TABLE, RUNNER, ROUTED_FILES["weights"], ROUTED_FILES["readme"], ROUTED_FILES["config"]):
+            os.replace(staging / name, out_dir / name)  # subnet.json last: it describes the others
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**record, "out_dir": str(out_dir)}
+
+
+def routed_readme(record: dict[str, Any]) -> str:
+    cfg, shape, table = record["config"], record["input"]["shape"], record["routing"]
+    onnx = ("\nWith onnxruntime (pip install onnxruntime): RoutedModel(\".\", backend=\"onnxruntime\") runs\n"
+            "pieces/*.onnx instead.\n" if record.get("onnx_pieces") else "")
+    return (
+        f"{cfg['space']} routed sub-network exported by python -m nas.export (slimnas {record['provenance']['version']}).\n\n"
+        "A width router in front of each of these blocks picks, per image, one width level for its group of blocks:\n"
+        f"{', '.join(table['router_blocks'])} (levels {table['levels']}, thresholds {[round(t, 4) for t in table['thresholds']]}).\n"
+        "Each piece (prefix, routers, branches) is a torch.export program in pieces/; routing.json chains them.\n\n"
+        "Run it with plain PyTorch (this project need not be installed):\n\n"
+        "    from routed_model import RoutedModel\n"
+        "    model = RoutedModel(\".\")\n"
+        f"    features, levels = model(images)  # images: float32 (B, 3, {shape[2]}, {shape[3]}) -> (B, {table['feature_dim']}), (B, "
+        f"{len(table['router_blocks'])})\n{onnx}\n"
+        f"Images: RGB scaled to [0, 1], then normalised per channel with mean {record['input']['normalization']['mean']}\n"
+        f"and std {record['input']['normalization']['std']} (torchvision's Normalize).\n"
+        f"Output: {record['output']['meaning']}; levels: each image's level index per router.\n\n"
+        f"Files: subnet.json (config, metrics, FLOPs by {FLOP_CONVENTION}), weights.pt (the routed network's state_dict),\n"
+        "pieces/ (torch.export programs" + (" and ONNX models" if record.get("onnx_pieces") else "") + "), routing.json, routed_model.py.\n"
+    )
 
 
 def supernet_reference(supernet: SuperNet, cfg: SubnetConfig, oracle: Oracle) -> SuperNet:

@@ -20,8 +20,18 @@ smallest sub-network, timed first by the budget check, came out slower than the 
 precision) time several networks interleaved, round by round in rotating order, so whatever the
 machine does during the measurement reaches them all alike.
 
-For input-dependent (gated) networks pass several batches: they are cycled through and the median
-is taken over the different inputs.
+For input-dependent (gated, routed) networks pass several batches: they are cycled through, and the
+figure is the mean over the inputs of each input's median, the expected cost of serving them (a median
+over inputs would price a routed network at its cheap route when most inputs take it, whatever the rest
+cost).
+
+Anchored timing (``anchor``): every round also times a fixed reference network, the *anchor*, beside the
+networks, and a network's figure is the median over rounds of its time divided by the anchor's in the same
+round, times ``anchor_seconds`` (the anchor's latency measured once, at the start of a study, by
+:func:`anchor_latency`). Whatever slows the machine during a measurement (other processes, clock changes
+of a shared virtual CPU) slows the anchor alike and cancels, so networks timed minutes apart compare: on
+this project's 2-core machines two timings of the same 30 ResNet-18 networks one after the other ordered
+them at Kendall tau 0.29 by plain medians and 0.85 anchored, under load (benchmarks/RESULTS.md §17).
 
 Example::
 
@@ -48,8 +58,8 @@ from nas.latency.runtimes import as_torch_dtype, memory_format, resolve_runtime,
 from supernet.io.provenance import cpu_name
 from supernet.nn.blocks import GatedBlock
 
-__all__ = ["DEVICE_WARMUP_SECONDS", "Latency", "cuda_available", "device_name", "measure_latencies", "measure_latency",
-           "measure_variants"]
+__all__ = ["DEVICE_WARMUP_SECONDS", "Anchor", "Latency", "anchor_latency", "cuda_available", "device_name",
+           "measure_latencies", "measure_latency", "measure_variants"]
 
 DEVICE_WARMUP_SECONDS = 1.0  # CUDA: busy time before the first measurement of a process
 clock = time.perf_counter  # the host clock every CPU figure is read from (tests simulate a machine through it)
@@ -72,6 +82,9 @@ class Latency:
         warmup: untimed forwards run first (at least the asked count, more to fill ``warmup_seconds``).
         prepare_seconds: compiling, capturing or exporting the program before any forward ran.
         versions: torch, Python and the runtime's own (CUDA, cuDNN, onnxruntime, torch_tensorrt).
+        anchor: what the figure is relative to (anchored timing), or None.
+        anchor_seconds: the anchor's latency the ratio is scaled by, or None.
+        ratio: the median of this network's time over the anchor's in the same rounds, or None.
     """
 
     seconds: float
@@ -85,6 +98,9 @@ class Latency:
     warmup: int = 0
     prepare_seconds: float = 0.0
     versions: dict[str, str | None] = field(default_factory=dict)
+    anchor: str | None = None
+    anchor_seconds: float | None = None
+    ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of all fields."""
@@ -195,11 +211,13 @@ def measure_latencies(
     dtype: str = "float32",
     warmup_seconds: float = 0.0,
     warm_device: bool = True,
+    anchor: Anchor | None = None,
 ) -> list[Latency]:
     """:func:`measure_latency` of several models on the same inputs and runtime, timed interleaved
-    (:func:`measure_variants`). Returns one :class:`Latency` per model, in order."""
+    (:func:`measure_variants`), relative to ``anchor`` if given. Returns one :class:`Latency` per model, in order."""
     return measure_variants([(model, runtime, dtype) for model in models], inputs, device=device, warmup=warmup,
-                            repeats=repeats, threads=threads, warmup_seconds=warmup_seconds, warm_device=warm_device)
+                            repeats=repeats, threads=threads, warmup_seconds=warmup_seconds, warm_device=warm_device,
+                            anchor=anchor)
 
 
 def measure_variants(
@@ -212,14 +230,17 @@ def measure_variants(
     threads: int | None = None,
     warmup_seconds: float = 0.0,
     warm_device: bool = True,
+    anchor: Anchor | None = None,
 ) -> list[Latency]:
     """Several ``(model, runtime, dtype)`` timed side by side on the same inputs.
 
     Every variant is prepared (compiled, captured, exported) and warmed up, in turn; then each of
     ``repeats`` rounds times one forward of every variant, in an order that rotates from round to
     round, so no variant is timed only while the machine is in one state. ``warm_device=False`` skips
-    the once-per-process device warm-up (to reproduce a cold measurement). Returns one
-    :class:`Latency` per variant, in order.
+    the once-per-process device warm-up (to reproduce a cold measurement). With ``anchor`` (all variants on
+    one runtime and precision) the anchor's network takes part in every round and each figure is relative to
+    it (anchored timing, above); input-dependent networks then run at least :data:`ROUNDS_PER_INPUT` rounds per
+    input. Returns one :class:`Latency` per variant, in order.
     """
     if warmup < 0:
         raise ValueError(f"warmup={warmup} must be >= 0")
@@ -237,7 +258,13 @@ def measure_variants(
     if target.type == "cuda" and not cuda_available():
         raise ValueError(f"device {str(target)!r} was asked for but CUDA is not available; use device='cpu'")
     resolved = [resolve_runtime(runtime, dtype, device=target) for _, runtime, dtype in variants]
+    if anchor is not None and len(set(resolved)) > 1:
+        raise ValueError("anchored timing compares networks on one runtime and precision; got several")
     raw = _as_batches(inputs)
+    dependent = [_input_dependent(model) for model, _, _ in variants]
+    rounds = repeats
+    if anchor is not None and any(dependent) and len(raw) > 1:
+        rounds = max(repeats, ROUNDS_PER_INPUT * len(raw))
     was_training = [model.training for model, _, _ in variants]
     previous_threads = torch.get_num_threads()
     programs: list[Program] = []
@@ -256,9 +283,15 @@ def measure_variants(
                 programs.append(prepare_program(runtime_network(model, device=target, dtype=dtype), batches,
                                                 runtime=runtime, dtype=dtype, threads=threads))
                 prepared.append(clock() - started)
+            if anchor is not None:  # the anchor's program takes the last place of every round
+                runtime, dtype = resolved[0]
+                batches = [batch.to(target, as_torch_dtype(dtype)).contiguous(memory_format=memory_format(target, dtype))
+                           for batch in raw]
+                programs.append(prepare_program(runtime_network(anchor.network, device=target, dtype=dtype), batches[:1],
+                                                runtime=runtime, dtype=dtype, threads=threads))
             warmed = [_warm_up(program, target, warmup, warmup_seconds) for program in programs]
             times: list[list[float]] = [[] for _ in programs]
-            for i in range(repeats):
+            for i in range(rounds):
                 for k in _rotated(len(programs), i):
                     programs[k].load(i)
                     times[k].append(_time_once(programs[k], target))
@@ -269,10 +302,85 @@ def measure_variants(
         torch.set_num_threads(previous_threads)
         for (model, _, _), mode in zip(variants, was_training):
             model.train(mode)
-    return [Latency(seconds=statistics.median(times[k]), device=name, batch_size=int(raw[0].shape[0]), repeats=repeats,
-                    method=programs[k].timing, runtime=runtime, dtype=dtype, gate_mode=_gate_mode(variants[k][0]),
-                    warmup=warmed[k], prepare_seconds=prepared[k], versions=runtime_versions(runtime, target))
-            for k, (runtime, dtype) in enumerate(resolved)]
+    inputs_seen = len(raw)
+    results = []
+    for k, (runtime, dtype) in enumerate(resolved):
+        per_input = inputs_seen if dependent[k] else 1
+        ratio = anchor_seconds = None
+        if anchor is not None:
+            ratios = [t / a for t, a in zip(times[k], times[-1])]
+            ratio = _over_inputs(ratios, per_input)
+            anchor_seconds = anchor.seconds(int(raw[0].shape[0]), runtime, dtype, threads=threads, device=target)
+            seconds = ratio * anchor_seconds
+        else:
+            seconds = _over_inputs(times[k], per_input)
+        results.append(Latency(seconds=seconds, device=name, batch_size=int(raw[0].shape[0]), repeats=rounds,
+                               method=programs[k].timing, runtime=runtime, dtype=dtype,
+                               gate_mode=_gate_mode(variants[k][0]), warmup=warmed[k], prepare_seconds=prepared[k],
+                               versions=runtime_versions(runtime, target), anchor=None if anchor is None else anchor.name,
+                               anchor_seconds=anchor_seconds, ratio=ratio))
+    return results
+
+
+ROUNDS_PER_INPUT = 5  # anchored rounds per input of an input-dependent network, at least
+
+
+def _over_inputs(values: Sequence[float], inputs: int) -> float:
+    """The median of ``values`` (one per round, round i on input i mod ``inputs``), or with several inputs the
+    mean over inputs of each input's median: the expected figure of the inputs."""
+    if inputs <= 1:
+        return statistics.median(values)
+    groups = [values[i::inputs] for i in range(inputs)]
+    return statistics.fmean(statistics.median(group) for group in groups if group)
+
+
+def _input_dependent(model: nn.Module) -> bool:
+    """Whether ``model``'s cost depends on its input: active gates, or routers (``input_dependent``)."""
+    return bool(getattr(model, "input_dependent", False)) or any(
+        isinstance(m, GatedBlock) and m.gate_active for m in model.modules())
+
+
+class Anchor:
+    """The reference network of anchored timing and its latency, measured once per batch size, runtime and
+    precision (:func:`anchor_latency`) or given (a study stores what its first measurement found, so every
+    worker and every resumed run scales by the same figures: :meth:`known`)."""
+
+    def __init__(self, network: nn.Module, *, name: str, resolution: int, known: dict[str, float] | None = None) -> None:
+        self.network, self.name, self.resolution = network.eval(), name, resolution
+        self._seconds: dict[str, float] = dict(known or {})
+
+    @staticmethod
+    def key(batch_size: int, runtime: str, dtype: str) -> str:
+        return f"{runtime} {dtype} batch {batch_size}"
+
+    def seconds(self, batch_size: int, runtime: str, dtype: str, *, threads: int | None,
+                device: torch.device) -> float:
+        key = self.key(batch_size, runtime, dtype)
+        if key not in self._seconds:
+            self._seconds[key] = anchor_latency(self.network, batch_size, resolution=self.resolution, runtime=runtime,
+                                                dtype=dtype, threads=threads, device=device)
+        return self._seconds[key]
+
+    def known(self) -> dict[str, float]:
+        """The figures measured or given so far: ``"<runtime> <dtype> batch <B>" -> seconds``."""
+        return dict(self._seconds)
+
+    def adopt(self, figures: dict[str, float]) -> None:
+        """Scale by these figures from now on (a study's stored ones), where they are given."""
+        self._seconds.update(figures)
+
+
+ANCHOR_WARMUP_SECONDS = 1.0
+ANCHOR_REPEATS = 50
+
+
+def anchor_latency(network: nn.Module, batch_size: int, *, resolution: int, runtime: str, dtype: str,
+                   threads: int | None, device: torch.device) -> float:
+    """The anchor's own latency: median of :data:`ANCHOR_REPEATS` forwards after :data:`ANCHOR_WARMUP_SECONDS` of
+    warm-up, on zeros of its input shape."""
+    images = torch.zeros(batch_size, 3, resolution, resolution)
+    return measure_variants([(network, runtime, dtype)], images, device=device, warmup=5, repeats=ANCHOR_REPEATS,
+                            threads=threads, warmup_seconds=ANCHOR_WARMUP_SECONDS)[0].seconds
 
 
 def _rotated(count: int, round_index: int) -> list[int]:

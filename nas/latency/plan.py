@@ -10,17 +10,21 @@ mixes with one timed ``eager`` in float32.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from nas.latency.measure import Latency, device_name, measure_latencies
+from nas.latency.measure import Anchor, Latency, device_name, measure_latencies
 from nas.latency.runtimes import gate_mode, resolve_runtime, runtime_versions
 from nas.settings import LatencySettings
+from search_spaces import SearchSpace
+from supernet.evaluation.baselines import untrained_supernet
 
-__all__ = ["DEFAULT_BATCH_SIZES", "LatencyPlan"]
+__all__ = ["ANCHOR_WIDTH", "DEFAULT_BATCH_SIZES", "LatencyPlan", "space_anchor"]
+
+ANCHOR_WIDTH = 0.5  # the anchor of a space: its uniform network at this width, between the smallest and the full
 
 DEFAULT_BATCH_SIZES = {"cpu": 1, "cuda": 256}  # latency.batch_size: null -- GPUs serve batches, a CPU often one image
 
@@ -37,6 +41,8 @@ class LatencyPlan:
     warmup_seconds: float
     repeats: int
     threads: int | None
+    anchored: bool = False  # time relative to ``anchor`` (latency.anchor; on the CPU by default)
+    anchor: Anchor | None = None  # the reference network, attached by whoever knows the search space (with_anchor)
 
     @classmethod
     def from_settings(cls, settings: LatencySettings, device: torch.device | str) -> LatencyPlan:
@@ -45,9 +51,15 @@ class LatencyPlan:
         device = torch.device(device)
         runtime, dtype = resolve_runtime(_value(settings.runtime), _value(settings.dtype), device=device)
         batch = settings.batch_size if settings.batch_size is not None else DEFAULT_BATCH_SIZES[device.type]
+        anchor = _value(getattr(settings, "anchor", "off"))
         return cls(device=device, runtime=runtime, dtype=dtype, batch_size=int(batch), warmup=settings.warmup,
                    warmup_seconds=float(settings.warmup_seconds), repeats=settings.repeats,
-                   threads=settings.threads if device.type == "cpu" else None)
+                   threads=settings.threads if device.type == "cpu" else None,
+                   anchored=anchor == "on" or (anchor == "auto" and device.type == "cpu"))
+
+    def with_anchor(self, anchor: Anchor) -> LatencyPlan:
+        """This plan with its reference network (used only if the plan is anchored)."""
+        return replace(self, anchor=anchor)
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
@@ -64,9 +76,11 @@ class LatencyPlan:
 
     def measure(self, networks: Sequence[nn.Module], inputs: torch.Tensor | Sequence[torch.Tensor]) -> list[Latency]:
         """:func:`nas.latency.measure.measure_latencies` of ``networks`` (interleaved) with this plan."""
+        if self.anchored and self.anchor is None:
+            raise ValueError("an anchored latency plan needs its reference network: plan.with_anchor(...)")
         return measure_latencies(networks, inputs, device=self.device, warmup=self.warmup, repeats=self.repeats,
                                  threads=self.threads, runtime=self.runtime, dtype=self.dtype,
-                                 warmup_seconds=self.warmup_seconds)
+                                 warmup_seconds=self.warmup_seconds, anchor=self.anchor if self.anchored else None)
 
     def identity(self) -> dict[str, Any]:
         """Flat ``key: value`` of everything that makes two timings comparable (joins a study's identity)."""
@@ -82,6 +96,7 @@ class LatencyPlan:
             "latency.batch_size": self.batch_size, "latency.warmup": self.warmup,
             "latency.warmup_seconds": self.warmup_seconds, "latency.repeats": self.repeats,
             "latency.threads": self.threads,
+            "latency.anchor": (self.anchor.name if self.anchor is not None else "on") if self.anchored else None,
             **{f"latency.versions.{name}": version for name, version in runtime_versions(self.runtime, self.device).items()},
         }
 
@@ -89,3 +104,11 @@ class LatencyPlan:
 def _value(choice: Any) -> str:
     """A settings enum member (or plain string) as its string value."""
     return str(getattr(choice, "value", choice))
+
+
+def space_anchor(space: SearchSpace, resolution: int) -> Anchor:
+    """The reference network candidates of ``space`` are timed against: its uniform network at
+    :data:`ANCHOR_WIDTH`, gates off, with the weights of a supernet initialised under seed 0 (the same network
+    in every process, whatever the checkpoint)."""
+    network = untrained_supernet(space, seed=0, with_gates=False).extract(space.uniform_config(ANCHOR_WIDTH)).eval()
+    return Anchor(network, name=f"{space.name} at uniform width {ANCHOR_WIDTH:g}", resolution=resolution)

@@ -13,7 +13,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -24,7 +24,7 @@ from search_spaces import first_line
 from supernet.nn.blocks import GatedBlock
 
 __all__ = ["CAPTURE_WARMUP", "CompiledProgram", "CudaGraphProgram", "EagerProgram", "OnnxRuntimeProgram", "Program",
-           "TensorRTProgram", "prepare_program"]
+           "RoutedProgram", "TensorRTProgram", "prepare_program"]
 
 CAPTURE_WARMUP = 3  # forwards on the capture stream before a CUDA graph is captured (cuDNN plans, allocator)
 INPUT_NAME, OUTPUT_NAME = "images", "features"
@@ -38,6 +38,10 @@ class Program(Protocol):
     def load(self, index: int) -> None: ...
 
     def run(self) -> None: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The output for ``x`` (of a shape the program was built for): how a routed network's pieces are chained."""
+        ...
 
     def result(self) -> torch.Tensor:
         """The output of the last :meth:`run` (untimed; for checks)."""
@@ -59,6 +63,9 @@ class EagerProgram:
 
     def run(self) -> None:
         self.output = self.network(self.current)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
 
     def result(self) -> torch.Tensor:
         assert self.output is not None, "run() first"
@@ -129,6 +136,11 @@ class CudaGraphProgram:
     def run(self) -> None:
         self.graph.replay()
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.static_input.copy_(x)
+        self.graph.replay()
+        return self.static_output
+
     def result(self) -> torch.Tensor:
         return self.static_output
 
@@ -175,6 +187,9 @@ class OnnxRuntimeProgram:
     def run(self) -> None:
         self.session.run_with_iobinding(self.binding)
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().cpu().contiguous().numpy()})[0])
+
     def result(self) -> torch.Tensor:
         return torch.from_numpy(self.binding.copy_outputs_to_cpu()[0])
 
@@ -203,13 +218,59 @@ class TensorRTProgram(EagerProgram):
         super().__init__(engine, inputs, timing="cuda_events")
 
 
+class RoutedProgram:
+    """A routed network (:class:`supernet.nn.routing.RoutedNetwork`) on a runtime that runs fixed programs: one
+    program per piece (the prefix, each router, each branch) and per input shape it meets, chained by the
+    routers' decisions on the host, as the routed network chains them (one program per route piece plus the
+    routers: a captured graph or an exported model cannot follow a data-dependent route). Built for the
+    shapes the given inputs' routes need, so nothing is compiled, captured or exported while timed.
+    """
+
+    def __init__(self, network: nn.Module, inputs: Sequence[torch.Tensor], *, runtime: str, dtype: str,
+                 threads: int | None) -> None:
+        self.network, self.inputs = network, list(inputs)
+        self.timing = "cuda_events" if self.inputs[0].device.type == "cuda" else "perf_counter"
+        self.current, self.output = self.inputs[0], None
+        self.programs: dict[tuple[str, tuple[int, ...]], Program] = {}
+        build = lambda piece, example: prepare_program(piece, [example], runtime=runtime, dtype=dtype,  # noqa: E731
+                                                       threads=threads)
+        for x in self.inputs:  # every (piece, shape) these inputs' routes meet, built now
+            self._chain(x, lambda key, piece, example: self.programs.get((key, tuple(example.shape)))
+                        or self.programs.setdefault((key, tuple(example.shape)), build(piece, example)))
+
+    def _chain(self, x: torch.Tensor, program_of: Callable[[str, nn.Module, torch.Tensor], Program]) -> torch.Tensor:
+        network = self.network
+        return network.run_pieces(x, lambda key, piece, example: program_of(key, piece, example)(example))
+
+    def load(self, index: int) -> None:
+        self.current = self.inputs[index % len(self.inputs)]
+
+    def run(self) -> None:
+        self.output = self._chain(self.current, lambda key, piece, example: self.programs[(key, tuple(example.shape))])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._chain(x, lambda key, piece, example: self.programs[(key, tuple(example.shape))])
+
+    def result(self) -> torch.Tensor:
+        assert self.output is not None, "run() first"
+        return self.output
+
+    def close(self) -> None:
+        for program in self.programs.values():
+            program.close()
+        self.programs, self.inputs, self.network = {}, [], None  # type: ignore[assignment]
+
+
 def prepare_program(network: nn.Module, inputs: Sequence[torch.Tensor], *, runtime: str, dtype: str,
                     threads: int | None) -> Program:
     """``network`` (already on the inputs' device, in ``dtype``, eval mode) as a :class:`Program` of ``runtime``.
 
     A network whose gated blocks run gathered is refused by every runtime but ``eager`` (a caller bug:
-    see :func:`nas.latency.runtimes.gate_mode`).
+    see :func:`nas.latency.runtimes.gate_mode`). A routed network runs eager as it is, on any other runtime as a
+    :class:`RoutedProgram`.
     """
+    if runtime != "eager" and hasattr(network, "run_pieces"):
+        return RoutedProgram(network, inputs, runtime=runtime, dtype=dtype, threads=threads)
     if runtime != "eager" and _gathered(network):
         raise ValueError(f"runtime {runtime}: gated blocks must run masked (set_gate_mode('masked')); "
                          "only eager runs them gathered")

@@ -21,7 +21,7 @@ import optuna
 import torch
 
 from nas.cost import Costs, count_flops, measure_costs
-from nas.latency.plan import LatencyPlan
+from nas.latency.plan import LatencyPlan, space_anchor
 from nas.latency.table import LatencyPredictor
 from nas.settings import LatencySettings
 from nas.study.oracle import Oracle
@@ -89,6 +89,8 @@ class CandidateEvaluator:
         self.latency_predictor = latency_predictor  # None: latency is measured on the device
         # how networks are timed here (runtime, precision, batch); refused in one line before anything runs
         self.latency_plan = LatencyPlan.from_settings(latency, self.device) if latency_predictor is None else None
+        if self.latency_plan is not None and self.latency_plan.anchored:
+            self.latency_plan = self.latency_plan.with_anchor(space_anchor(supernet.space, oracle.data.resolution))
         self.resolution = oracle.data.resolution
         # routed candidates are timed, never predicted: a latency table has no routers in it
         self.routing_available = oracle.routers is not None and latency_predictor is None

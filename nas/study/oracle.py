@@ -26,9 +26,11 @@ from search_spaces import SubnetConfig
 from supernet.data.datasets import load_image_data
 from search_spaces import UserError
 from supernet.evaluation import EvalData, prepare_eval_data
-from supernet.evaluation.knn import embed_tensor, knn_predict
+from supernet.evaluation.knn import embed_tensor, knn_predict, raw_pixel_knn
 from supernet.evaluation.settings import KnnSettings
+from supernet.evaluation.baselines import untrained_network
 from supernet.nn.bn import recalibrate_bn
+from supernet.nn.gates import GateOptions
 from supernet.nn.models import SuperNet
 from supernet.nn.routing import RoutedNetwork, RouterSet
 
@@ -78,8 +80,12 @@ class Oracle:
         seed: int = 0,
         device: torch.device | str = "cpu",
         routers: RouterSet | None = None,
+        untrained: Callable[[], nn.Module] | None = None,
     ) -> None:
+        """``untrained``: builds the full network at the weights training started from (for :meth:`references`)."""
         self.supernet = supernet.eval()
+        self.untrained = untrained
+        self._references: dict[str, float] | None = None
         self.data = data
         self.k, self.temperature, self.batch_size, self.seed = k, temperature, batch_size, seed
         self.device = torch.device(device)
@@ -169,6 +175,16 @@ class Oracle:
             self._banks.popitem(last=False)
         return bank
 
+    def references(self) -> dict[str, float]:
+        """What every score reads against, on the same images and kNN: raw pixels, and the full network at the
+        weights training started from (BatchNorm recalibrated the same way), when known. Computed once."""
+        if self._references is None:
+            references = {"raw_pixels": raw_pixel_knn(self.data, k=self.k, temperature=self.temperature)}
+            if self.untrained is not None:
+                references["untrained_full"] = self.score(self.recalibrate(self.untrained().to(self.device).eval()))
+            self._references = references
+        return self._references
+
     def _knn_accuracy(self, bank: torch.Tensor, val: torch.Tensor, labels: torch.Tensor) -> float:
         predicted = knn_predict(bank, self.data.bank_labels, val, num_classes=self.data.num_classes, k=self.k,
                                 temperature=self.temperature)
@@ -219,5 +235,12 @@ def build_oracle(supernet: SuperNet, payload: Mapping[str, Any], data: DataOverr
     eval_data = build_eval_data(trained_data_settings(payload), data, oracle,
                                 default_resolution=supernet.space.default_resolution)
     routers = routers_of(payload, supernet)
+    seed = int(payload.get("config", {}).get("seed", 0))
+    options = GateOptions(**payload.get("gate_options", {}))
+
+    def untrained() -> nn.Module:
+        return untrained_network(supernet.space.max_config(), seed=seed, with_gates=supernet.with_gates, gate_options=options)
+
     return Oracle(supernet, eval_data, k=oracle.k, temperature=oracle.temperature, batch_size=oracle.batch_size,
-                  seed=oracle.seed, device=device, routers=None if routers is None else routers.to(device))
+                  seed=oracle.seed, device=device, routers=None if routers is None else routers.to(device),
+                  untrained=untrained)

@@ -6,6 +6,10 @@ too, and for gated configs the same widths without gates: :func:`gate_speed_note
 (every trial, the front, the budget line when it falls among them), ``best.json`` (the most accurate
 feasible config).
 
+Candidates are static, channel-gated or width-routed (:func:`kind_of`); every file says which, and
+``pareto.png`` marks each kind and draws the kNN of raw pixels and of the untrained full network
+(``meta["references"]``) as reference lines, so a point below them shows as such.
+
 Latency at the batch you serve: every scored candidate is timed at batch 1 and at
 ``latency.batch_size``, and a latency objective has a front at each (:func:`fronts_by_batch`):
 ``pareto.json`` lists both, ``pareto.csv`` says at which batches a row is on the front, and
@@ -45,6 +49,16 @@ def pareto_front(records: Sequence[dict[str, Any]], objective: str, *, batch: st
     for record in sorted(front, key=lambda r: (cost_of(r, objective, batch=batch), -r["accuracy"], r["trial"])):
         unique.setdefault(json.dumps(record["config"], sort_keys=True), record)  # a config found twice counts once
     return list(unique.values())
+
+
+KINDS = ("static", "gated", "routed")
+KIND_MARKERS = {"static": "o", "gated": "^", "routed": "s"}
+
+
+def kind_of(record: dict[str, Any]) -> str:
+    """``"static"``, ``"gated"`` or ``"routed"``: what kind of sub-network a record's config is."""
+    config = record["config"]
+    return "gated" if config.get("gate_thresholds") else "routed" if config.get("route_thresholds") else "static"
 
 
 def is_candidate(record: dict[str, Any]) -> bool:
@@ -111,35 +125,40 @@ def write_outputs(
     if best is not None:
         atomic_write_text(out_dir / "best.json", json.dumps({**header, **best}, indent=2))
     _plot(out_dir / "pareto.png", records, front, objective=objective, budgets=budgets, title=str(meta.get("study", "")),
-          batch_fronts=by_batch)
+          batch_fronts=by_batch, references=meta.get("references") or {})
     return front, best
 
 
 def gate_speed_note(record: dict[str, Any], *, label: str | None = None) -> str | None:
-    """What the gates of a scored gated record did to its latency at each batch measured, or None.
+    """What the gates (or routers) of a scored record did to its latency at each batch measured, or None.
 
     Gated networks run gathered only eager at batch 1 (only the kept channels are computed); on every
     other runtime and batch they run masked (every channel computed, then zeroed), so a gated candidate
     can only be as fast as its widths without gates. It is scored at its measured latency, never at what
     its effective FLOPs promise; a batch where it is no faster than the same widths without gates is
-    called out.
+    called out. A routed network is set beside its widest route, the static network of its widths.
     """
-    gated, static = record.get("latency_by_batch"), record.get("static_latency_by_batch")
-    if not gated or not static:
+    timed, static = record.get("latency_by_batch"), record.get("static_latency_by_batch")
+    if not timed or not static:
         return None
+    routed = bool((record.get("config") or {}).get("route_thresholds"))
     parts, slower = [], []
-    for size in sorted(gated, key=int):
+    for size in sorted(timed, key=int):
         if size not in static:
             continue
-        with_gates, without = gated[size]["seconds"], static[size]["seconds"]
-        mode = gated[size].get("gate_mode") or ("gathered" if size == "1" else "masked")
-        runtime = gated[size].get("runtime")
-        parts.append(f"batch {size} ({f'{runtime}, ' if runtime else ''}{mode}) {with_gates * 1e3:.3f} ms vs "
-                     f"{without * 1e3:.3f} ms without gates ({with_gates / without:.2f}x)")
-        if with_gates >= without:
+        measured, without = timed[size]["seconds"], static[size]["seconds"]
+        runtime = timed[size].get("runtime")
+        mode = "" if routed else ", " + (timed[size].get("gate_mode") or ("gathered" if size == "1" else "masked"))
+        parts.append(f"batch {size} ({runtime or 'eager'}{mode}) {measured * 1e3:.3f} ms vs {without * 1e3:.3f} ms "
+                     f"{'at its widest route' if routed else 'without gates'} ({measured / without:.2f}x)")
+        if measured >= without:
             slower.append(size)
-    note = f"{label or 'trial ' + str(record.get('trial', '?'))}, gates on: " + "; ".join(parts)
-    if slower:
+    what = "routed" if routed else "gates on"
+    note = f"{label or 'trial ' + str(record.get('trial', '?'))}, {what}: " + "; ".join(parts)
+    if slower and routed:
+        note += (f" -- no faster than its widest route at batch {', '.join(slower)}: its inputs took wide routes, or "
+                 "the routers cost more than the narrow routes save; scored at its measured latency")
+    elif slower:
         note += (f" -- no faster than static width at batch {', '.join(slower)}; scored at its measured latency. Gates "
                  "can save time only gathered (eager, batch 1: each gated block then pays a weight gather and a host "
                  "sync); masked, every channel is computed")
@@ -162,7 +181,7 @@ def _csv(front: Sequence[dict[str, Any]], by_batch: dict[str, list[dict[str, Any
     writer = csv.writer(buffer)
     writer.writerow(["trial", "accuracy", "flops", "effective_flops", "params", "latency_s", "latency_device",
                      "latency_runtime", "latency_dtype", "latency_batch_size", "latency_batch1_s", "static_latency_s",
-                     "static_latency_batch1_s", "gated", "on_front_at_batch", "config"])
+                     "static_latency_batch1_s", "gated", "on_front_at_batch", "kind", "config"])
     on_front = {trial: [size for size, members in by_batch.items() if any(m["trial"] == trial for m in members)]
                 for trial in rows}
     for r in sorted(rows.values(), key=lambda r: (r not in front, r["trial"])):
@@ -173,7 +192,7 @@ def _csv(front: Sequence[dict[str, Any]], by_batch: dict[str, list[dict[str, Any
                          latency.get("dtype", ""), latency.get("batch_size", ""),
                          _seconds(r.get("latency_by_batch"), "1"), _seconds(r.get("static_latency_by_batch"), size),
                          _seconds(r.get("static_latency_by_batch"), "1"),
-                         r["config"]["gate_thresholds"] is not None, " ".join(on_front[r["trial"]]),
+                         r["config"]["gate_thresholds"] is not None, " ".join(on_front[r["trial"]]), kind_of(r),
                          json.dumps(r["config"], sort_keys=True)])
     return buffer.getvalue()
 
@@ -224,7 +243,8 @@ def cost_axis(costs: Sequence[float], budget: float | None, *, budget_text: str 
 
 
 def _plot(path: Path, records: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], *, objective: str,
-          budgets: dict[str, float], title: str, batch_fronts: dict[str, list[dict[str, Any]]] | None = None) -> CostAxis:
+          budgets: dict[str, float], title: str, batch_fronts: dict[str, list[dict[str, Any]]] | None = None,
+          references: dict[str, float] | None = None) -> CostAxis:
     """``pareto.png``: one panel, or with ``batch_fronts`` one per batch (accuracy vs latency at that batch, its
     own front; the budget drawn at the objective's batch). Returns the objective's panel's cost axis."""
     import matplotlib
@@ -241,7 +261,7 @@ def _plot(path: Path, records: Sequence[dict[str, Any]], front: Sequence[dict[st
         for axes, (batch, members) in zip(grid[0], panels):
             here = batch is None or batch == objective_batch
             drawn[batch] = _panel(axes, records, members, objective=objective, batch=batch,
-                                  budgets=budgets if here else {},
+                                  budgets=budgets if here else {}, references=references or {},
                                   title=title if batch is None else f"{title} -- batch {batch}")
         figure.tight_layout()
         atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=120))
@@ -250,8 +270,13 @@ def _plot(path: Path, records: Sequence[dict[str, Any]], front: Sequence[dict[st
     return drawn.get(None) or drawn.get(objective_batch) or next(iter(drawn.values()))
 
 
+REFERENCE_LINES = {"raw_pixels": ("raw pixels", ":"), "untrained_full": ("untrained full network", "-.")}
+
+
 def _panel(axes: Any, records: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], *, objective: str,
-           batch: str | None, budgets: dict[str, float], title: str) -> CostAxis:
+           batch: str | None, budgets: dict[str, float], title: str, references: dict[str, float]) -> CostAxis:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     scale, unit = (1e3, "latency (ms)") if objective == "latency" else (1e-6, "FLOPs (M, fvcore: 1 multiply-add = 1 flop)")
     if batch is not None:
         unit = f"latency at batch {batch} (ms)"
@@ -263,21 +288,37 @@ def _panel(axes: Any, records: Sequence[dict[str, Any]], front: Sequence[dict[st
     budget_text = format_cost(objective, budget) if budget is not None else ""  # type: ignore[arg-type]
     axis = cost_axis([cost(r) for r in (*evaluated, *infeasible)], budget * scale if budget is not None else None,
                      budget_text=budget_text)
-    if evaluated:
-        axes.scatter([cost(r) for r in evaluated], [r["accuracy"] * 100 for r in evaluated],
-                     s=14, c="tab:blue", alpha=0.6, label="evaluated trials")
+    for kind in KINDS:
+        members = [r for r in evaluated if kind_of(r) == kind]
+        if members:
+            axes.scatter([cost(r) for r in members], [r["accuracy"] * 100 for r in members], s=16, alpha=0.6,
+                         marker=KIND_MARKERS[kind], c={"static": "tab:blue", "gated": "tab:orange", "routed": "tab:green"}[kind],
+                         label=f"{kind} ({len(members)})")
     if infeasible:
         # over budget, never scored: drawn at the bottom of the accuracy range
         floor = min((r["accuracy"] * 100 for r in evaluated), default=0.0)
         axes.scatter([cost(r) for r in infeasible], [floor] * len(infeasible), marker="x",
                      s=14, c="tab:gray", label="over budget (not scored)")
     if front:
-        axes.plot([cost(r) for r in front], [r["accuracy"] * 100 for r in front], "o-",
+        axes.plot([cost(r) for r in front], [r["accuracy"] * 100 for r in front], "-",
                   c="tab:red", label="Pareto front", drawstyle="steps-post")
+        for kind in KINDS:
+            on_front = [r for r in front if kind_of(r) == kind]
+            if on_front:
+                axes.scatter([cost(r) for r in on_front], [r["accuracy"] * 100 for r in on_front], s=40, zorder=3,
+                             marker=KIND_MARKERS[kind], facecolors="none", edgecolors="tab:red")
+    for key, (label, style) in REFERENCE_LINES.items():
+        if key in references:
+            axes.axhline(references[key] * 100, ls=style, c="dimgray", lw=1,
+                         label=f"{label} {references[key]:.1%}")
     if axis.budget_shown:
         axes.axvline(budget * scale, ls="--", c="black", label=f"budget {budget_text}")  # type: ignore[operator]
     if axis.log:
         axes.set_xscale("log")
+        # plain numbers at 1, 2, 5 x 10^k; unlabelled minor ticks (matplotlib's defaults print "3x10^0" on both)
+        axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlim(*axis.limits)
     axes.set_xlabel(unit + (", log scale" if axis.log else ""))
     axes.set_ylabel("kNN top-1 (%)")

@@ -82,6 +82,7 @@ class SearchSummary:
     records: list[dict[str, Any]]  # every finished trial
     front: list[dict[str, Any]]
     best: dict[str, Any] | None  # the most accurate feasible record
+    references: dict[str, float] | None = None  # kNN of raw pixels and of the untrained full network
 
 
 def search(request: SearchRequest) -> SearchSummary:
@@ -101,6 +102,7 @@ def search(request: SearchRequest) -> SearchSummary:
     study, created = open_search_study(request, study_name, out_dir)
     claim_study(study, study_identity(request, payload, supernet.space, evaluator.resolution, budgets, table,
                                       evaluator.latency_plan))
+    adopt_latency_anchor(study, evaluator)
     queue_seeds(study, evaluator, budgets, created=created, shared=request.storage is not None)
     for record in finished_records(study):
         evaluator.remember(CandidateResult.from_dict(record))
@@ -112,8 +114,9 @@ def search(request: SearchRequest) -> SearchSummary:
             "checkpoint": str(request.checkpoint.resolve()), "checkpoint_step": int(payload["step"]),
             "space": supernet.space.name, "resolution": evaluator.resolution, "sampler": request.sampler,
             "trials": len(records)}
+    meta["references"] = evaluator.oracle.references()
     front, best = write_outputs(out_dir, records, objective=request.objective, budgets=budgets, meta=meta)
-    return SearchSummary(out_dir, study_name, request.objective, budgets, records, front, best)
+    return SearchSummary(out_dir, study_name, request.objective, budgets, records, front, best, meta["references"])
 
 
 def _is_database(storage: str | None) -> bool:
@@ -212,6 +215,21 @@ def study_identity(request: SearchRequest, payload: dict[str, Any], space: Searc
                                                          resolve_device(request.device, key="--device"))
         identity.update(plan.identity())
     return identity
+
+
+def adopt_latency_anchor(study: optuna.Study, evaluator: CandidateEvaluator) -> None:
+    """Anchored timing scales every trial by the anchor's latency: the figures the study's first run measured,
+    stored with it, so resumed runs and other workers report on the same scale. A new study stores this run's."""
+    plan = evaluator.latency_plan
+    if plan is None or plan.anchor is None or not plan.anchored:
+        return
+    stored = study.user_attrs.get("latency_anchor_seconds")
+    if stored:
+        plan.anchor.adopt(stored)
+    for batch in plan.batch_sizes:  # measured now (if not stored), so every trial of this run scales alike
+        plan.anchor.seconds(batch, plan.runtime, plan.dtype, threads=plan.threads, device=plan.device)
+    if plan.anchor.known() != stored:
+        study.set_user_attr("latency_anchor_seconds", {**plan.anchor.known(), **(stored or {})})
 
 
 def routers_digest(record: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -42,6 +42,7 @@ __all__ = ["DEFAULT_LEVELS", "RouterSet", "RoutedNetwork", "RoutingError", "Widt
            "route_levels", "router_key", "segments_of"]
 
 DEFAULT_LEVELS: tuple[float, ...] = (0.25, 0.5, 1.0)
+PieceCall = Callable[[str, nn.Module, torch.Tensor], torch.Tensor]
 
 
 class RoutingError(UserError):
@@ -246,35 +247,45 @@ class RoutedNetwork(nn.Module):
         return cls(space, cfg, copy.deepcopy(routers), prefix, branches, branch_of, widths_of, prefix_width).eval()
 
     # -- running ------------------------------------------------------------------------------------------
+    input_dependent = True  # what an input costs depends on its route (latency is the mean over inputs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run_pieces(x, lambda key, module, inputs: module(inputs))
+
+    def run_pieces(self, x: torch.Tensor, call: PieceCall) -> torch.Tensor:
+        """The routed forward with every piece run as ``call(key, module, inputs) -> outputs``: the prefix
+        (``"prefix"``), each router (``"router.<block>"``) and each branch (its key in :attr:`branches`). Plain
+        calls are :meth:`forward`; a runtime's programs per piece run it as deployed (:mod:`nas.latency.programs`).
+        """
         features = x.new_zeros((x.shape[0], self.feature_dim))
-        levels = torch.zeros((x.shape[0], len(self.router_blocks)), dtype=torch.long, device=x.device)
-        rows = torch.arange(x.shape[0], device=x.device)
-        for group_rows, route, hidden in self._groups(self.prefix(x), rows, ()):
-            pooled = torch.flatten(F.adaptive_avg_pool2d(hidden, 1), 1)
-            features[group_rows, : pooled.shape[1]] = pooled.to(features.dtype)
-            levels[group_rows] = torch.tensor(route, device=x.device)
+        levels = torch.zeros((x.shape[0], len(self.router_blocks)), dtype=torch.long)
+        rows = torch.arange(x.shape[0])
+        for group_rows, route, hidden in self._groups(call("prefix", self.prefix, x), rows, (), call):
+            pooled = torch.flatten(F.adaptive_avg_pool2d(hidden, 1), 1).to(features.device, features.dtype)
+            features[group_rows.to(features.device), : pooled.shape[1]] = pooled
+            levels[group_rows] = torch.tensor(route)
         self.last_levels = levels
         return features
 
-    def _groups(self, hidden: torch.Tensor, rows: torch.Tensor, route: tuple[int, ...]
+    def _groups(self, hidden: torch.Tensor, rows: torch.Tensor, route: tuple[int, ...], call: PieceCall
                 ) -> Iterator[tuple[torch.Tensor, tuple[int, ...], torch.Tensor]]:
         """(rows, route, output) of every group of inputs of equal route, below ``hidden`` at ``route``."""
         segment = len(route)
         if segment == len(self.router_blocks):
             yield rows, route, hidden
             return
-        router = self.routers.router(self.router_blocks[segment])
-        chosen = route_levels(router(hidden), self.thresholds[segment])
-        present = chosen.unique().tolist()  # the router's one host sync
+        name = self.router_blocks[segment]
+        logits = call(f"router.{router_key(name)}", self.routers.router(name), hidden)
+        chosen = route_levels(logits, self.thresholds[segment]).cpu()  # the router's one host sync
+        present = chosen.unique().tolist()
         for level in present:
             if len(present) == 1:
                 part, part_rows = hidden, rows
             else:
                 mask = chosen == level
-                part, part_rows = hidden[mask], rows[mask]
-            branch = self.branches[self.branch_of[(*route, level)]]
-            yield from self._groups(branch(part), part_rows, (*route, level))
+                part, part_rows = hidden[mask.to(hidden.device)], rows[mask]
+            key = self.branch_of[(*route, level)]
+            yield from self._groups(call(key, self.branches[key], part), part_rows, (*route, level), call)
 
     @torch.no_grad()
     def entering(self, x: torch.Tensor, route: Sequence[int]) -> torch.Tensor:

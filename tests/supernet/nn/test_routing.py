@@ -207,3 +207,30 @@ def test_routers_of_another_space_are_refused() -> None:
     cfg = space.max_config().with_routes({name: 0.5 for name in space.router_blocks})
     with pytest.raises(RoutingError, match="do not fit the small supernet"):
         RoutedNetwork.build(supernet, RouterSet(get_space("tiny")), cfg)
+
+
+# -- label-free targets --------------------------------------------------------------------------------------
+
+def test_instance_agreement_by_hand() -> None:
+    from supernet.losses.routing import instance_agreement
+
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    embeddings = torch.tensor([[2.0, 0.1, 0.0],   # nearest to its own target (scale does not matter)
+                               [0.9, 0.8, 0.0],   # nearer to image 0's target than to its own
+                               [0.0, 0.5, 0.5]])  # tied between images 1 and 2: the lower index wins, so no
+    assert instance_agreement(embeddings, targets).tolist() == [True, False, False]
+
+
+def test_route_targets_mark_each_narrower_level_that_still_agrees() -> None:
+    from supernet.losses.routing import route_targets, router_loss
+
+    teacher = torch.eye(4)
+    narrow = torch.tensor([[1.0, 0.2, 0, 0], [0.9, 0.3, 0, 0], [0, 0, 1.0, 0], [0, 0, 0.8, 0.7]])  # agrees on 0, 2
+    middle = torch.tensor([[1.0, 0, 0, 0], [0.2, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0.6, 0.7]])  # agrees on all
+    widest = teacher.clone()
+    targets = route_targets([narrow, middle, widest], teacher)
+    assert targets.tolist() == [[1, 1], [0, 1], [1, 1], [0, 1]]
+    logits = torch.tensor([[2.0, 0.0], [-1.0, 3.0], [0.0, 0.0], [1.0, -1.0]])
+    p = torch.sigmoid(logits)
+    expected = -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
+    torch.testing.assert_close(router_loss(logits, targets), expected)
