@@ -103,7 +103,7 @@ def print_summary(record: dict[str, Any]) -> None:
               f"{onnx['check_images']} images; on {onnx['agreement_images']} validation images "
               f"{onnx['validation_within_tolerance']:.1%} within tolerance, kNN top-1 agreement "
               f"{onnx['top1_agreement']:.1%}")
-    note = gate_speed_note(metrics, label="latency")
+    note = gate_speed_note({**metrics, "config": cfg}, label="latency")
     if note:
         print(f"  {note}")
     print(f"  input {record['input']['shape']} ({'dynamic' if record['input']['dynamic_batch'] else 'fixed'} batch); "

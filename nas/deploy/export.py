@@ -177,7 +177,7 @@ def _export_routed(request: ExportRequest, cfg: SubnetConfig, supernet: SuperNet
     """:func:`export` of a routed config: its pieces, routing table and runner (:mod:`nas.deploy.routed`)."""
     network = oracle.routed_network(cfg)
     metrics = measure(network, cfg, oracle, request.settings, device)
-    images = _check_images(oracle)
+    images = _route_covering_images(network, oracle)
     with torch.no_grad():
         network.cpu().eval()(images)
         taken = sorted({tuple(row) for row in network.last_levels.tolist()})  # type: ignore[union-attr]
@@ -215,6 +215,20 @@ def _export_routed(request: ExportRequest, cfg: SubnetConfig, supernet: SuperNet
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**record, "out_dir": str(out_dir)}
+
+
+def _route_covering_images(network: RoutedNetwork, oracle: Oracle, pool: int = 256) -> torch.Tensor:
+    """:data:`CHECK_IMAGES` validation images that take as many of the routes as the first ``pool`` take: the first
+    image of each route, then the first images again (the validation split may be ordered by class)."""
+    candidates = oracle.data.val[:pool].cpu()
+    with torch.no_grad():
+        network.cpu().eval()(candidates)
+    routes = [tuple(row) for row in network.last_levels.tolist()]  # type: ignore[union-attr]
+    first = list(dict.fromkeys(routes))
+    chosen = [routes.index(route) for route in first][:CHECK_IMAGES]
+    chosen += [i for i in range(len(routes)) if i not in chosen][: CHECK_IMAGES - len(chosen)]
+    images = candidates[sorted(chosen)]
+    return images if images.shape[0] >= 2 else torch.cat([images, oracle.data.calibration[: 2 - images.shape[0]]])
 
 
 def routed_readme(record: dict[str, Any]) -> str:

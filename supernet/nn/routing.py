@@ -191,6 +191,8 @@ class RoutedNetwork(nn.Module):
         self.space, self.config, self.levels = space, cfg, routers.levels
         self.router_blocks = space.router_blocks
         self.thresholds = tuple(float(cfg.route_thresholds[name]) for name in self.router_blocks)  # type: ignore[index]
+        # as route_levels compares them with float32 probabilities: a decision read on the host is the same
+        self._thresholds32 = tuple(float(torch.tensor(t, dtype=torch.float32)) for t in self.thresholds)
         self.prefix = prefix
         self.routers = routers
         self.branches = nn.ModuleDict(dict(branches))
@@ -257,6 +259,8 @@ class RoutedNetwork(nn.Module):
         (``"prefix"``), each router (``"router.<block>"``) and each branch (its key in :attr:`branches`). Plain
         calls are :meth:`forward`; a runtime's programs per piece run it as deployed (:mod:`nas.latency.programs`).
         """
+        if x.shape[0] == 1:
+            return self._run_one(x, call)
         features = x.new_zeros((x.shape[0], self.feature_dim))
         levels = torch.zeros((x.shape[0], len(self.router_blocks)), dtype=torch.long)
         rows = torch.arange(x.shape[0])
@@ -266,6 +270,20 @@ class RoutedNetwork(nn.Module):
             levels[group_rows] = torch.tensor(route)
         self.last_levels = levels
         return features
+
+    def _run_one(self, x: torch.Tensor, call: PieceCall) -> torch.Tensor:
+        """:meth:`run_pieces` of one input: each decision read on the host as it is made (no grouping to do)."""
+        hidden, route = call("prefix", self.prefix, x), ()
+        for segment, name in enumerate(self.router_blocks):
+            logits = call(f"router.{router_key(name)}", self.routers.router(name), hidden)
+            probabilities = torch.sigmoid(logits.float())[0].tolist()  # the router's one host sync
+            threshold = self._thresholds32[segment]
+            route = (*route, next((j for j, p in enumerate(probabilities) if p >= threshold), len(probabilities)))
+            key = self.branch_of[route]
+            hidden = call(key, self.branches[key], hidden)
+        pooled = torch.flatten(F.adaptive_avg_pool2d(hidden, 1), 1)
+        self.last_levels = torch.tensor([route])
+        return F.pad(pooled, (0, self.feature_dim - pooled.shape[1])) if pooled.shape[1] < self.feature_dim else pooled
 
     def _groups(self, hidden: torch.Tensor, rows: torch.Tensor, route: tuple[int, ...], call: PieceCall
                 ) -> Iterator[tuple[torch.Tensor, tuple[int, ...], torch.Tensor]]:

@@ -123,3 +123,38 @@ def configs(oracle_and_supernet) -> dict[str, SubnetConfig]:
     widths = SubnetConfig(space.name, dict(space.uniform_config(0.75).channels), None, TINY_RESOLUTION)
     thresholds = gate_thresholds_that_drop_channels(supernet, widths, oracle.data.calibration[:64])
     return {"gates_off": static, "gates_on": widths.with_gates(thresholds)}
+
+
+@pytest.fixture(scope="session")
+def routed_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny`` trained as :func:`tiny_checkpoint`, then its width routers (levels 0.25/0.5/1.0) for one epoch."""
+    out_dir = tmp_path_factory.mktemp("tiny_routed")
+    overrides = [
+        "recipe=none", "model=tiny", "optim.lr=0.5", "data.max_images=256", "data.holdout_size=200", f"data.resolution={TINY_RESOLUTION}",
+        "batch_size=32", "knn.enabled=false", "progress=false", "ssl.proj_hidden_dim=64", "ssl.pred_hidden_dim=64",
+        "ssl.proj_dim=32", "epochs=1", "max_steps=2", f"out_dir={out_dir}", "routing.enabled=true",
+        "routing.hidden_channels=16",
+    ]
+    train(load_train_settings(overrides))
+    return out_dir / "checkpoint.pt"
+
+
+def routed_config_that_splits(oracle, supernet: SuperNet, widths: SubnetConfig) -> SubnetConfig:
+    """``widths`` routed with thresholds at which the oracle's validation images split over more than one route:
+    each router's threshold halfway between the two middle probabilities of its narrowest level."""
+    from supernet.nn.routing import RoutedNetwork
+
+    space = supernet.space
+    probe = RoutedNetwork.build(supernet, oracle.routers, widths.with_routes(dict.fromkeys(space.router_blocks, 0.5)))
+    probe.recalibrate(oracle.data.calibration, batch_size=oracle.batch_size, seed=oracle.seed)
+    images = oracle.data.val[:128]
+    thresholds = {}
+    with torch.no_grad():
+        for depth, name in enumerate(space.router_blocks):
+            widest = len(probe.levels) - 1
+            logits = probe.routers.router(name)(probe.entering(images, (widest,) * depth))
+            sorted_p = torch.sigmoid(logits[:, 0]).sort().values
+            middle = sorted_p.numel() // 2
+            low, high = space.route_threshold_range
+            thresholds[name] = float(sorted_p[middle - 1 : middle + 1].mean().clamp(low, high))
+    return widths.with_routes(thresholds)

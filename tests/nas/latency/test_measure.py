@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas.latency.measure import Latency, cuda_available, measure_latency
+from nas.latency.measure import Anchor, Latency, cuda_available, measure_latencies, measure_latency
 
 
 def conv_net(channels: int) -> nn.Sequential:
@@ -39,8 +39,31 @@ class Recorder(nn.Module):
 class SleepsForInput(nn.Module):
     """An input-dependent network: sleeps as many seconds as the batch's first value."""
 
+    input_dependent = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(float(x.flatten()[0]))
+        return x
+
+
+class Machine:
+    """A machine whose speed changes: every network slows down threefold after ``calls`` forwards in all."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls, self.seen = calls, 0
+
+    def slowdown(self) -> float:
+        self.seen += 1
+        return 1.0 if self.seen <= self.calls else 3.0
+
+
+class Sleeps(nn.Module):
+    def __init__(self, seconds: float, machine: Machine) -> None:
+        super().__init__()
+        self.seconds, self.machine = seconds, machine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds * self.machine.slowdown())
         return x
 
 
@@ -87,11 +110,25 @@ def test_runs_in_eval_and_inference_mode_cycling_inputs() -> None:
     assert latency.batch_size == 2
 
 
-def test_median_over_inputs_of_a_gated_network() -> None:
-    # Two cheap inputs and one expensive one: the median is a cheap forward, the mean would not be.
+def test_an_input_dependent_network_costs_the_mean_over_its_inputs() -> None:
+    # Two cheap inputs and one expensive one: serving them costs their mean (the median would price the cheap
+    # one alone); each input's own figure is the median of its repeats.
     batches = [torch.full((1, 1), 0.001), torch.full((1, 1), 0.001), torch.full((1, 1), 0.05)]
-    latency = measure_latency(SleepsForInput(), batches, warmup=0, repeats=3)
-    assert 0.001 <= latency.seconds < 0.03
+    latency = measure_latency(SleepsForInput(), batches, warmup=0, repeats=6)
+    assert 0.015 <= latency.seconds < 0.03
+
+
+def test_anchored_timing_cancels_a_machine_that_slows_down_midway() -> None:
+    machine = Machine(calls=2 * 5 + 2 * 10)  # warm-ups of both, then half of the 20 rounds at full speed
+    anchor = Anchor(Sleeps(0.01, machine), name="sleeps 10 ms", resolution=1, known={"eager float32 batch 1": 0.01})
+    network = Sleeps(0.02, machine)
+    anchored = measure_latencies([network], torch.zeros(1, 3, 1, 1), warmup=5, repeats=20, anchor=anchor)[0]
+    assert anchored.anchor == "sleeps 10 ms" and anchored.anchor_seconds == 0.01
+    assert anchored.ratio == pytest.approx(2.0, rel=0.2)  # each round's ratio is 2 whatever the machine's speed
+    assert anchored.seconds == pytest.approx(anchored.ratio * 0.01)
+    machine.seen, machine.calls = 0, 10 + 10  # its warm-up, then half its rounds at full speed
+    plain = measure_latencies([Sleeps(0.02, machine)], torch.zeros(1, 3, 1, 1), warmup=10, repeats=20)[0]
+    assert plain.seconds > 0.03  # half its rounds ran slowed, and the median lands among them or between
 
 
 @pytest.mark.parametrize(

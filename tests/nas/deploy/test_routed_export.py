@@ -1,0 +1,78 @@
+"""nas.export of a routed config: its pieces, routing table and runner compute the routed forward (torch.export
+and onnxruntime), which equals the supernet at each input's route."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.deploy.routed import load_runner
+from nas.export import main
+from nas.study.oracle import build_oracle
+from search_spaces import SubnetConfig
+from supernet.io.checkpoint import load_supernet
+from tests.nas.conftest import TINY_RESOLUTION, oracle_settings, routed_config_that_splits
+
+pytest.importorskip("onnxruntime", reason="the ONNX extra is not installed (pip install slimnas[onnx])")
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def routed_export(routed_checkpoint: Path, search_overrides: list[str], tmp_path_factory) -> tuple[Path, SubnetConfig]:
+    supernet, payload = load_supernet(routed_checkpoint)
+    oracle = build_oracle(supernet.eval(), payload, *oracle_settings(search_overrides), "cpu")
+    widths = SubnetConfig("tiny", dict(supernet.space.uniform_config(0.75).channels), None, TINY_RESOLUTION)
+    cfg = routed_config_that_splits(oracle, supernet, widths)
+    root = tmp_path_factory.mktemp("routed_export")
+    (root / "config.json").write_text(cfg.to_json())
+    code = main(["--config", str(root / "config.json"), "--checkpoint", str(routed_checkpoint), "--out",
+                 str(root / "export"), "--device", "cpu", "--onnx", *search_overrides])
+    assert code == 0
+    return root / "export", cfg
+
+
+def test_the_export_says_what_it_is_and_checked_it(routed_export: tuple[Path, SubnetConfig]) -> None:
+    directory, cfg = routed_export
+    record = json.loads((directory / "subnet.json").read_text())
+    assert SubnetConfig.from_dict(record["config"]) == cfg
+    assert record["routing"]["router_blocks"] == ["layer2.0"] and record["routing"]["levels"] == [0.25, 0.5, 1.0]
+    check = record["check"]
+    assert len(check["routes"]) > 1, "the check images should take more than one route"
+    assert check["torch_vs_network"] <= 1e-4 and check["onnxruntime_vs_network"] <= 1e-4
+    assert check["torch_routes_agree"] and check["onnxruntime_routes_agree"]
+    assert check["network_vs_supernet"] <= 1e-4
+    pieces = {path.name for path in (directory / "pieces").iterdir()}
+    assert {"prefix.pt2", "prefix.onnx"} <= pieces
+    assert {f"{key}.pt2" for key in record["routing"]["branch_of"].values()} <= pieces
+    assert not (directory / "model.pt2").exists()
+
+
+def test_the_runner_equals_the_routed_network_with_plain_pytorch_and_onnxruntime(
+        routed_export: tuple[Path, SubnetConfig], routed_checkpoint: Path, search_overrides: list[str]) -> None:
+    directory, cfg = routed_export
+    supernet, payload = load_supernet(routed_checkpoint)
+    oracle = build_oracle(supernet.eval(), payload, *oracle_settings(search_overrides), "cpu")
+    network = oracle.routed_network(cfg)
+    images = oracle.data.val[:32]
+    with torch.no_grad():
+        expected, levels = network(images), network.last_levels
+    runner = load_runner(directory)
+    for backend in ("torch", "onnxruntime"):
+        features, taken = runner.RoutedModel(directory, backend=backend)(images)
+        torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-4)
+        assert torch.equal(taken, levels)
+
+
+def test_the_runner_needs_only_torch(routed_export: tuple[Path, SubnetConfig], tmp_path: Path) -> None:
+    directory, _ = routed_export
+    script = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from routed_model import RoutedModel; "
+              "f, l = RoutedModel(sys.argv[1])(torch.zeros(3, 3, 16, 16)); print(tuple(f.shape), tuple(l.shape)); "
+              "assert 'supernet' not in sys.modules and 'nas' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", script, str(directory)], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""}, check=True)
+    assert out.stdout.strip().endswith("(3, 1)")
