@@ -345,8 +345,10 @@ class Anchor:
     precision (:func:`anchor_latency`) or given (a study stores what its first measurement found, so every
     worker and every resumed run scales by the same figures: :meth:`known`)."""
 
-    def __init__(self, network: nn.Module, *, name: str, resolution: int, known: dict[str, float] | None = None) -> None:
+    def __init__(self, network: nn.Module, *, name: str, resolution: int, known: dict[str, float] | None = None,
+                 warmup_seconds: float = 1.0, repeats: int = 100) -> None:
         self.network, self.name, self.resolution = network.eval(), name, resolution
+        self.warmup_seconds, self.repeats = warmup_seconds, repeats
         self._seconds: dict[str, float] = dict(known or {})
 
     @staticmethod
@@ -358,7 +360,8 @@ class Anchor:
         key = self.key(batch_size, runtime, dtype)
         if key not in self._seconds:
             self._seconds[key] = anchor_latency(self.network, batch_size, resolution=self.resolution, runtime=runtime,
-                                                dtype=dtype, threads=threads, device=device)
+                                                dtype=dtype, threads=threads, device=device,
+                                                warmup_seconds=self.warmup_seconds, repeats=self.repeats)
         return self._seconds[key]
 
     def known(self) -> dict[str, float]:
@@ -370,17 +373,13 @@ class Anchor:
         self._seconds.update(figures)
 
 
-ANCHOR_WARMUP_SECONDS = 1.0
-ANCHOR_REPEATS = 50
-
-
 def anchor_latency(network: nn.Module, batch_size: int, *, resolution: int, runtime: str, dtype: str,
-                   threads: int | None, device: torch.device) -> float:
-    """The anchor's own latency: median of :data:`ANCHOR_REPEATS` forwards after :data:`ANCHOR_WARMUP_SECONDS` of
-    warm-up, on zeros of its input shape."""
+                   threads: int | None, device: torch.device, warmup_seconds: float = 1.0, repeats: int = 100) -> float:
+    """The anchor's own latency: median of ``repeats`` forwards after ``warmup_seconds`` of warm-up, on zeros of its
+    input shape."""
     images = torch.zeros(batch_size, 3, resolution, resolution)
-    return measure_variants([(network, runtime, dtype)], images, device=device, warmup=5, repeats=ANCHOR_REPEATS,
-                            threads=threads, warmup_seconds=ANCHOR_WARMUP_SECONDS)[0].seconds
+    return measure_variants([(network, runtime, dtype)], images, device=device, warmup=5, repeats=repeats,
+                            threads=threads, warmup_seconds=warmup_seconds)[0].seconds
 
 
 def _rotated(count: int, round_index: int) -> list[int]:

@@ -22,8 +22,9 @@ from nas.settings import LatencySettings
 from search_spaces import SearchSpace
 from supernet.evaluation.baselines import untrained_supernet
 
-__all__ = ["ANCHOR_WIDTH", "DEFAULT_BATCH_SIZES", "LatencyPlan", "space_anchor"]
+__all__ = ["ANCHOR_EFFORT", "ANCHOR_WIDTH", "DEFAULT_BATCH_SIZES", "LatencyPlan", "space_anchor"]
 
+ANCHOR_EFFORT = 5  # the anchor's own figure: this many times a candidate's warm-up and repeats
 ANCHOR_WIDTH = 0.5  # the anchor of a space: its uniform network at this width, between the smallest and the full
 
 DEFAULT_BATCH_SIZES = {"cpu": 1, "cuda": 256}  # latency.batch_size: null -- GPUs serve batches, a CPU often one image
@@ -58,7 +59,9 @@ class LatencyPlan:
                    anchored=anchor == "on" or (anchor == "auto" and device.type == "cpu"))
 
     def with_anchor(self, anchor: Anchor) -> LatencyPlan:
-        """This plan with its reference network (used only if the plan is anchored)."""
+        """This plan with its reference network (used only if the plan is anchored), whose own figure takes
+        :data:`ANCHOR_EFFORT` times a candidate's warm-up and repeats: every figure is scaled by it."""
+        anchor.warmup_seconds, anchor.repeats = ANCHOR_EFFORT * self.warmup_seconds, ANCHOR_EFFORT * self.repeats
         return replace(self, anchor=anchor)
 
     @property

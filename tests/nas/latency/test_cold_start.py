@@ -111,8 +111,9 @@ def test_the_budget_check_times_the_smallest_and_full_network_side_by_side(
     simulated = {space.min_config().key(): Simulated(machine, "small", SMALL),
                  space.max_config().key(): Simulated(machine, "large", LARGE)}
     monkeypatch.setattr(supernet, "extract", lambda cfg: simulated[cfg.key()])
+    # unanchored: a reference network timed beside them would run on the real clock, not the simulated one
     settings = load_search_settings([*search_overrides, "latency.warmup=5", "latency.warmup_seconds=0.2",
-                                     "latency.repeats=20"])
+                                     "latency.repeats=20", "latency.anchor=off"])
     evaluator = CandidateEvaluator(supernet, oracle, flops_budget=None, latency_budget=1e-3, latency=settings.latency)
     request = dataclasses.replace(make_request(tiny_checkpoint, tmp_path, budget="1ms"), settings=settings)
     smallest, largest = evaluator.config_latencies([space.min_config(), space.max_config()])

@@ -1,0 +1,330 @@
+"""Width routing on real images (issue 22): does it save measured time, and does it pay on the front?
+
+On a supernet checkpoint that holds width routers (``python -m supernet.route``):
+
+1. ``search``: one ``nas.search`` study (static, channel-gated and routed candidates; latency objective at batch
+   1, anchored CPU timing, effective FLOPs recorded too), resumed if it exists;
+2. ``judge``: every scored candidate re-scored on the judging split (``--test-root``, e.g. the 10,000 held-out
+   CIFAR-10 images), kNN over ``--bank`` training images, beside raw pixels and the untrained full network,
+   and each static front member beside its untrained twin;
+3. ``fronts``: judged accuracy vs effective FLOPs and vs measured batch-1 latency, each kind marked
+   (``routing_fronts.png``), and the target: a routed network that beats every static one of lower or equal
+   cost by >= 1 point, or matches the full network's accuracy within 0.3 point at <= 75 % of its cost, on both;
+4. ``equal_cost``: the most accurate network of each kind at or below 25 / 50 / 75 / 100 % of the full
+   network's cost, one table;
+5. ``speed``: the routed front members (or the most accurate routed candidates) at batch 1, each image timed
+   beside the static sub-network of the route it took (interleaved rounds, eager, one thread): measured /
+   static <= 1.1; at ``--batch`` (256) the routed batch beside its groups run alone as static networks:
+   measured / (sum of its groups' static times) and measured / (FLOPs-weighted expectation: the widest route's
+   time x effective FLOPs / its FLOPs) <= 1.2;
+6. ``routers``: each route's share and accuracy, and which classes the routers send narrow.
+
+    python benchmarks/bench_routing.py --checkpoint /work/runs/c10_supernet/checkpoint.pt \\
+        --test-root /work/data/cifar10/heldout --trials 80 --out /tmp/bench_routing --json routing.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nas.budget import parse_budget
+from nas.latency.measure import measure_latencies
+from nas.settings import load_search_settings
+from nas.study.oracle import build_oracle
+from nas.study.pareto import kind_of, pareto_front
+from nas.study.run import SearchRequest, search
+from search_spaces import SubnetConfig
+from supernet.evaluation.baselines import untrained_network
+from supernet.io.checkpoint import load_supernet
+from supernet.io.files import atomic_write, atomic_write_text
+from supernet.io.provenance import machine_record
+from supernet.nn.gates import GateOptions
+from supernet.nn.routing import RoutedNetwork
+
+SPEED_TARGET_BATCH1 = 1.1
+SPEED_TARGET_BATCH = 1.2
+BEATS_BY = 0.01  # a routed network beats every static one of lower or equal cost by this much (kNN top-1)
+MATCH_WITHIN = 0.003  # or matches the full network's accuracy within this
+MATCH_COST = 0.75  # at no more than this share of its cost
+COST_SHARES = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class Judged:
+    trial: int
+    kind: str
+    config: dict[str, Any]
+    flops: float
+    effective_flops: float
+    latency_batch1_s: float
+    accuracy: float  # on the judging split
+    search_accuracy: float  # the oracle's, during the search
+    untrained: float | None = None  # the same (widest) widths untrained, judged alike
+    routes: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Report:
+    checkpoint: str
+    judge_images: int
+    bank_images: int
+    raw_pixels: float
+    untrained_full: float
+    full_accuracy: float
+    full_flops: float
+    full_latency_batch1_s: float
+    judged: list[Judged] = field(default_factory=list)
+    fronts: dict[str, list[int]] = field(default_factory=dict)
+    pays: dict[str, dict[str, Any]] = field(default_factory=dict)
+    equal_cost: list[dict[str, Any]] = field(default_factory=list)
+    speed: list[dict[str, Any]] = field(default_factory=list)
+    routers: list[dict[str, Any]] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        speed_ok = bool(self.speed) and all(row["passed"] for row in self.speed)
+        return speed_ok and all(entry["passed"] for entry in self.pays.values())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--test-root", type=Path, required=True, help="the judging split (an ImageFolder tree)")
+    parser.add_argument("--out", type=Path, required=True, help="the search study and the figures go here")
+    parser.add_argument("--trials", type=int, default=80)
+    parser.add_argument("--sampler", default="nsga2")
+    parser.add_argument("--bank", type=int, default=10000, help="training images the judging kNN votes with")
+    parser.add_argument("--batch", type=int, default=256, help="the larger batch of the speed check")
+    parser.add_argument("--speed-configs", type=int, default=3)
+    parser.add_argument("--speed-images", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="search settings (configs/search.yaml)")
+    return parser.parse_args(argv)
+
+
+def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
+    settings = load_search_settings(["latency.batch_size=1", *args.overrides])
+    request = SearchRequest(checkpoint=args.checkpoint, flops_budget=None, latency_budget=None, objective="latency",
+                            sampler=args.sampler, trials=args.trials, timeout=None, device="cpu", storage=None,
+                            study_name="routing", seed=0, out=args.out / "search", settings=settings, progress=True)
+    return search(request).records
+
+
+def judge(args: argparse.Namespace, records: list[dict[str, Any]]) -> tuple[Report, Any]:
+    supernet, payload = load_supernet(args.checkpoint)
+    supernet.eval()
+    settings = load_search_settings([f"data.test_root={args.test_root}", "data.holdout_size=0",
+                                     f"oracle.bank_size={args.bank}", *args.overrides])
+    oracle = build_oracle(supernet, payload, settings.data, settings.oracle, "cpu")
+    references = oracle.references()
+    seed = int(payload["config"]["seed"])
+    options = GateOptions(**payload.get("gate_options", {}))
+    full = next(r for r in records if r["config"] == _static(supernet.space.max_config(), records))
+    report = Report(str(args.checkpoint), len(oracle.data.val), len(oracle.data.bank), references["raw_pixels"],
+                    references["untrained_full"], 0.0, float(full["effective_flops"]),
+                    float(full["latency_by_batch"]["1"]["seconds"]), machine=machine_record(args.threads))
+    for record in records:
+        if record.get("accuracy") is None:
+            continue
+        cfg = SubnetConfig.from_dict(record["config"])
+        routed = oracle.routed_network(cfg) if cfg.routed else None
+        accuracy = oracle.accuracy(cfg, routed)
+        routes = [share.to_dict() for share in oracle.routed_score(cfg, routed).routes] if routed is not None else None
+        report.judged.append(Judged(record["trial"], kind_of(record), record["config"], float(record["flops"]),
+                                    float(record["effective_flops"]), float(record["latency_by_batch"]["1"]["seconds"]),
+                                    accuracy, float(record["accuracy"]), routes=routes))
+    report.full_accuracy = next(j.accuracy for j in report.judged if j.trial == full["trial"])
+    for row in report.judged:  # untrained twins of the static members of either front
+        if row.kind == "static":
+            twin = untrained_network(SubnetConfig.from_dict(row.config), seed=seed, with_gates=supernet.with_gates,
+                                     gate_options=options)
+            row.untrained = oracle.score(oracle.recalibrate(twin.eval()))
+    return report, oracle
+
+
+def _static(cfg: SubnetConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    resolution = records[0]["config"]["resolution"]
+    return SubnetConfig(cfg.space, dict(cfg.channels), None, resolution).to_dict()
+
+
+def fronts(report: Report) -> None:
+    records = [{"trial": j.trial, "config": j.config, "accuracy": j.accuracy, "effective_flops": j.effective_flops,
+                "latency": {"seconds": j.latency_batch1_s}} for j in report.judged]
+    costs = {"effective_flops": lambda j: j.effective_flops, "latency_batch1": lambda j: j.latency_batch1_s}
+    full_cost = {"effective_flops": report.full_flops, "latency_batch1": report.full_latency_batch1_s}
+    for name, cost in costs.items():
+        objective = "flops" if name == "effective_flops" else "latency"
+        report.fronts[name] = [r["trial"] for r in pareto_front(records, objective)]
+        static = [j for j in report.judged if j.kind == "static"]
+        best_margin, best_match = None, None
+        for j in (j for j in report.judged if j.kind == "routed"):
+            cheaper = [s.accuracy for s in static if cost(s) <= cost(j)]
+            margin = j.accuracy - max(cheaper) if cheaper else j.accuracy
+            if best_margin is None or margin > best_margin[1]:
+                best_margin = (j.trial, margin)
+            share = cost(j) / full_cost[name]
+            if share <= MATCH_COST and j.accuracy >= report.full_accuracy - MATCH_WITHIN and (
+                    best_match is None or share < best_match[1]):
+                best_match = (j.trial, share)
+        passed = (best_margin is not None and best_margin[1] >= BEATS_BY) or best_match is not None
+        report.pays[name] = {"passed": passed, "best_margin_over_cheaper_static": best_margin,
+                             "matches_full_at_cost_share": best_match}
+
+
+def equal_cost(report: Report) -> None:
+    for share in COST_SHARES:
+        row: dict[str, Any] = {"flops_share": share}
+        for kind in ("static", "gated", "routed"):
+            members = [j for j in report.judged if j.kind == kind and j.effective_flops <= share * report.full_flops * 1.0001]
+            best = max(members, key=lambda j: j.accuracy, default=None)
+            row[kind] = None if best is None else {"trial": best.trial, "accuracy": best.accuracy,
+                                                   "effective_flops": best.effective_flops,
+                                                   "latency_batch1_s": best.latency_batch1_s}
+        report.equal_cost.append(row)
+
+
+def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
+    routed = sorted((j for j in report.judged if j.kind == "routed"), key=lambda j: -j.accuracy)
+    on_front = [j for j in routed if j.trial in set(report.fronts.get("latency_batch1", []))]
+    chosen = (on_front + [j for j in routed if j not in on_front])[: args.speed_configs]
+    images = oracle.data.val[: args.speed_images]
+    for j in chosen:
+        cfg = SubnetConfig.from_dict(j.config)
+        network = oracle.routed_network(cfg).eval()
+        ratios = []
+        with torch.inference_mode():
+            for image in images.split(1):
+                network(image)
+                route = tuple(network.last_levels[0].tolist())  # type: ignore[union-attr]
+                static = oracle.subnet(network.route_config(route)).eval()
+                routed_time, static_time = measure_latencies([network, static], image, repeats=args.repeats, warmup=5,
+                                                             warmup_seconds=0.1, threads=args.threads)
+                ratios.append(routed_time.seconds / static_time.seconds)
+            batch = oracle.data.val[: args.batch]
+            network(batch)
+            levels = network.last_levels
+            groups = {route: int((levels == torch.tensor(route)).all(dim=1).sum()) for route in
+                      sorted({tuple(r) for r in levels.tolist()})}
+            statics = {route: oracle.subnet(network.route_config(route)).eval() for route in groups}
+            widest = oracle.subnet(cfg.static()).eval()
+            measured = measure_latencies([network, widest], batch, repeats=max(5, args.repeats // 4), warmup=1,
+                                         warmup_seconds=0.1, threads=args.threads)
+            group_times = {route: measure_latencies([statics[route]], batch[:count], repeats=max(5, args.repeats // 4),
+                                                    warmup=1, threads=args.threads)[0].seconds
+                           for route, count in groups.items()}
+        summed = sum(group_times.values())
+        flops_weighted = measured[1].seconds * j.effective_flops / j.flops
+        row = {"trial": j.trial, "images": len(ratios), "batch1_ratio_median": statistics.median(ratios),
+               "batch1_ratio_mean": statistics.fmean(ratios), "batch1_ratio_max": max(ratios),
+               "batch": args.batch, "batch_seconds": measured[0].seconds, "widest_batch_seconds": measured[1].seconds,
+               "groups": {",".join(map(str, k)): v for k, v in groups.items()}, "groups_alone_seconds": summed,
+               "batch_over_groups": measured[0].seconds / summed, "batch_over_flops_weighted": measured[0].seconds / flops_weighted}
+        row["passed"] = row["batch1_ratio_median"] <= SPEED_TARGET_BATCH1 and row["batch_over_flops_weighted"] <= SPEED_TARGET_BATCH
+        report.speed.append(row)
+        print(f"{'PASS' if row['passed'] else 'FAIL'}: routed trial {j.trial}: batch 1, {len(ratios)} images, routed / static "
+              f"of its route median {row['batch1_ratio_median']:.3f} (max {row['batch1_ratio_max']:.3f}, target <= "
+              f"{SPEED_TARGET_BATCH1}); batch {args.batch}: / its groups alone {row['batch_over_groups']:.3f}, / FLOPs-"
+              f"weighted expectation {row['batch_over_flops_weighted']:.3f} (target <= {SPEED_TARGET_BATCH})", flush=True)
+
+
+def routers(report: Report, oracle: Any) -> None:
+    routed = sorted((j for j in report.judged if j.kind == "routed"), key=lambda j: -j.accuracy)[:3]
+    names = oracle.data.num_classes
+    for j in routed:
+        cfg = SubnetConfig.from_dict(j.config)
+        network = oracle.routed_network(cfg).eval()
+        levels = []
+        with torch.no_grad():
+            for start in range(0, len(oracle.data.val), 256):
+                network(oracle.data.val[start : start + 256])
+                levels.append(network.last_levels)
+        levels = torch.cat(levels)
+        narrowest = (levels == 0).all(dim=1)
+        by_class = [float(narrowest[oracle.data.val_labels == c].float().mean()) for c in range(names)]
+        report.routers.append({"trial": j.trial, "routes": j.routes, "narrowest_share": float(narrowest.float().mean()),
+                               "narrowest_share_by_class": by_class})
+
+
+def plot(report: Report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    colours = {"static": "tab:blue", "gated": "tab:orange", "routed": "tab:green"}
+    markers = {"static": "o", "gated": "^", "routed": "s"}
+    figure, panels = plt.subplots(1, 2, figsize=(13, 4.8))
+    for axes, (name, cost, label) in zip(panels, (("effective_flops", lambda j: j.effective_flops / 1e6, "effective MFLOPs (fvcore)"),
+                                                   ("latency_batch1", lambda j: j.latency_batch1_s * 1e3, "latency at batch 1 (ms, anchored CPU)"))):
+        for kind in ("static", "gated", "routed"):
+            members = [j for j in report.judged if j.kind == kind]
+            if members:
+                axes.scatter([cost(j) for j in members], [j.accuracy * 100 for j in members], s=18, alpha=0.6,
+                             c=colours[kind], marker=markers[kind], label=f"{kind} ({len(members)})")
+        front = [next(j for j in report.judged if j.trial == t) for t in report.fronts[name]]
+        axes.plot([cost(j) for j in front], [j.accuracy * 100 for j in front], "-", c="tab:red", drawstyle="steps-post",
+                  label="front")
+        axes.axhline(report.raw_pixels * 100, ls=":", c="dimgray", label=f"raw pixels {report.raw_pixels:.1%}")
+        axes.axhline(report.untrained_full * 100, ls="-.", c="dimgray", label=f"untrained full {report.untrained_full:.1%}")
+        axes.set_xscale("log")
+        axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set_xlabel(label + ", log scale")
+        axes.set_ylabel(f"kNN top-1 on {report.judge_images} held-out images (%)")
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=120))
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    records = run_search(args)
+    searched = time.perf_counter()
+    report, oracle = judge(args, records)
+    report.seconds = {"search": searched - started, "judge": time.perf_counter() - searched}
+    fronts(report)
+    equal_cost(report)
+    print(f"references on {report.judge_images} held-out images: raw pixels {report.raw_pixels:.2%}, untrained full "
+          f"network {report.untrained_full:.2%}; full network {report.full_accuracy:.2%}")
+    for name, entry in report.pays.items():
+        print(f"{'PASS' if entry['passed'] else 'FAIL'}: routing pays on the {name} front: best routed margin over every "
+              f"static network of lower or equal cost {entry['best_margin_over_cheaper_static']}, matches the full network "
+              f"(within {MATCH_WITHIN:.1%}) at cost share {entry['matches_full_at_cost_share']}", flush=True)
+    for row in report.equal_cost:
+        cells = [f"{kind} " + (f"{row[kind]['accuracy']:.2%} (trial {row[kind]['trial']})" if row[kind] else "-")
+                 for kind in ("static", "gated", "routed")]
+        print(f"at <= {row['flops_share']:.0%} of the full network's FLOPs: " + ", ".join(cells))
+    speed(args, report, oracle)
+    routers(report, oracle)
+    plot(report, args.out / "routing_fronts.png")
+    report.seconds["all"] = time.perf_counter() - started
+    print(f"{'PASS' if report.passed else 'FAIL'}: {time.perf_counter() - started:.0f} s; figure {args.out / 'routing_fronts.png'}")
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps({**asdict(report), "passed": report.passed}, indent=2, default=str) + "\n")
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
