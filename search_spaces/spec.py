@@ -297,31 +297,13 @@ class SearchSpace:
                 detail = ", ".join(f"{name}={cfg.channels[name]}" for name in group)
                 raise ConfigError(f"channels[{group[-1]!r}]: tied widths differ ({detail}); a tie group shares one width")
         if cfg.gate_thresholds is not None:
-            gated = [block.name for block in self.gated_blocks]
-            unknown = sorted(set(cfg.gate_thresholds) - set(gated))
-            if unknown:
-                raise ConfigError(f"gate_thresholds[{unknown[0]!r}]: not a gated block; gated blocks: {gated}")
-            missing = [name for name in gated if name not in cfg.gate_thresholds]
-            if missing:
-                raise ConfigError(f"gate_thresholds[{missing[0]!r}]: missing; give every gated block a threshold or use null")
-            low, high = self.gate_threshold_range
-            for name, threshold in cfg.gate_thresholds.items():
-                if not low <= threshold <= high:
-                    raise ConfigError(f"gate_thresholds[{name!r}]: {threshold} is out of range; allowed: [{low}, {high}]")
+            _check_thresholds("gate_thresholds", cfg.gate_thresholds, [b.name for b in self.gated_blocks],
+                              self.gate_threshold_range, what="gated block", missing_hint="every gated block")
         if cfg.route_thresholds is not None:
-            routers = list(self.router_blocks)
-            if not routers:
+            if not self.router_blocks:
                 raise ConfigError(f"route_thresholds: the {self.family} space {self.name} has no width routers; use null")
-            unknown = sorted(set(cfg.route_thresholds) - set(routers))
-            if unknown:
-                raise ConfigError(f"route_thresholds[{unknown[0]!r}]: not a router block; router blocks: {routers}")
-            missing = [name for name in routers if name not in cfg.route_thresholds]
-            if missing:
-                raise ConfigError(f"route_thresholds[{missing[0]!r}]: missing; give every router a threshold or use null")
-            low, high = self.route_threshold_range
-            for name, threshold in cfg.route_thresholds.items():
-                if not low <= threshold <= high:
-                    raise ConfigError(f"route_thresholds[{name!r}]: {threshold} is out of range; allowed: [{low}, {high}]")
+            _check_thresholds("route_thresholds", cfg.route_thresholds, list(self.router_blocks),
+                              self.route_threshold_range, what="router block", missing_hint="every router")
 
     def narrow(self, channels: Mapping[str, int]) -> SearchSpace:
         """A space whose maximum is ``channels`` (any positive counts): the shape of an extracted network."""
@@ -329,3 +311,18 @@ class SearchSpace:
             LayerSpec(layer.name, int(channels[layer.name]), (int(channels[layer.name]),)) for layer in self.layers
         )
         return replace(self, layers=layers)
+
+
+def _check_thresholds(key: str, thresholds: Mapping[str, float], blocks: list[str], bounds: tuple[float, float], *,
+                      what: str, missing_hint: str) -> None:
+    """One threshold per block of ``blocks``, each within ``bounds``; else a :class:`ConfigError` naming it."""
+    unknown = sorted(set(thresholds) - set(blocks))
+    if unknown:
+        raise ConfigError(f"{key}[{unknown[0]!r}]: not a {what}; {what}s: {blocks}")
+    missing = [name for name in blocks if name not in thresholds]
+    if missing:
+        raise ConfigError(f"{key}[{missing[0]!r}]: missing; give {missing_hint} a threshold or use null")
+    low, high = bounds
+    for name, threshold in thresholds.items():
+        if not low <= threshold <= high:
+            raise ConfigError(f"{key}[{name!r}]: {threshold} is out of range; allowed: [{low}, {high}]")

@@ -25,6 +25,7 @@ outputs, and the oracle's kNN must predict the same class from them on its valid
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -32,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,10 +127,7 @@ def export(request: ExportRequest) -> dict[str, Any]:
     program, dynamic_batch = export_program(network, images)
 
     out_dir = request.out or default_out_dir(cfg)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
-    try:
+    with _staging(out_dir) as staging:
         torch.export.save(program, staging / FILES["program"])
         check = check_program(staging / FILES["program"], network, reference, images)
         onnx = None
@@ -146,12 +145,9 @@ def export(request: ExportRequest) -> dict[str, Any]:
             os.replace(staging / files[key], out_dir / files[key])
         if "onnx" not in files:  # a model.onnx of an earlier export with --onnx no longer matches subnet.json
             (out_dir / ONNX_FILE).unlink(missing_ok=True)
-    except BaseException:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for stale in (TABLE, RUNNER):  # nor do an earlier routed export's pieces
+            (out_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / PIECES_DIR, ignore_errors=True)
     return {**record, "out_dir": str(out_dir)}
 
 
@@ -183,10 +179,7 @@ def _export_routed(request: ExportRequest, cfg: SubnetConfig, supernet: SuperNet
         taken = sorted({tuple(row) for row in network.last_levels.tolist()})  # type: ignore[union-attr]
     references = {route: supernet_reference(supernet, network.route_config(route), oracle) for route in taken}
     out_dir = request.out or default_out_dir(cfg)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
-    try:
+    with _staging(out_dir) as staging:
         dynamic_batch = export_routed_pieces(network, images, staging)
         onnx = export_routed_onnx(network, images, staging) if request.onnx else None
         table = routing_table(network)
@@ -208,12 +201,6 @@ def _export_routed(request: ExportRequest, cfg: SubnetConfig, supernet: SuperNet
         shutil.rmtree(out_dir / PIECES_DIR, ignore_errors=True)
         for name in (PIECES_DIR, TABLE, RUNNER, ROUTED_FILES["weights"], ROUTED_FILES["readme"], ROUTED_FILES["config"]):
             os.replace(staging / name, out_dir / name)  # subnet.json last: it describes the others
-    except BaseException:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return {**record, "out_dir": str(out_dir)}
 
 
@@ -260,6 +247,23 @@ def supernet_reference(supernet: SuperNet, cfg: SubnetConfig, oracle: Oracle) ->
     reference.set_gate_mode("masked")
     return recalibrate_bn(reference, oracle.data.calibration, len(oracle.data.calibration),
                           batch_size=oracle.batch_size, seed=oracle.seed, device="cpu")
+
+
+@contextlib.contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A staging folder inside ``out_dir`` that the export writes into and moves out of; removed whatever happens,
+    and ``out_dir`` with it if this export created it and failed (nothing half-written is left)."""
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        yield staging
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _check_images(oracle: Oracle) -> torch.Tensor:

@@ -3,10 +3,10 @@
 DS-Net (Li et al., CVPR 2021) trains its gate with "sandwich gate sparsification": an input the slimmest
 sub-network classifies correctly is an easy one, whose target is the slimmest width; any other input's is
 the widest. Without labels, "correct" becomes *agreement with the full-width teacher*: a route's embedding of
-an image (what the method trains sub-networks to match the teacher with, e.g. US3L's auxiliary-head
-prediction) agrees when, among the teacher's embeddings of every image of the batch, the nearest one (cosine)
-is that same image's -- the route still tells this image apart as the teacher sees it (instance
-discrimination, the pretext task itself). Each router then learns, for every level but the widest, the
+one view of an image (what the method trains sub-networks to match the teacher with, e.g. US3L's
+auxiliary-head prediction) agrees when, among the teacher's embeddings of the other view of every image of the
+batch, the nearest one (cosine) is that same image's -- the route still tells this image apart as the teacher
+sees it (instance discrimination across views, the pretext task itself). Each router then learns, for every level but the widest, the
 probability that the level agrees (:func:`router_loss`, binary cross-entropy per level); at inference the
 searched threshold turns those probabilities into a level (:func:`supernet.nn.routing.route_levels`).
 

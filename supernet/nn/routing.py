@@ -39,7 +39,7 @@ from search_spaces import SearchSpace, SubnetConfig, UserError
 from supernet.nn.ops import DynamicLinear
 
 __all__ = ["DEFAULT_LEVELS", "RouterSet", "RoutedNetwork", "RoutingError", "WidthRouter", "check_levels",
-           "route_levels", "router_key", "segments_of"]
+           "levels_problem", "route_levels", "router_key", "segments_of"]
 
 DEFAULT_LEVELS: tuple[float, ...] = (0.25, 0.5, 1.0)
 PieceCall = Callable[[str, nn.Module, torch.Tensor], torch.Tensor]
@@ -49,15 +49,20 @@ class RoutingError(UserError):
     """Routing settings or a routed config that cannot work; one line naming the setting."""
 
 
-def check_levels(levels: Sequence[float], *, key: str = "routing.levels") -> tuple[float, ...]:
-    """``levels`` as a tuple if they are >= 2 ascending multipliers in (0, 1] ending at 1.0; else one line."""
-    values = tuple(float(level) for level in levels)
+def levels_problem(levels: Sequence[float]) -> str | None:
+    """What valid width levels would be, if ``levels`` are not (None if they are): a settings rule."""
+    values = [float(level) for level in levels]
     valid = (len(values) >= 2 and values[-1] == 1.0 and all(0.0 < v <= 1.0 for v in values)
              and all(a < b for a, b in zip(values, values[1:])))
-    if not valid:
-        raise RoutingError(f"{key}: {list(values)} are not width levels; expected two or more ascending multipliers "
-                           "in (0, 1] ending at 1.0, e.g. [0.25, 0.5, 1.0]")
-    return values
+    return None if valid else "two or more ascending width multipliers in (0, 1] ending at 1.0, e.g. [0.25, 0.5, 1.0]"
+
+
+def check_levels(levels: Sequence[float], *, key: str = "routing.levels") -> tuple[float, ...]:
+    """``levels`` as a tuple if they are valid width levels (:func:`levels_problem`); else one line."""
+    problem = levels_problem(levels)
+    if problem is not None:
+        raise RoutingError(f"{key}: {[float(level) for level in levels]} are not width levels; expected {problem}")
+    return tuple(float(level) for level in levels)
 
 
 def router_key(block: str) -> str:

@@ -75,9 +75,11 @@ def routing_step(run: Run, routers: RouterSet, optimizer: torch.optim.Optimizer,
             for hook in hooks:
                 hook.remove()
             run.encoder.set_max()
-        # one target row per (global view, image): levels x views embeddings against the teacher's of that view
-        labels = torch.cat([route_targets([per_level[view] for per_level in level_embeddings], targets[view])
-                            for view in range(len(global_views))])
+        # one target row per (global view, image): each level's embedding of a view against the teacher's
+        # embeddings of the *other* view, the pairing the sub-networks are trained on (US3L, MoCo)
+        count = len(global_views)
+        labels = torch.cat([route_targets([per_level[view] for per_level in level_embeddings], targets[(view + 1) % count])
+                            for view in range(count)])
     optimizer.zero_grad(set_to_none=True)
     losses = []
     for name in routers.blocks:

@@ -16,6 +16,7 @@ from supernet.data.store import PIPELINES
 from supernet.data.views import VIEW_BUILDERS
 from supernet.evaluation.settings import KnnSettings
 from supernet.losses import LOSS_WEIGHTINGS
+from supernet.nn.routing import levels_problem
 from supernet.settings import Rules, at_least, choice, in_range, optional, positive
 from supernet.ssl import METHODS
 from supernet.ssl.vicreg import VARIANCE_OVER_VIEWS
@@ -220,12 +221,6 @@ class GatesConfig:
                               "threshold": in_range(0, 1, low_open=True, high_open=True)}
 
 
-def width_levels(value: Any) -> str | None:
-    valid = (len(value) >= 2 and value[-1] == 1.0 and all(0 < v <= 1 for v in value)
-             and all(a < b for a, b in zip(value, value[1:])))
-    return None if valid else "two or more ascending width multipliers in (0, 1] ending at 1.0, e.g. [0.25, 0.5, 1.0]"
-
-
 @dataclass
 class RoutingConfig:
     """Width routers (DS-Net's dynamic width, :mod:`supernet.nn.routing`), trained without labels after the
@@ -237,7 +232,7 @@ class RoutingConfig:
     epochs: int = 1  # passes over the training images
     lr: float = 1e-3  # AdamW
 
-    RULES: ClassVar[Rules] = {"levels": width_levels, "hidden_channels": at_least(1), "epochs": at_least(1),
+    RULES: ClassVar[Rules] = {"levels": levels_problem, "hidden_channels": at_least(1), "epochs": at_least(1),
                               "lr": positive}
 
 
