@@ -57,8 +57,10 @@ def print_table(summary: SearchSummary) -> None:
         how = f"predicted by the table {latency.get('table')} for" if latency["method"] == "table" else "measured as"
         runtime = f"{latency.get('runtime', 'eager')} {latency.get('dtype', 'float32')}"
         how = f"{how} {runtime} on" if latency["method"] != "table" else f"{how} {runtime},"
+        anchored = (f"; anchored: each relative to {latency['anchor']} timed in the same rounds, scaled by its "
+                    f"{latency['anchor_seconds'] * 1e3:.3f} ms" if latency.get("anchor") else "")
         print(f"latency {how} {latency['device']}, batch size {latency['batch_size']}"
-              + (" (and 1)" if batch1 else ""))
+              + (" (and 1)" if batch1 else "") + anchored)
     print(f"outputs: {summary.out_dir}/{{pareto.json,pareto.csv,pareto.png,best.json}}")
 
 

@@ -133,6 +133,10 @@ def load_exported(directory: Path) -> tuple[SuperNet, dict[str, Any]]:
     record = read_json(directory / FILES["config"], "--export", expected="a directory written by nas.export")
     if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT or "config" not in record:
         raise ExportError(f"--export: {directory / FILES['config']} is not a {EXPORT_FORMAT} record")
+    if "routing" in record:
+        raise ExportError(f"--export: {directory} holds a routed network (its pieces and routing.json, run by "
+                          "routed_model.py); nas.evaluate evaluates static and gated exports, and subnet.json holds "
+                          "the routed network's kNN per route (metrics.routes)")
     cfg = config_from(record["config"], str(directory / FILES["config"]))
     try:
         space = get_space(cfg.space)

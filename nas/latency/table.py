@@ -262,8 +262,8 @@ class LatencyTable:
         return {"seconds": self.predict(cfg, kept), "device": self.device, "batch_size": self.batch_size,
                 "repeats": self.repeats, "method": "table", "runtime": self.runtime, "dtype": self.dtype,
                 "gate_mode": ("gathered" if self.gathered else "masked") if cfg.gated else None, "warmup": 0,
-                "prepare_seconds": 0.0, "versions": dict(self.versions),
-                "table": str(self.path) if self.path else None, "table_sha256": self.sha256}
+                "prepare_seconds": 0.0, "versions": dict(self.versions), "anchor": None, "anchor_seconds": None,
+                "ratio": None, "table": str(self.path) if self.path else None, "table_sha256": self.sha256}
 
     def _entry(self, section: str, module: str, widths: tuple[tuple[str, int], ...]) -> float:
         return float(self.entries[section][module][widths_key(widths)])

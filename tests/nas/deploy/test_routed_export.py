@@ -76,3 +76,11 @@ def test_the_runner_needs_only_torch(routed_export: tuple[Path, SubnetConfig], t
     out = subprocess.run([sys.executable, "-c", script, str(directory)], capture_output=True, text=True, cwd=tmp_path,
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""}, check=True)
     assert out.stdout.strip().endswith("(3, 1)")
+
+
+def test_nas_evaluate_says_in_one_line_that_it_does_not_evaluate_routed_exports(
+        routed_export: tuple[Path, SubnetConfig]) -> None:
+    directory, _ = routed_export
+    run = subprocess.run([sys.executable, "-m", "nas.evaluate", "--export", str(directory)], capture_output=True, text=True)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --export: ") and "routed" in lines[0]
