@@ -59,7 +59,7 @@ def measure_costs(
         widest = tuple(len(network.levels) - 1 for _ in network.router_blocks)
         flops = (route_flops(network.route_config(widest)) if route_flops else count_flops(network.route_network(widest), resolution)) + \
             _router_flops(network, calibration[:1].to(device), widest)
-        params = count_params(network.route_network(widest)) + count_params(network.routers)
+        params = count_params(network.route_network(widest)) + sum(count_params(h) for h in network.router_heads(widest))
         return Costs(flops=int(flops), effective_flops=float(per_input.mean()), params=params)
     flops = count_flops(network, resolution)
     effective = float(flops)
@@ -95,10 +95,10 @@ def _router_flops(network: RoutedNetwork, example: torch.Tensor, route: tuple[in
     """fvcore FLOPs of the routers an input running ``route`` passes (each reading what enters its block)."""
     entering = network.router_inputs(example, route)
     total = 0
-    for name, x in zip(network.router_blocks, entering):
-        key = (name, tuple(x.shape[1:]))  # a router's FLOPs depend on what it reads, not on the image
+    for head, x in zip(network.router_heads(route), entering):
+        key = (tuple(head.fc1.weight.shape), tuple(head.fc2.weight.shape), tuple(x.shape[1:]))  # not the image's
         if key not in _ROUTER_FLOPS:
-            _ROUTER_FLOPS[key] = count_flops(network.routers.router(name), inputs=x)
+            _ROUTER_FLOPS[key] = count_flops(head, inputs=x)
         total += _ROUTER_FLOPS[key]
     return total
 

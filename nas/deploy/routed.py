@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from nas.deploy.program import TOLERANCE, ExportCheckError, export_program
-from supernet.nn.routing import RoutedNetwork, router_key
+from supernet.nn.routing import RoutedNetwork, head_key
 
 __all__ = ["PIECES_DIR", "ROUTED_FILES", "RUNNER", "TABLE", "check_routed", "export_routed_pieces", "load_runner",
            "routing_table"]
@@ -36,10 +36,6 @@ TABLE = "routing.json"
 RUNNER = "routed_model.py"
 ROUTED_FILES = {"config": "subnet.json", "weights": "weights.pt", "pieces": PIECES_DIR, "table": TABLE,
                 "runner": RUNNER, "readme": "README.txt"}
-
-
-def _router_piece(block: str, in_channels: int) -> str:
-    return f"router.{router_key(block)}.in{in_channels}"
 
 
 def routing_table(network: RoutedNetwork) -> dict[str, Any]:
@@ -54,7 +50,7 @@ def routing_table(network: RoutedNetwork) -> dict[str, Any]:
         "router_blocks": list(network.router_blocks),
         "thresholds": list(network.thresholds),
         "levels": list(network.levels),
-        "router_inputs": {block: [_router_piece(block, c) for c in channels] for block, channels in routers.items()},
+        "router_inputs": {block: [head_key(block, c) for c in channels] for block, channels in routers.items()},
         "branch_of": {",".join(map(str, route)): key for route, key in sorted(network.branch_of.items())},
         "feature_dim": network.feature_dim,
         "rule": "per router: the narrowest level whose sigmoid(logit) >= threshold, else the widest",
@@ -68,8 +64,8 @@ def _pieces(network: RoutedNetwork, images: torch.Tensor) -> dict[str, tuple[nn.
         for route in network.routes():
             hidden = network.prefix(images[:2])
             for depth, level in enumerate(route):
-                block = network.router_blocks[depth]
-                pieces.setdefault(_router_piece(block, hidden.shape[1]), (network.routers.router(block), hidden))
+                key = head_key(network.router_blocks[depth], hidden.shape[1])
+                pieces.setdefault(key, (network.heads[key], hidden))
                 key = network.branch_of[route[: depth + 1]]
                 pieces.setdefault(key, (network.branches[key], hidden))
                 hidden = network.branches[key](hidden)
@@ -198,7 +194,7 @@ class RoutedModel:
                 levels[rows] = torch.tensor(route)
                 continue
             block = blocks[len(route)]
-            key = "router.%s.in%d" % (block.replace(".", "_"), hidden.shape[1])
+            key = "router_%s_in%d" % (block.replace(".", "_"), hidden.shape[1])
             suffices = torch.sigmoid(self.pieces[key](hidden).float()) >= self.table["thresholds"][len(route)]
             chosen = torch.where(suffices.any(dim=1), suffices.to(torch.int8).argmax(dim=1),
                                  torch.full((hidden.shape[0],), suffices.shape[1]))

@@ -38,8 +38,8 @@ from torch import nn
 from search_spaces import SearchSpace, SubnetConfig, UserError
 from supernet.nn.ops import DynamicLinear
 
-__all__ = ["DEFAULT_LEVELS", "RouterSet", "RoutedNetwork", "RoutingError", "WidthRouter", "check_levels",
-           "levels_problem", "route_levels", "router_key", "segments_of"]
+__all__ = ["DEFAULT_LEVELS", "RouterHead", "RouterSet", "RoutedNetwork", "RoutingError", "WidthRouter", "check_levels",
+           "head_key", "levels_problem", "route_levels", "router_key", "segments_of"]
 
 DEFAULT_LEVELS: tuple[float, ...] = (0.25, 0.5, 1.0)
 PieceCall = Callable[[str, nn.Module, torch.Tensor], torch.Tensor]
@@ -68,6 +68,11 @@ def check_levels(levels: Sequence[float], *, key: str = "routing.levels") -> tup
 def router_key(block: str) -> str:
     """``layer2.0`` -> ``layer2_0``: a block name as a ``ModuleDict`` key."""
     return block.replace(".", "_")
+
+
+def head_key(block: str, in_channels: int) -> str:
+    """``router_layer2_0_in32``: the router of ``block`` for inputs of ``in_channels`` channels."""
+    return f"router_{router_key(block)}_in{in_channels}"
 
 
 def route_levels(logits: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -104,6 +109,23 @@ class WidthRouter(nn.Module):
     def decide(self, pooled: torch.Tensor) -> torch.Tensor:
         """Logits (B, K - 1) from already pooled features (B, C')."""
         return self.fc2(F.relu(self.fc1(pooled)))
+
+
+class RouterHead(nn.Module):
+    """A :class:`WidthRouter` fixed to one input width, as a routed network runs it: its first layer's weights
+    sliced to the first ``in_channels`` once (contiguous), no slicing per call."""
+
+    def __init__(self, router: WidthRouter, in_channels: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels, router.fc1.out_features)
+        self.fc2 = nn.Linear(router.fc2.in_features, router.fc2.out_features)
+        with torch.no_grad():
+            self.fc1.weight.copy_(router.fc1.weight[:, :in_channels])
+            self.fc1.bias.copy_(router.fc1.bias)
+            self.fc2.load_state_dict(router.fc2.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K - 1)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))))
 
 
 class RouterSet(nn.Module):
@@ -190,6 +212,8 @@ class RoutedNetwork(nn.Module):
     def __init__(self, space: SearchSpace, cfg: SubnetConfig, routers: RouterSet, prefix: nn.Module,
                  branches: Mapping[str, nn.Module], branch_of: Mapping[tuple[int, ...], str],
                  widths_of: Mapping[tuple[int, ...], int], prefix_width: int) -> None:
+        """``routers``: the trained routers; each is run as a :class:`RouterHead` per input width it can receive
+        (``heads``, keyed ``<router>_in<channels>``)."""
         super().__init__()
         if not cfg.routed:
             raise RoutingError("RoutedNetwork: the config has no route_thresholds")
@@ -205,7 +229,17 @@ class RoutedNetwork(nn.Module):
         self.widths_of = dict(widths_of)  # route prefix -> channels its last branch outputs
         self.prefix_width = prefix_width
         self.feature_dim = max(width for route, width in self.widths_of.items() if len(route) == len(self.router_blocks))
+        widths = {(): prefix_width, **self.widths_of}
+        self.heads = nn.ModuleDict({
+            head_key(name, width): RouterHead(routers.router(name), width)
+            for depth, name in enumerate(self.router_blocks)
+            for width in sorted({w for route, w in widths.items() if len(route) == depth})
+        })
         self.last_levels: torch.Tensor | None = None
+
+    def head(self, depth: int, in_channels: int) -> RouterHead:
+        """The router in front of group ``depth``, for inputs of ``in_channels`` channels."""
+        return self.heads[head_key(self.router_blocks[depth], in_channels)]  # type: ignore[return-value]
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -261,7 +295,7 @@ class RoutedNetwork(nn.Module):
 
     def run_pieces(self, x: torch.Tensor, call: PieceCall) -> torch.Tensor:
         """The routed forward with every piece run as ``call(key, module, inputs) -> outputs``: the prefix
-        (``"prefix"``), each router (``"router.<block>"``) and each branch (its key in :attr:`branches`). Plain
+        (``"prefix"``), each router head (its key in :attr:`heads`) and each branch (its key in :attr:`branches`). Plain
         calls are :meth:`forward`; a runtime's programs per piece run it as deployed (:mod:`nas.latency.programs`).
         """
         if x.shape[0] == 1:
@@ -280,7 +314,8 @@ class RoutedNetwork(nn.Module):
         """:meth:`run_pieces` of one input: each decision read on the host as it is made (no grouping to do)."""
         hidden, route = call("prefix", self.prefix, x), ()
         for segment, name in enumerate(self.router_blocks):
-            logits = call(f"router.{router_key(name)}", self.routers.router(name), hidden)
+            key = head_key(name, hidden.shape[1])
+            logits = call(key, self.heads[key], hidden)
             probabilities = torch.sigmoid(logits.float())[0].tolist()  # the router's one host sync
             threshold = self._thresholds32[segment]
             route = (*route, next((j for j, p in enumerate(probabilities) if p >= threshold), len(probabilities)))
@@ -297,8 +332,8 @@ class RoutedNetwork(nn.Module):
         if segment == len(self.router_blocks):
             yield rows, route, hidden
             return
-        name = self.router_blocks[segment]
-        logits = call(f"router.{router_key(name)}", self.routers.router(name), hidden)
+        key = head_key(self.router_blocks[segment], hidden.shape[1])
+        logits = call(key, self.heads[key], hidden)
         chosen = route_levels(logits, self.thresholds[segment]).cpu()  # the router's one host sync
         present = chosen.unique().tolist()
         for level in present:
@@ -331,6 +366,11 @@ class RoutedNetwork(nn.Module):
         network = nn.Sequential(self.prefix, *branches, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         network.training = self.training  # the wrapper only: whoever restores its mode restores this network's
         return network
+
+    def router_heads(self, route: Sequence[int]) -> list[RouterHead]:
+        """The router heads an input taking ``route`` runs, in order."""
+        widths = [self.prefix_width, *(self.widths_of[tuple(route[:depth])] for depth in range(1, len(route)))]
+        return [self.head(depth, width) for depth, width in enumerate(widths)]
 
     def router_inputs(self, x: torch.Tensor, route: Sequence[int]) -> list[torch.Tensor]:
         """What each router reads along ``route`` for inputs ``x`` (eval): one tensor per router."""

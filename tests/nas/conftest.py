@@ -152,7 +152,8 @@ def routed_config_that_splits(oracle, supernet: SuperNet, widths: SubnetConfig) 
     with torch.no_grad():
         for depth, name in enumerate(space.router_blocks):
             widest = len(probe.levels) - 1
-            logits = probe.routers.router(name)(probe.entering(images, (widest,) * depth))
+            entering = probe.entering(images, (widest,) * depth)
+            logits = probe.head(depth, entering.shape[1])(entering)
             sorted_p = torch.sigmoid(logits[:, 0]).sort().values
             middle = sorted_p.numel() // 2
             low, high = space.route_threshold_range

@@ -48,8 +48,11 @@ def _spread(routed: RoutedNetwork, images: torch.Tensor) -> RoutedNetwork:
     widest = len(routed.levels) - 1
     with torch.no_grad():
         for depth, name in enumerate(routed.router_blocks):
-            router = routed.routers.router(name)
-            router.fc2.bias.sub_(router(routed.entering(images, (widest,) * depth)).median(dim=0).values)
+            entering = routed.entering(images, (widest,) * depth)
+            shift = routed.head(depth, entering.shape[1])(entering).median(dim=0).values
+            for key, head in routed.heads.items():
+                if key.startswith(f"router_{name.replace('.', '_')}_in"):
+                    head.fc2.bias.sub_(shift)
     return routed
 
 
