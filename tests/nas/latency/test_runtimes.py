@@ -211,3 +211,28 @@ def test_a_cuda_graph_replays_a_full_size_network_at_batch_256() -> None:
                               dtype="float16")
     assert latency.runtime == "graph" and latency.batch_size == 256 and 0 < latency.seconds < 0.5
 
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "compiled"])
+def test_a_routed_network_runs_piecewise_as_it_runs_eagerly(runtime: str) -> None:
+    """Routers decide per input, so no single program holds a routed network: one program per piece and shape,
+    chained by the decisions, computes what the network computes, at batch 1 and in groups at batch 8."""
+    if runtime == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    from tests.supernet.nn.test_routing import _routed
+
+    _, _, _, routed = _routed(get_space("tiny"))
+    inputs = [torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    batch = [torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(9))]
+    with torch.inference_mode():
+        for batches in (inputs, batch):
+            program = prepare_program(routed, batches, runtime=runtime, dtype="float32", threads=1)
+            try:
+                for index, x in enumerate(batches):
+                    program.load(index)
+                    program.run()
+                    torch.testing.assert_close(program.result(), routed(x), rtol=1e-4, atol=1e-4)
+            finally:
+                program.close()
+        routes = {tuple(routed(x).shape) for x in inputs}
+    assert routes == {(1, routed.feature_dim)}
