@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import statistics
 import sys
 import time
@@ -36,10 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from nas.budget import parse_budget
 from nas.latency.measure import measure_latencies
 from nas.settings import load_search_settings
 from nas.study.oracle import build_oracle
@@ -47,11 +43,11 @@ from nas.study.pareto import kind_of, pareto_front
 from nas.study.run import SearchRequest, search
 from search_spaces import SubnetConfig
 from supernet.evaluation.baselines import untrained_network
+from supernet.evaluation.knn import knn_predict
 from supernet.io.checkpoint import load_supernet
 from supernet.io.files import atomic_write, atomic_write_text
 from supernet.io.provenance import machine_record
 from supernet.nn.gates import GateOptions
-from supernet.nn.routing import RoutedNetwork
 
 SPEED_TARGET_BATCH1 = 1.1
 SPEED_TARGET_BATCH = 1.2
@@ -244,8 +240,11 @@ def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
 
 
 def routers(report: Report, oracle: Any) -> None:
+    """What the routers of the most accurate routed candidates learned: the share of each route; which classes
+    go down the narrowest route; and whether the images they send narrow are those the narrow route gets right
+    (each image's kNN correctness on the narrowest and the widest uniform route, whatever its own route)."""
     routed = sorted((j for j in report.judged if j.kind == "routed"), key=lambda j: -j.accuracy)[:3]
-    names = oracle.data.num_classes
+    labels = oracle.data.val_labels
     for j in routed:
         cfg = SubnetConfig.from_dict(j.config)
         network = oracle.routed_network(cfg).eval()
@@ -255,10 +254,33 @@ def routers(report: Report, oracle: Any) -> None:
                 network(oracle.data.val[start : start + 256])
                 levels.append(network.last_levels)
         levels = torch.cat(levels)
-        narrowest = (levels == 0).all(dim=1)
-        by_class = [float(narrowest[oracle.data.val_labels == c].float().mean()) for c in range(names)]
-        report.routers.append({"trial": j.trial, "routes": j.routes, "narrowest_share": float(narrowest.float().mean()),
-                               "narrowest_share_by_class": by_class})
+        count = len(network.router_blocks)
+        correct = {}
+        for name, level in (("narrowest", 0), ("widest", len(network.levels) - 1)):
+            route = (level,) * count
+            embed = lambda images, route=route: torch.cat([network.route_features(images[s : s + 256], route).float()
+                                                          for s in range(0, len(images), 256)])
+            bank = oracle.bank_features(network.route_config(route), embed)
+            predicted = knn_predict(bank, oracle.data.bank_labels, embed(oracle.data.val), num_classes=oracle.data.num_classes,
+                                    k=oracle.k, temperature=oracle.temperature)
+            correct[name] = predicted == labels
+        narrow = (levels == 0).all(dim=1)
+        wide = ~narrow
+        share = lambda mask, hits: float(hits[mask].float().mean()) if mask.any() else None  # noqa: E731
+        report.routers.append({
+            "trial": j.trial, "routes": j.routes, "narrowest_share": float(narrow.float().mean()),
+            "narrowest_share_by_class": [float(narrow[labels == c].float().mean()) for c in range(oracle.data.num_classes)],
+            "sent_narrowest": {"narrowest_route_accuracy": share(narrow, correct["narrowest"]),
+                               "widest_route_accuracy": share(narrow, correct["widest"])},
+            "sent_wider": {"narrowest_route_accuracy": share(wide, correct["narrowest"]),
+                           "widest_route_accuracy": share(wide, correct["widest"])},
+            "all": {"narrowest_route_accuracy": float(correct["narrowest"].float().mean()),
+                    "widest_route_accuracy": float(correct["widest"].float().mean())},
+        })
+        row = report.routers[-1]
+        print(f"routed trial {j.trial}: {row['narrowest_share']:.0%} of images take the narrowest route; on them the "
+              f"narrowest route scores {row['sent_narrowest']['narrowest_route_accuracy']}, the widest "
+              f"{row['sent_narrowest']['widest_route_accuracy']}; on the others {row['sent_wider']}", flush=True)
 
 
 def plot(report: Report, path: Path) -> None:

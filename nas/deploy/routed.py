@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -153,7 +152,6 @@ routing.json says how the pieces in pieces/ chain; per router the narrowest widt
 sufficing reaches the router's threshold, else the widest; inputs of one route run as one batch.
 """
 
-import json
 import pathlib
 
 import torch
