@@ -42,7 +42,8 @@ from supernet.training.group_reg import GroupDecay
 from supernet.training.optim import build_optimizer, parameter_groups
 from supernet.training.schema import DataPipeline, TrainConfig
 
-__all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "resolve_pipeline", "save_checkpoint"]
+__all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "host_rng_state", "resolve_pipeline",
+           "save_checkpoint"]
 
 MAX_NATIVE_RESOLUTION = 224  # data.resolution=null trains at the images' own size up to this
 # Settings a checkpoint must share with the run that resumes it.
@@ -168,7 +169,9 @@ def build_run(cfg: TrainConfig) -> Run:
                                           bank_size=knn.bank_size, val_size=knn.val_size, seed=knn.seed)
     saved = None
     if cfg.resume and checkpoint_path.exists():
-        payload = load_checkpoint(checkpoint_path, map_location=device)
+        # On the host: the RNG states must reach torch as CPU ByteTensors (mapped to a GPU they would not),
+        # and load_state_dict copies the weights onto the run's device anyway.
+        payload = load_checkpoint(checkpoint_path, map_location="cpu")
         restore(run, payload)
         saved = flatten(payload["config"])
         print(f"resumed {checkpoint_path} at step {run.step}/{total_steps}")
@@ -306,10 +309,16 @@ def restore(run: Run, payload: dict[str, Any]) -> None:
             )
     run.method.load_state_dict(payload["method"])
     run.optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["rng"]["torch"])
+    torch.set_rng_state(host_rng_state(payload["rng"]["torch"]))
     if payload["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        torch.cuda.set_rng_state_all([host_rng_state(state) for state in payload["rng"]["cuda"]])
     run.step = int(payload["step"])
+
+
+def host_rng_state(state: torch.Tensor) -> torch.Tensor:
+    """A saved generator state as ``torch.set_rng_state`` and ``torch.cuda.set_rng_state_all`` take it: a CPU
+    ByteTensor, whatever device or dtype the checkpoint was loaded with (``map_location=<GPU>`` moves it there)."""
+    return state.detach().to(device="cpu", dtype=torch.uint8).contiguous()
 
 
 def run_info(device: torch.device) -> dict[str, Any]:
