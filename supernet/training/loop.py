@@ -170,8 +170,8 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
     with ``per_batch`` (SlimCLR) their gradients add up into one.
     """
     cfg, method, encoder = run.cfg, run.method, run.encoder
-    lr = warmup_cosine_lr(run.step, run.total_steps, base_lr=run.lr,
-                          warmup_steps=int(cfg.optim.warmup_epochs * run.steps_per_epoch), final_lr=cfg.optim.final_lr)
+    lr = warmup_cosine_lr(run.step, run.total_steps, base_lr=run.lr, warmup_steps=run.warmup_steps,
+                          final_lr=cfg.optim.final_lr)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     alpha = group_alpha(run.step, run.total_steps, max_alpha=cfg.regularization.max_alpha,

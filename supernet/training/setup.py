@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,8 +43,8 @@ from supernet.training.group_reg import GroupDecay
 from supernet.training.optim import build_optimizer, parameter_groups
 from supernet.training.schema import DataPipeline, TrainConfig
 
-__all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "host_rng_state", "resolve_pipeline",
-           "save_checkpoint"]
+__all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "fit_warmup", "host_rng_state",
+           "resolve_pipeline", "save_checkpoint"]
 
 MAX_NATIVE_RESOLUTION = 224  # data.resolution=null trains at the images' own size up to this
 # Settings a checkpoint must share with the run that resumes it.
@@ -90,6 +91,7 @@ class Run:
     total_steps: int  # of the schedules: epochs * steps_per_epoch
     stop_step: int  # where this invocation stops (max_steps caps it; schedules are unchanged)
     lr: float  # peak learning rate after the linear scaling rule
+    warmup_steps: int  # of the learning rate: optim.warmup_epochs, fitted into the run (see fit_warmup)
     gate_flops: GateFlops | None = None  # set when gates train
     eval_data: EvalData | None = None  # kNN monitoring images, drawn once
     group_decay: GroupDecay | None = None  # US3L's group regularisation of the encoder, when on
@@ -137,6 +139,9 @@ def build_run(cfg: TrainConfig) -> Run:
     if steps_per_epoch == 0:
         raise SetupError(f"batch_size: {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller batch_size")
     total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps, note = fit_warmup(cfg.optim.warmup_epochs, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    if note and dist.is_main:
+        print(note, file=sys.stderr)
     _, views = build_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
     _check_patch_size(space, views)
     encoder = build_supernet(space, with_gates=cfg.gates.enabled, gate_options=gate_options(cfg))
@@ -158,6 +163,7 @@ def build_run(cfg: TrainConfig) -> Run:
         optimizer=build_optimizer(cfg.optim.name, groups, lr=lr, momentum=cfg.optim.momentum, lars_eta=cfg.optim.lars_eta),
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         stop_step=total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps), lr=lr,
+        warmup_steps=warmup_steps,
         gate_flops=GateFlops(encoder, cfg.data.resolution) if cfg.gates.enabled else None,
         group_decay=GroupDecay(encoder, groups=cfg.regularization.groups, family=space.family)
         if cfg.regularization.group else None,
@@ -184,6 +190,20 @@ def build_run(cfg: TrainConfig) -> Run:
                                                                  "data_pipeline": run.pipeline.reason}, indent=2))
     barrier(dist)
     return run
+
+
+def fit_warmup(warmup_epochs: float, *, steps_per_epoch: int, total_steps: int) -> tuple[int, str | None]:
+    """The learning-rate warm-up in steps, and a note when it had to change: a warm-up longer than the whole
+    run (a recipe's 2 epochs in an ``epochs=1`` try-out) would leave no schedule to decay, so it is shortened
+    to the run's first half, decided before anything trains."""
+    steps = int(warmup_epochs * steps_per_epoch)
+    if steps <= total_steps:
+        return steps, None
+    fitted = total_steps // 2
+    epochs = total_steps // steps_per_epoch
+    return fitted, (f"note: optim.warmup_epochs={warmup_epochs:g} ({steps} steps) is longer than this "
+                    f"{epochs}-epoch run ({total_steps} steps); warming up over its first half ({fitted} steps) "
+                    "instead (set optim.warmup_epochs to choose)")
 
 
 def resolve_pipeline(cfg: TrainConfig, data: ImageData, device: torch.device, dist: DistEnv, *,

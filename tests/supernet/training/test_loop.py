@@ -260,3 +260,16 @@ def test_knn_monitor_every_few_epochs_and_at_the_end(tmp_path: Path) -> None:
     assert records[0]["kind"] == "baseline"
     epochs = {r["epoch"]: "knn" in r for r in records if r["kind"] == "epoch"}
     assert epochs == {1: False, 2: True, 3: True}
+
+
+def test_a_warm_up_longer_than_the_run_is_fitted_before_training_and_said_once(tmp_path: Path, capsys) -> None:
+    """Issue 21 item 12: ``recipe=gpu_10min epochs=1`` (a 2-epoch warm-up) died inside the loop with
+    "warmup_steps must be in [0, total_steps]". Decided before training: warm up over the first half, one line."""
+    train(compose_train([*FAST, "epochs=1", "optim.warmup_epochs=2", "gates.enabled=false", "sandwich.enabled=false",
+                         "log_every_steps=1", f"out_dir={tmp_path}"]))
+    notes = [line for line in capsys.readouterr().err.splitlines() if "warmup" in line]
+    assert len(notes) == 1 and "warming up over its first half (4 steps)" in notes[0]
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
+    peak = 0.5 * 32 / 256
+    assert len(lrs) == 8 and lrs[3] == pytest.approx(peak) and lrs[0] == pytest.approx(peak / 4)
+    assert lrs[4:] == sorted(lrs[4:], reverse=True) and lrs[-1] < peak / 2
