@@ -260,6 +260,16 @@ def test_knn_monitor_every_few_epochs_and_at_the_end(tmp_path: Path) -> None:
     assert records[0]["kind"] == "baseline"
     epochs = {r["epoch"]: "knn" in r for r in records if r["kind"] == "epoch"}
     assert epochs == {1: False, 2: True, 3: True}
+    # learning.png beside the run, drawn from the same records (epoch 0: the untrained network)
+    from PIL import Image
+
+    from supernet.training.logs import learning_curves
+
+    curves, _ = learning_curves(tmp_path / "metrics.jsonl")
+    assert sorted(curves) == ["max", "mid", "min"] and all([e for e, _ in c] == [0, 2, 3] for c in curves.values())
+    with Image.open(tmp_path / "learning.png") as image:
+        assert image.format == "PNG" and image.width > 300
+    assert not list(tmp_path.glob(".learning.png.*"))  # written atomically: no temporary left
 
 
 def test_a_warm_up_longer_than_the_run_is_fitted_before_training_and_said_once(tmp_path: Path, capsys) -> None:
