@@ -16,7 +16,7 @@ from search_spaces import SearchSpace, SubnetConfig, UserError, get_space
 from supernet.data.datasets import ImageData, load_image_data
 from supernet.data.store import PipelineChoice, available_memory, choose_pipeline
 from supernet.data.views import ViewOptions, ViewSpec, build_views
-from supernet.devices import resolve_device
+from supernet.devices import data_workers, resolve_device
 from supernet.evaluation import EvalData, prepare_eval_data
 from supernet.io.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -135,6 +135,7 @@ def build_run(cfg: TrainConfig) -> Run:
                            test_root=cfg.data.test_root, official_test=cfg.data.official_test)
     if cfg.data.resolution is None:  # recorded, so the checkpoint says what it was trained at
         cfg.data.resolution = min(data.image_size, MAX_NATIVE_RESOLUTION)
+    cfg.data.num_workers = data_workers(cfg.data.num_workers)  # recorded as well: what this machine ran with
     steps_per_epoch = len(data.train) // cfg.batch_size
     if steps_per_epoch == 0:
         raise SetupError(f"batch_size: {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller batch_size")

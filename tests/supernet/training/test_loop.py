@@ -283,3 +283,24 @@ def test_a_warm_up_longer_than_the_run_is_fitted_before_training_and_said_once(t
     peak = 0.5 * 32 / 256
     assert len(lrs) == 8 and lrs[3] == pytest.approx(peak) and lrs[0] == pytest.approx(peak / 4)
     assert lrs[4:] == sorted(lrs[4:], reverse=True) and lrs[-1] < peak / 2
+
+
+@pytest.mark.parametrize("data", ["cifar10", "cifar100", "stl10", "imagefolder", "mnist_embedded"])
+def test_default_workers_follow_the_cores(data: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21 item 13: on a 2-core machine the default CIFAR run made DataLoader warn about 4 workers."""
+    import os
+    import warnings
+
+    from torch.utils.data import DataLoader
+
+    from supernet.devices import data_workers
+
+    for cores, processes in ((2, "1"), (1, "1"), (64, "1"), (16, "8")):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: set(range(cores)))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+        workers = data_workers(compose_train([f"data={data}"]).data.num_workers)
+        assert workers <= max(1, cores // int(processes)) and (data == "mnist_embedded") == (workers == 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "This DataLoader will create N worker processes ..." would raise
+            DataLoader(list(range(4)), num_workers=workers).check_worker_number_rationality()
+    assert data_workers(3) == 3  # a number given is kept
