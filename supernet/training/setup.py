@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from search_spaces import SearchSpace, SubnetConfig, UserError, get_space
 from supernet.data.datasets import ImageData, load_image_data
 from supernet.data.store import PipelineChoice, available_memory, choose_pipeline
-from supernet.data.views import ViewOptions, ViewSpec, build_views
+from supernet.data.views import ViewOptions, ViewSpec, build_views, plan_views
 from supernet.devices import data_workers, resolve_device
 from supernet.evaluation import EvalData, prepare_eval_data
 from supernet.io.checkpoint import (
@@ -224,8 +224,11 @@ def resolve_pipeline(cfg: TrainConfig, data: ImageData, device: torch.device, di
             least = torch.tensor([float(free)], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
             torch.distributed.all_reduce(least, op=torch.distributed.ReduceOp.MIN)
             free = int(least.item())
+    plan = plan_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
+    sides = [group.resolution for group in plan.groups for _ in range(group.count)]
     choice = choose_pipeline(requested, dataset=data.train, resolution=cfg.data.resolution,
-                             store_side=cfg.data.store_side, device=device, free=free, label=label)
+                             store_side=cfg.data.store_side, device=device, free=free, label=label,
+                             view_batch=cfg.batch_size // dist.world_size, view_sides=sides)
     if previous is not None and previous != choice.name:
         choice = PipelineChoice(choice.name, f"{choice.reason}; the checkpoint was trained with {previous}, so the "
                                 "views from here on differ from an uninterrupted run's", choice.layout, choice.sizes)
