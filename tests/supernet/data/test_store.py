@@ -146,3 +146,23 @@ def test_auto_counts_the_views_working_memory_of_large_native_images() -> None:
     cifar = choose_pipeline("auto", dataset=_UniformSizes(40_000, 32), resolution=32, store_side=None, device=CPU,
                             free=free, view_batch=512, view_sides=[32, 32])
     assert cifar.name == "device"  # CIFAR's views cost megabytes
+
+
+def test_headers_are_read_once_per_file_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21 item 2: a benchmark setting up five runs on one tree read its 40,000 headers five times."""
+    import os
+
+    from supernet.data import sources
+
+    root = _folder(tmp_path, [(32, 32), (40, 24), (32, 32), (16, 48)])
+    first = native_sizes(load_image_data("imagefolder", root=str(root), max_images=None, holdout_size=1,
+                                         download=False, seed=0).train)
+    opened: list[str] = []
+    real_open = sources.Image.open
+    monkeypatch.setattr(sources.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    again = load_image_data("imagefolder", root=str(root), max_images=None, holdout_size=1, download=False, seed=0)
+    assert torch.equal(native_sizes(again.train), first) and opened == []
+    replaced = again.train.dataset.samples[again.train.indices[0]][0]
+    Image.new("RGB", (20, 10)).save(replaced, format="PNG" if replaced.endswith("png") else "JPEG")
+    os.utime(replaced, ns=(1, 1))  # another version of the file, whatever the clock's resolution
+    assert native_sizes(again.train)[0].tolist() == [10, 20] and opened == [replaced]
