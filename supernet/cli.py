@@ -37,9 +37,10 @@ class CommandFailed(RuntimeError):
     """A command ran on good input and could not finish; what it had written is intact."""
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """A command stopped on a signal after saving its state; ``exit_code`` is 128 + the signal's number and the
-    message (empty on data-parallel ranks other than 0) says what was kept."""
+    message (empty on data-parallel ranks other than 0) says what was kept. A ``BaseException``, as
+    ``KeyboardInterrupt`` is, so that no ``except Exception`` on the way out swallows a stop request."""
 
     def __init__(self, message: str, *, exit_code: int) -> None:
         super().__init__(message)

@@ -31,7 +31,7 @@ from supernet.cli import CommandFailed
 from supernet.data.batched_views import BatchedViews
 from supernet.data.device_batches import DeviceBatches
 from supernet.data.sampling import EpochSampler, ViewDataset
-from supernet.data.store import build_store
+from supernet.data.store import ImageStore, build_store
 from supernet.data.views import build_views, plan_views
 from supernet.io.checkpoint import CHECKPOINT_NAME
 from supernet.losses import (
@@ -146,11 +146,12 @@ def _stop(run: Run, signals: StopSignals, terms: dict[str, torch.Tensor | float]
 class BatchSource:
     """A run's training batches, epoch by epoch, as lists of view batches on its device (channels-last
     on CUDA when ``channels_last``): made on the device from a uint8 store (``data.pipeline=device``)
-    or by the PIL views in DataLoader workers (``loader``)."""
+    or by the PIL views in DataLoader workers (``loader``). ``store``: the run's training images already
+    decoded (a benchmark setting up several runs on one data set decodes them once)."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, *, store: ImageStore | None = None) -> None:
         self.run = run
-        self.device_batches = _device_batches(run) if run.pipeline.name == "device" else None
+        self.device_batches = _device_batches(run, store) if run.pipeline.name == "device" else None
         self.train_set: ViewDataset | None = None
         if self.device_batches is None:
             views, _ = build_views(run.cfg.views.name, run.cfg.data.resolution, view_options(run.cfg))
@@ -179,15 +180,21 @@ class BatchSource:
             yield [v.contiguous(memory_format=torch.channels_last) for v in batch] if channels_last else batch
 
 
-def _device_batches(run: Run) -> DeviceBatches:
-    """Decode the training images once into a uint8 store on the run's device; views are made there."""
+def _device_batches(run: Run, store: ImageStore | None = None) -> DeviceBatches:
+    """Decode the training images once into a uint8 store on the run's device (unless ``store`` holds them);
+    views are made there."""
     cfg, choice = run.cfg, run.pipeline
     assert choice.layout is not None and choice.sizes is not None
-    started = time.perf_counter()
-    store = build_store(run.data.train, sizes=choice.sizes, layout=choice.layout, device=run.device,
-                        num_workers=cfg.data.num_workers)
-    if run.dist.is_main:
-        print(f"image store: {choice.layout.describe()} on {run.device} in {time.perf_counter() - started:.1f} s")
+    if store is not None:
+        if store.layout != choice.layout or store.pixels.device.type != run.device.type:
+            raise ValueError(f"store: {store.layout.describe()} on {store.pixels.device} is not this run's "
+                             f"{choice.layout.describe()} on {run.device}")
+    else:
+        started = time.perf_counter()
+        store = build_store(run.data.train, sizes=choice.sizes, layout=choice.layout, device=run.device,
+                            num_workers=cfg.data.num_workers)
+        if run.dist.is_main:
+            print(f"image store: {choice.layout.describe()} on {run.device} in {time.perf_counter() - started:.1f} s")
     plan = plan_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
     return DeviceBatches(store=store, views=BatchedViews(plan=plan), seed=cfg.seed, batch_size=cfg.batch_size,
                          rank=run.dist.rank, world_size=run.dist.world_size)
