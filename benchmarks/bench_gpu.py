@@ -700,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         # The search's own oracle (its 5,000-image bank, k = 20) on the checkpoint's held-out (or test) images.
         command = [sys.executable, str(REPOSITORY / "benchmarks" / "bench_fidelity.py"), "--checkpoint", str(checkpoint),
                    "--configs", str(args.fidelity_configs), "--pool", "200", "--device", device.type,
-                   "--json", str(work / "fidelity.json")]
+                   "--json", str(work / "fidelity.json"), *(["--threads", "1"] if args.dry_run else [])]
         try:
             finished = subprocess.run(command, capture_output=True, text=True, timeout=args.fidelity_seconds)
         except subprocess.TimeoutExpired:

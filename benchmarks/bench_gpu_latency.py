@@ -29,7 +29,9 @@ spent on it::
     python benchmarks/bench_gpu_latency.py --dry-run --out /tmp/dry     # anywhere (about 30 s on a CPU)
 
 The JSON (``gpu_latency.json``) is rewritten after every stage, so a run stopped from outside keeps
-what it finished.
+what it finished. ``--budgets STAGE=SECONDS ...`` replaces the budgets above: the GPU session
+(``benchmarks/gpu_session/run.sh``) passes the ones its time plan gives it, with ``--configs``. A dry run
+also records what counting the FLOPs of one real config costs, which the plan prices the real count with.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ else
     holdout=(--holdout 300)
     train_seconds=20
     # a CPU is tens of times slower than the GPU: deadlines that let every toy stage finish
-    deadlines=(--reference-seconds 120 --sandwich-seconds 120 --score-seconds 300 --fidelity-seconds 600)
+    deadlines=(--reference-seconds 120 --sandwich-seconds 120 --score-seconds 300 --fidelity-seconds 900
+               --fidelity-configs 4)
     latency=()
     bench_gpu_timeout=1500
     latency_timeout=300
