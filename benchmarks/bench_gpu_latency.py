@@ -29,7 +29,9 @@ spent on it::
     python benchmarks/bench_gpu_latency.py --dry-run --out /tmp/dry     # anywhere (about 30 s on a CPU)
 
 The JSON (``gpu_latency.json``) is rewritten after every stage, so a run stopped from outside keeps
-what it finished.
+what it finished. ``--budgets STAGE=SECONDS ...`` replaces the budgets above: the GPU session
+(``benchmarks/gpu_session/run.sh``) passes the ones its time plan gives it, with ``--configs``. A dry run
+also records what counting the FLOPs of one real config costs, which the plan prices the real count with.
 """
 
 from __future__ import annotations
@@ -182,6 +184,22 @@ def _flops_of(job: tuple[str, dict[str, Any]]) -> int:
     return count_flops(_SUPERNETS[space_name].extract(cfg).eval(), get_space(space_name).default_resolution)
 
 
+def flops_per_config_seconds() -> float:
+    """fvcore's time to count one config of the GPU session's spaces on one core (the dry run records it for the
+    session's time plan: its own toy space would say nothing about them): the full and the smallest network of each,
+    each supernet built first, as a worker process does once."""
+    torch.set_num_threads(1)
+    times = []
+    for name in SPACES:
+        space = get_space(name)
+        supernet = build_supernet(space, with_gates=False).eval()
+        for cfg in (space.max_config(), space.min_config()):
+            began = time.perf_counter()
+            count_flops(supernet.extract(cfg).eval(), space.default_resolution)
+            times.append(time.perf_counter() - began)
+    return sum(times) / len(times)
+
+
 def count_all_flops(setup: Setup) -> dict[str, list[int]]:
     """FLOPs of every sampled config, counted in worker processes before anything touches the GPU (fvcore traces on
     the CPU at about 0.3 s a network: counted one by one inside the GPU stages they would eat their budget)."""
@@ -291,7 +309,10 @@ def available(setup: Setup, runtime: str, dtype: str) -> bool:
 
 
 # -- running ------------------------------------------------------------------------------------------------
-def run(setup: Setup, out: Path, only: Sequence[str] | None = None) -> Report:
+def run(setup: Setup, out: Path, only: Sequence[str] | None = None, budgets: dict[str, float] | None = None) -> Report:
+    """Every stage (or ``only`` these) in order, each held to its budget (``budgets`` replace :data:`BUDGETS`' seconds);
+    a stage that raises fails and the others go on."""
+    budgets = {**BUDGETS, **(budgets or {})}
     report = Report(benchmark="gpu_latency", dry_run=setup.device == "cpu", setup=asdict(setup),
                     machine={**machine_record(torch.get_num_threads()), **gpu_record(setup.device)})
     started = time.perf_counter()
@@ -299,6 +320,11 @@ def run(setup: Setup, out: Path, only: Sequence[str] | None = None) -> Report:
     report.setup["flops_count_seconds"] = time.perf_counter() - started
     print(f"[flops {report.setup['flops_count_seconds']:.1f} s] fvcore FLOPs of {setup.configs} configs per space "
           f"counted in worker processes", flush=True)
+    if report.dry_run:  # what the session's time plan prices the real count with (benchmarks/gpu_session/plan.py)
+        report.setup["flops_pool_start_seconds"] = report.setup["flops_count_seconds"]  # the toy configs cost ~nothing
+        report.setup["flops_per_config_seconds"] = flops_per_config_seconds()
+        print(f"[flops] one {' / '.join(SPACES)} config: {report.setup['flops_per_config_seconds']:.2f} s on one core",
+              flush=True)
 
     def flops_stage(stage: Stage, budget: float) -> None:
         for name in setup.spaces:  # one deadline per space, so a slow first space cannot starve the second
@@ -310,7 +336,7 @@ def run(setup: Setup, out: Path, only: Sequence[str] | None = None) -> Report:
     for name, body in plan:
         if only and name not in only:
             continue
-        budget = BUDGETS[name] * (len(setup.spaces) if name == "flops_order" else 1) * setup.budget_scale
+        budget = budgets[name] * (len(setup.spaces) if name == "flops_order" else 1) * setup.budget_scale
         stage = Stage(name, budget)
         started = time.perf_counter()
         try:
@@ -348,18 +374,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", type=int, default=50, help="random configs per space (stage flops_order)")
     parser.add_argument("--batch-size", type=int, default=256, help="the served batch (stage flops_order)")
     parser.add_argument("--only", nargs="+", choices=tuple(BUDGETS), default=None, help="run only these stages")
+    parser.add_argument("--budgets", nargs="+", default=[], metavar="STAGE=SECONDS",
+                        help="stage budgets instead of the defaults (flops_order's per space); the GPU session's time "
+                        "plan sets them")
     parser.add_argument("--tensorrt", action="store_true", help="also time TensorRT engines in stages full_batch1 and "
                         "gated_batch1 (needs torch_tensorrt; each engine takes tens of seconds to build: budget more time)")
     args = parser.parse_args(argv)
     if args.configs < 2 or args.batch_size < 1:
         parser.error("--configs must be >= 2 (a rank correlation) and --batch-size >= 1")
+    try:
+        args.budgets = {name: float(seconds) for name, seconds in (item.split("=", 1) for item in args.budgets)}
+    except ValueError:
+        parser.error(f"--budgets: expected STAGE=SECONDS pairs, got {' '.join(args.budgets)}")
+    if set(args.budgets) - set(BUDGETS) or any(seconds <= 0 for seconds in args.budgets.values()):
+        parser.error(f"--budgets: stages are {', '.join(BUDGETS)}, each with a positive number of seconds")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    report = run(setup_for(args.dry_run, args.configs, args.batch_size, args.tensorrt), args.out, args.only)
+    report = run(setup_for(args.dry_run, args.configs, args.batch_size, args.tensorrt), args.out, args.only,
+                 budgets=args.budgets)
+    print("verdicts:")
+    for stage in report.stages:
+        failing = [line for line in stage.verdicts if line.startswith("FAIL")]
+        judged = any(line.startswith("PASS") for line in stage.verdicts)
+        print(f"  {stage.name}: {'FAIL' if failing else 'PASS' if judged else 'RAN'} in {stage.seconds:.0f} s"
+              + (f" -- {failing[0]}" if failing else ""))
     verdict = "PASS" if report.passed else "FAIL"
     print(f"{verdict}: {sum(line.startswith('PASS') for s in report.stages for line in s.verdicts)} targets passed, "
           f"{sum(line.startswith('FAIL') for s in report.stages for line in s.verdicts)} failed; "

@@ -42,6 +42,7 @@ from supernet.data.device_batches import DeviceBatches
 from supernet.data.sampling import EpochSampler, ViewDataset
 from supernet.data.store import ImageStore, build_store, choose_pipeline
 from supernet.data.views import build_views, plan_views
+from supernet.devices import data_workers
 from supernet.io.files import atomic_write_text
 from supernet.io.provenance import machine_record
 from supernet.settings import SettingsError
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.waves < 1 or min(args.batch_sizes) < 2:
         raise SettingsError("--rounds, --waves and --batch-sizes: expected >= 1, >= 1 and >= 2")
-    workers = load_train_settings(["data=cifar10"]).data.num_workers if args.workers is None else args.workers
+    default = load_train_settings(["data=cifar10"]).data.num_workers  # the run's default: null, one per core
+    workers = data_workers(default if args.workers is None else args.workers)
     torch.set_num_threads(args.threads)
     load_before = load_average()
     data = load_image_data("imagefolder", root=str(args.data_root), max_images=args.train_images, holdout_size=1000,

@@ -4,7 +4,9 @@
   ``error: <one line>`` and exits with :data:`USER_ERROR` (2, argparse's code for bad usage);
 * a :class:`CommandFailed` (training stopped on a non-finite loss, an export whose check failed)
   prints its line and exits with :data:`FAILED` (1);
-* Ctrl-C prints what was kept and exits with 130.
+* Ctrl-C prints what was kept and exits with 130;
+* a command that stops cleanly on a signal (training: Ctrl-C or SIGTERM, after the current step and a
+  checkpoint) raises :class:`Interrupted`: its line, and 128 + the signal's number (130, 143).
 
 Anything else is a defect and keeps its traceback.
 """
@@ -20,17 +22,29 @@ from typing import NoReturn
 from search_spaces import UserError
 from supernet.settings import SettingsError
 
-__all__ = ["FAILED", "INTERRUPTED", "USER_ERROR", "ArgumentParser", "CommandFailed", "command", "run_main"]
+__all__ = ["FAILED", "INTERRUPTED", "TERMINATED", "USER_ERROR", "ArgumentParser", "CommandFailed", "Interrupted",
+           "command", "run_main"]
 
 Main = Callable[[list[str] | None], int]
 
 USER_ERROR = 2
 FAILED = 1
-INTERRUPTED = 130
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ended
+TERMINATED = 143  # 128 + SIGTERM (a scheduler's preemption)
 
 
 class CommandFailed(RuntimeError):
     """A command ran on good input and could not finish; what it had written is intact."""
+
+
+class Interrupted(BaseException):
+    """A command stopped on a signal after saving its state; ``exit_code`` is 128 + the signal's number and the
+    message (empty on data-parallel ranks other than 0) says what was kept. A ``BaseException``, as
+    ``KeyboardInterrupt`` is, so that no ``except Exception`` on the way out swallows a stop request."""
+
+    def __init__(self, message: str, *, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -75,6 +89,10 @@ def run_main(
     except CommandFailed as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return FAILED
+    except Interrupted as stopped:
+        if str(stopped):
+            print(_one_line(stopped), file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return INTERRUPTED

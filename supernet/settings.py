@@ -37,6 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 from search_spaces import UserError
 
 __all__ = [
+    "Choice",
     "Rule",
     "Rules",
     "SettingsError",
@@ -85,16 +86,28 @@ def config_dir() -> Path:
 
 
 # -- choices and ranges -----------------------------------------------------------------------------
+class Choice(str, enum.Enum):
+    """A setting's chosen value: compares, prints and formats as the value the user typed (``cifar10``, not
+    ``DataName.cifar10``, which ``str()`` and f-strings give for a plain ``str`` enum since Python 3.11)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
 def choice(name: str, values: Iterable[str]) -> type[enum.Enum]:
     """A ``str`` enum whose members are ``values`` (member name = value), for a schema's choice field.
 
-    Build it from the registry the field chooses from, so the two cannot disagree.
+    Build it from the registry the field chooses from, so the two cannot disagree. Members print as
+    their values, so messages read as the user wrote the setting.
 
     >>> Optimizer = choice("Optimizer", ["sgd", "lars"])
-    >>> Optimizer("lars") == "lars"
-    True
+    >>> Optimizer("lars") == "lars", f"{Optimizer.lars}"
+    (True, 'lars')
     """
-    return enum.Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
+    return Choice(name, {value: value for value in values})  # type: ignore[return-value]
 
 
 def positive(value: Any) -> str | None:

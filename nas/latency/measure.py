@@ -274,27 +274,30 @@ def measure_variants(
         if warm_device:
             _warm_device(target)
         on_device = torch.cuda.device(target) if target.type == "cuda" else contextlib.nullcontext()
-        with on_device, torch.inference_mode():
+        with on_device:
             prepared = []
             for (model, _, _), (runtime, dtype) in zip(variants, resolved):
                 batches = [batch.to(target, as_torch_dtype(dtype)).contiguous(memory_format=memory_format(target, dtype))
                            for batch in raw]
                 started = clock()
-                programs.append(prepare_program(runtime_network(model, device=target, dtype=dtype), batches,
-                                                runtime=runtime, dtype=dtype, threads=threads))
+                network = runtime_network(model, device=target, dtype=dtype)  # moved outside inference mode
+                with torch.inference_mode():
+                    programs.append(prepare_program(network, batches, runtime=runtime, dtype=dtype, threads=threads))
                 prepared.append(clock() - started)
             if anchor is not None:  # the anchor's program takes the last place of every round
                 runtime, dtype = resolved[0]
                 batches = [batch.to(target, as_torch_dtype(dtype)).contiguous(memory_format=memory_format(target, dtype))
                            for batch in raw]
-                programs.append(prepare_program(runtime_network(anchor.network, device=target, dtype=dtype), batches[:1],
-                                                runtime=runtime, dtype=dtype, threads=threads))
-            warmed = [_warm_up(program, target, warmup, warmup_seconds) for program in programs]
-            times: list[list[float]] = [[] for _ in programs]
-            for i in range(rounds):
-                for k in _rotated(len(programs), i):
-                    programs[k].load(i)
-                    times[k].append(_time_once(programs[k], target))
+                network = runtime_network(anchor.network, device=target, dtype=dtype)
+                with torch.inference_mode():
+                    programs.append(prepare_program(network, batches[:1], runtime=runtime, dtype=dtype, threads=threads))
+            with torch.inference_mode():
+                warmed = [_warm_up(program, target, warmup, warmup_seconds) for program in programs]
+                times: list[list[float]] = [[] for _ in programs]
+                for i in range(rounds):
+                    for k in _rotated(len(programs), i):
+                        programs[k].load(i)
+                        times[k].append(_time_once(programs[k], target))
         name = device_name(target)
     finally:
         for program in programs:

@@ -134,12 +134,16 @@ def runtime_network(model: nn.Module, *, device: torch.device, dtype: str) -> nn
 
     float32 in NCHW: ``model`` itself, moved (callers time the network they hold, as before). Anything else:
     a cast copy, so the caller's network keeps its precision and layout for what comes after (accuracy).
+    Moved and cast outside inference mode, even when called inside it: moved there, the caller's
+    parameters would become inference tensors, which BatchNorm recalibration or training of the same
+    network later refuses to update.
     """
     layout = memory_format(device, dtype)
-    if dtype == "float32" and layout == torch.contiguous_format:
-        return model.to(device).eval()
-    network = copy.deepcopy(model).to(device=device, dtype=as_torch_dtype(dtype)).eval()
-    return network.to(memory_format=layout) if layout != torch.contiguous_format else network
+    with torch.inference_mode(False):
+        if dtype == "float32" and layout == torch.contiguous_format:
+            return model.to(device).eval()
+        network = copy.deepcopy(model).to(device=device, dtype=as_torch_dtype(dtype)).eval()
+        return network.to(memory_format=layout) if layout != torch.contiguous_format else network
 
 
 def runtime_versions(runtime: str, device: str | torch.device) -> dict[str, str | None]:

@@ -41,7 +41,8 @@ from supernet.data.views import (
     blur_kernel_size,
 )
 
-__all__ = ["ASPECT_RATIO", "BLUR_SIGMA", "BatchedViews", "ViewParams", "crop_boxes", "draw_view_params", "to_device"]
+__all__ = ["ASPECT_RATIO", "BLUR_SIGMA", "BatchedViews", "ViewParams", "crop_boxes", "draw_view_params", "to_device",
+           "views_working_bytes"]
 
 ASPECT_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default
 BLUR_SIGMA = (0.1, 2.0)  # GaussianBlur's sigma range in the PIL path
@@ -141,6 +142,29 @@ def draw_view_params(generator: torch.Generator, *, sizes: Tensor, stored: tuple
     solarize = chance(group.solarize, options.photometric and group.solarize > 0)
     return ViewParams(boxes=boxes.to(torch.float32), flip=flip, jitter=jitter, order=order, factors=factors,
                       grayscale=gray, blur=blur, sigma=sigma, solarize=solarize)
+
+
+def views_working_bytes(stored: tuple[int, int], *, images: int, sides: list[int]) -> int:
+    """Device memory that making one batch's views takes beside the store, at its peak: the batch gathered from
+    the store (uint8), then for each view in turn the whole stored images as float32 and the column pass of the
+    crop (:func:`~supernet.data.batched_ops.resized_crops` resamples dense per-image matrices over the full stored
+    side, whatever the crop), or the row pass with its output, while the views made before it are held, with
+    room for the photometric ops' temporaries (two of a view's size).
+
+    ``images``: this process's share of the batch; ``sides``: each view's output side. 256 images stored at
+    1024 x 1024 px cost about 4 GB for a 224-px view (3.2 GB of it the float copy).
+    """
+    height, width = stored
+    floats = 4
+    gathered = images * 3 * height * width
+    held, peak = 0, 0
+    for side in sides:
+        columns = images * (3 * height * width + side * width + 3 * height * side) * floats
+        rows = images * (3 * height * side + side * height + 3 * side * side) * floats
+        photometric = 2 * images * 3 * side * side * floats
+        peak = max(peak, held + max(columns, rows, photometric))
+        held += images * 3 * side * side * floats
+    return gathered + max(peak, held)
 
 
 class BatchedViews:

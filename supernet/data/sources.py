@@ -130,17 +130,33 @@ class _ImageFiles(Dataset):
         return _load_rgb(path), label
 
     def image_sizes(self, indices: np.ndarray) -> np.ndarray:
-        """(n, 2) (height, width) of items ``indices``, read from the file headers without decoding."""
+        """(n, 2) (height, width) of items ``indices``, read from the file headers without decoding.
+
+        Remembered for the process (:func:`_header_size`): a command that sets up several runs on one tree
+        (a benchmark, a resumed run) reads each header once.
+        """
         sizes = np.empty((len(indices), 2), dtype=np.int64)
         for row, index in enumerate(indices):
-            path = self.samples[index][0]
-            try:
-                with Image.open(path) as image:
-                    sizes[row] = (image.height, image.width)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-                raise DataError(f"data.root: cannot decode image {path} ({first_line(error)}); "
-                                "expected a readable image file: remove or replace it") from error
+            sizes[row] = _header_size(self.samples[index][0])
         return sizes
+
+
+_HEADER_SIZES: dict[tuple[str, int, int], tuple[int, int]] = {}
+
+
+def _header_size(path: str, *, key: str = "data.root") -> tuple[int, int]:
+    """(height, width) from ``path``'s header, cached by path, modification time and byte size (a file
+    replaced since is read again); an unreadable file is a :class:`DataError` naming ``key``."""
+    try:
+        status = os.stat(path)
+        key = (path, status.st_mtime_ns, status.st_size)
+        if key not in _HEADER_SIZES:
+            with Image.open(path) as image:
+                _HEADER_SIZES[key] = (image.height, image.width)
+        return _HEADER_SIZES[key]
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"{key}: cannot decode image {path} ({first_line(error)}); "
+                        "expected a readable image file: remove or replace it") from error
 
 
 def _load_rgb(path: str) -> Image.Image:
@@ -299,14 +315,6 @@ def imagefolder(root: str | None, *, key: str = "data.root") -> Source:
             f"{key}: {root} contains no images in its {len(classes)} class sub-folders; "
             f"expected files ending in one of: {extensions}"
         )
-    first_path = samples[0][0]
-    try:
-        with Image.open(first_path) as first:
-            image_size = min(first.size)  # reads the header only
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(
-            f"{key}: cannot decode image {first_path} ({first_line(error)}); "
-            "expected a readable image file: remove or replace it"
-        ) from error
+    image_size = min(_header_size(samples[0][0], key=key))
     return Source(_ImageFiles(samples), len(samples), len(classes), image_size, tuple(classes))
 

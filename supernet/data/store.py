@@ -16,6 +16,11 @@ small crop is enlarged from fewer source pixels than PIL would have.
 
 The store is the only copy of the images the device path makes: no float copy of the set, nothing
 in DataLoader workers (which, when ``data.num_workers`` > 0, only decode files during the build).
+Making a batch's views takes memory beside it (the batch's images as float32 at the stored size, see
+:func:`~supernet.data.batched_views.views_working_bytes`); ``auto`` counts both.
+
+Under ``torchrun`` every process decodes and holds the whole store on its own device: the seeded
+order gives each rank different images every epoch, so a rank's share is not known in advance.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
+from supernet.data.batched_views import views_working_bytes
 from supernet.data.sources import DataError
 
 __all__ = ["PIPELINES", "STORE_MEMORY_SHARE", "ImageStore", "PipelineChoice", "StoreLayout", "available_memory",
@@ -143,9 +149,15 @@ def _gigabytes(count: int) -> str:
 
 
 def choose_pipeline(requested: str, *, dataset: Dataset, resolution: int, store_side: int | None,
-                    device: torch.device, free: int | None = None, label: str | None = None) -> PipelineChoice:
+                    device: torch.device, free: int | None = None, label: str | None = None, view_batch: int = 0,
+                    view_sides: list[int] | None = None) -> PipelineChoice:
     """``data.pipeline`` resolved for this data and device (``free``: bytes, measured when None;
-    ``label``: how the reason names the request, ``data.pipeline=<requested>`` by default)."""
+    ``label``: how the reason names the request, ``data.pipeline=<requested>`` by default).
+
+    What must fit: the store, plus what making a batch's views takes beside it
+    (:func:`~supernet.data.batched_views.views_working_bytes` of ``view_batch`` images per process and
+    views of ``view_sides`` px): small for CIFAR, gigabytes for large images kept at their native size.
+    """
     if requested not in PIPELINES:
         raise DataError(f"data.pipeline: {requested!r} is not valid; expected one of: {', '.join(PIPELINES)}")
     label = label or f"data.pipeline={requested}"
@@ -154,11 +166,15 @@ def choose_pipeline(requested: str, *, dataset: Dataset, resolution: int, store_
     sizes = native_sizes(dataset)
     layout = store_layout(sizes, resolution=resolution, store_side=store_side)
     free = available_memory(device) if free is None else free
-    fits = layout.nbytes <= STORE_MEMORY_SHARE * free
-    facts = (f"the uint8 store of {layout.describe()} takes {_gigabytes(layout.nbytes)}, "
+    working = views_working_bytes((layout.height, layout.width), images=view_batch, sides=view_sides or [])
+    need = layout.nbytes + working
+    fits = need <= STORE_MEMORY_SHARE * free
+    making = (f" and making a batch's views {_gigabytes(working)} more ({view_batch} images at "
+              f"{layout.height}x{layout.width} as float32)") if working else ""
+    facts = (f"the uint8 store of {layout.describe()} takes {_gigabytes(layout.nbytes)}{making}, "
              f"{'within' if fits else 'over'} {STORE_MEMORY_SHARE:.0%} of the {_gigabytes(free)} free on {device.type}")
     if requested == "device":
-        if layout.nbytes > free:
+        if need > free:
             raise DataError(f"data.pipeline: device, but {facts}; expected data.pipeline=auto or loader, fewer images "
                             "(data.max_images) or a smaller data.store_side")
         return PipelineChoice("device", f"{label}: {facts}", layout, sizes)

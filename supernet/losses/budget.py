@@ -38,8 +38,9 @@ def flops_budget_loss(
     Args:
         gated_flops: ``(B,)`` effective FLOPs of each input under its gate mask, differentiable
             w.r.t. the gates (e.g. through the straight-through masks).
-        full_flops: FLOPs of the same (active-width) network with every gate open; a float or a
-            scalar tensor, treated as a constant.
+        full_flops: FLOPs of the same (active-width) network with every gate open; a float (the
+            training loop's, counted on the host) or a scalar tensor, treated as a constant. A tensor on
+            an accelerator is not checked for positivity: that would read it back, a host sync per step.
         target: the target ratio ``t_d`` in [0, 1].
         weight: ``lambda``; 5 in Krishna et al.
 
@@ -50,10 +51,16 @@ def flops_budget_loss(
     _check_target(target)
     if gated_flops.ndim != 1 or gated_flops.numel() == 0:
         raise ValueError(f"gated_flops must be a non-empty (B,) tensor; got shape {tuple(gated_flops.shape)}")
-    full = torch.as_tensor(full_flops, dtype=gated_flops.dtype, device=gated_flops.device).detach()
-    if full.numel() != 1 or not bool(full > 0):
-        raise ValueError(f"full_flops must be a single positive number, got {full_flops}")
-    ratio = gated_flops.mean() / full.reshape(())
+    # No host-to-device copy of a Python number and no device read: this runs at every gated step.
+    if isinstance(full_flops, torch.Tensor):
+        if full_flops.numel() != 1 or (full_flops.device.type == "cpu" and not bool(full_flops > 0)):
+            raise ValueError(f"full_flops must be a single positive number, got {full_flops}")
+        full: float | torch.Tensor = full_flops.detach().reshape(()).to(gated_flops.dtype)
+    else:
+        if not full_flops > 0:
+            raise ValueError(f"full_flops must be a single positive number, got {full_flops}")
+        full = float(full_flops)
+    ratio = gated_flops.mean() / full
     return weight * (ratio - target) ** 2
 
 

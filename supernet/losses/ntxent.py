@@ -8,6 +8,8 @@ are the other 2B - 2 rows. US3L's SimCLR-momentum variant takes ``b`` from the E
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -29,9 +31,16 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.5) -> torch
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if a.ndim != 2 or a.shape != b.shape or a.shape[0] < 2:
         raise ValueError(f"a and b must both be (B, D) with B >= 2; got {tuple(a.shape)} and {tuple(b.shape)}")
-    batch = a.shape[0]
     z = F.normalize(torch.cat([a, b]).float(), dim=1)
-    logits = z @ z.T / temperature
-    logits = logits.masked_fill(torch.eye(2 * batch, dtype=torch.bool, device=z.device), float("-inf"))
-    partners = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(z.device)
+    self_pairs, partners = _pairs(z.device, a.shape[0])
+    logits = (z @ z.T / temperature).masked_fill(self_pairs, float("-inf"))
     return F.cross_entropy(logits, partners)
+
+
+@lru_cache(maxsize=16)
+def _pairs(device: torch.device, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (2B, 2B) self-similarity mask and each row's partner index (i <-> i + B), made once per device and
+    batch on that device: a host tensor copied at every call would be a host-to-device transfer per step."""
+    with torch.inference_mode(False):  # ordinary tensors, whatever mode the first call ran under
+        rows = torch.arange(2 * batch, device=device)
+        return torch.eye(2 * batch, dtype=torch.bool, device=device), rows.roll(batch)

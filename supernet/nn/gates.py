@@ -31,15 +31,18 @@ def gumbel_sigmoid_straight_through(
 ) -> torch.Tensor:
     """Hard {0, 1} sample of sigmoid gates whose gradient is that of the relaxed sample.
 
-    ``logits``: any shape. Noise is logistic, log(u) - log(1 - u), u ~ U(0, 1).
+    ``logits``: any shape. Noise is logistic, log(u) - log(1 - u), u ~ U(0, 1), drawn and added in
+    float32 whatever the logits' dtype: bfloat16 uniforms (autocast's logits) come in steps of 2**-8,
+    which cut the noise's tails at about +-5.5 (a logit of -6 would never keep its channel, where
+    sigmoid(-6) = 0.25 % of draws should). The sample is returned in the logits' dtype.
     """
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
     uniform = uniform.clamp(1e-6, 1.0 - 1e-6)
-    soft = torch.sigmoid((logits + torch.log(uniform) - torch.log1p(-uniform)) / temperature)
+    soft = torch.sigmoid((logits.float() + torch.log(uniform) - torch.log1p(-uniform)) / temperature)
     hard = (soft >= 0.5).to(soft.dtype)
     # (soft - soft.detach()) is exactly 0, so the value is exactly hard; `hard + soft - soft` is not
     # (1 + s - s rounds to 1 - 2**-24 for some s in float32)
-    return hard + (soft - soft.detach())
+    return (hard + (soft - soft.detach())).to(logits.dtype)
 
 
 @dataclass(frozen=True)

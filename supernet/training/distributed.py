@@ -91,11 +91,16 @@ def _reduce_bucket(grads: list[torch.Tensor], world_size: int) -> None:
 
 
 def all_gather_rows(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Concatenate a (B, ...) tensor from every rank, in rank order (MoCo's queue keys)."""
+    """Concatenate a (B, ...) tensor from every rank, in rank order (MoCo's queue keys, Shuffle-BN's images).
+
+    Gathered as contiguous (row-major) copies: a channels-last batch's strides differ from the layout
+    the collective writes, so receiving buffers shaped like the input itself would scramble it (or be refused).
+    """
     if not env.enabled:
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(env.world_size)]
-    dist.all_gather(parts, tensor.contiguous())
+    rows = tensor.contiguous()
+    parts = [torch.empty_like(rows, memory_format=torch.contiguous_format) for _ in range(env.world_size)]
+    dist.all_gather(parts, rows)
     return torch.cat(parts)
 
 

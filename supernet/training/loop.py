@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch.utils.data import DataLoader
@@ -31,8 +31,9 @@ from supernet.cli import CommandFailed
 from supernet.data.batched_views import BatchedViews
 from supernet.data.device_batches import DeviceBatches
 from supernet.data.sampling import EpochSampler, ViewDataset
-from supernet.data.store import build_store
+from supernet.data.store import ImageStore, build_store
 from supernet.data.views import build_views, plan_views
+from supernet.io.checkpoint import CHECKPOINT_NAME
 from supernet.losses import (
     density_bound_loss,
     density_bounds,
@@ -44,6 +45,8 @@ from supernet.training.distributed import (
     gather_digests,
     shutdown,
 )
+from supernet.training.interrupts import StopSignals, stop_agreed
+from supernet.training.logs import RunLog
 from supernet.training.monitor import log_baselines, monitor_knn
 from supernet.training.sandwich import (
     plan_gated,
@@ -63,12 +66,28 @@ class TrainingStopped(CommandFailed):
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train (or resume) the supernet described by ``cfg``; return the run directory."""
+    """Train (or resume) the supernet described by ``cfg``; return the run directory.
+
+    Ctrl-C or SIGTERM (:mod:`supernet.training.interrupts`) finish the current step, write a checkpoint and
+    raise :class:`supernet.cli.Interrupted` (exit code 130 or 143), so that ``resume=true`` loses nothing.
+    """
     run = build_run(cfg)
-    log_path = run.out_dir / "metrics.jsonl"
+    log = RunLog(run.out_dir, enabled=run.dist.is_main)
+    try:
+        with StopSignals() as signals:
+            _train(run, log, signals)
+    finally:
+        log.close()
+    _check_replicas(run)
+    shutdown(run.dist)
+    return run.out_dir
+
+
+def _train(run: Run, log: RunLog, signals: StopSignals) -> None:
+    cfg = run.cfg
     source = BatchSource(run)
     if run.step == 0 and cfg.knn.enabled and run.dist.is_main:
-        _append_jsonl(log_path, log_baselines(run))
+        log.append(log_baselines(run))
     while run.step < run.stop_step:
         epoch, start_batch = divmod(run.step, run.steps_per_epoch)
         progress = tqdm(source.epoch(epoch, start_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -81,46 +100,69 @@ def train(cfg: TrainConfig) -> Path:
             images_seen += batch[0].shape[0] * run.dist.world_size
             checkpoint_due = bool(cfg.checkpoint_every_steps) and run.step % cfg.checkpoint_every_steps == 0
             epoch_end = run.step % run.steps_per_epoch == 0 or run.step == run.stop_step
+            log_due = run.step % cfg.log_every_steps == 0
             # The one host sync of a step, and only every log_every_steps: reading the losses waits for
             # the device; before a checkpoint it also keeps a non-finite or collapsed state out of it.
-            if run.step % cfg.log_every_steps == 0 or checkpoint_due or epoch_end:
+            if log_due or checkpoint_due or epoch_end:
                 values = check_health(run, terms)
                 throughput = images_seen / max(time.perf_counter() - started, 1e-9)
                 progress.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.3g}", img_s=f"{throughput:.0f}")
-                if run.dist.is_main and (run.step % cfg.log_every_steps == 0 or run.step == run.stop_step):
-                    _append_jsonl(log_path, {"kind": "step", "step": run.step, "epoch": epoch, "images_per_s": throughput,
-                                             **values})
+                if log_due or run.step == run.stop_step:
+                    log.append({"kind": "step", "step": run.step, "epoch": epoch, "images_per_s": throughput, **values})
             if checkpoint_due:
                 save_checkpoint(run)
             if run.step >= run.stop_step:
                 break
+            # An epoch's end keeps its kNN record and checkpoint below; anywhere else a signal stops here.
+            if not epoch_end and stop_agreed(signals, run.dist, run.device, sync_point=log_due or checkpoint_due):
+                progress.close()
+                _stop(run, signals, terms, checkpoint_written=checkpoint_due)
         progress.close()
         if run.step % run.steps_per_epoch == 0 or run.step == run.stop_step:
             record: dict[str, Any] = {"kind": "epoch", "step": run.step, "epoch": epoch + 1}
             if cfg.knn.enabled and run.dist.is_main and ((epoch + 1) % cfg.knn.every_epochs == 0 or run.step == run.stop_step):
                 record["knn"] = monitor_knn(run)
                 print(f"epoch {epoch + 1}: kNN top-1 {_format_knn(record['knn'])}")
-            if run.dist.is_main:
-                _append_jsonl(log_path, record)
+            log.append(record)
             save_checkpoint(run)
+            if run.step < run.stop_step and stop_agreed(signals, run.dist, run.device, sync_point=True):
+                _stop(run, signals, None, checkpoint_written=True)
+
     if cfg.routing.enabled and run.routers_step != run.step:
         from supernet.training.routing import train_routers
 
-        run.routers, run.routers_step = train_routers(run, log_path), run.step
+        # a stop signal here ends the stage: the checkpoint of the last epoch stands, without routers
+        stop = lambda sync_point: stop_agreed(signals, run.dist, run.device, sync_point=sync_point)  # noqa: E731
+        routers = train_routers(run, log.append, stop=stop)
+        if routers is None:
+            _stop(run, signals, None, checkpoint_written=True)
+        run.routers, run.routers_step = routers, run.step
         save_checkpoint(run)
-    _check_replicas(run)
+
+
+def _stop(run: Run, signals: StopSignals, terms: dict[str, torch.Tensor | float] | None, *,
+          checkpoint_written: bool) -> NoReturn:
+    """After a stop signal: the checkpoint of this step (unless written already; never of a non-finite or
+    collapsed state), one line, and :class:`supernet.cli.Interrupted`."""
+    if not checkpoint_written:
+        if terms is not None:
+            check_health(run, terms)
+        save_checkpoint(run)
+    stopped = signals.interrupted(step=run.step, total_steps=run.total_steps,
+                                  checkpoint=str(run.out_dir / CHECKPOINT_NAME), announce=run.dist.is_main)
     shutdown(run.dist)
-    return run.out_dir
+    raise stopped
 
 
 class BatchSource:
     """A run's training batches, epoch by epoch, as lists of view batches on its device (channels-last
     on CUDA when ``channels_last``): made on the device from a uint8 store (``data.pipeline=device``)
-    or by the PIL views in DataLoader workers (``loader``)."""
+    or by the PIL views in DataLoader workers (``loader``). ``store``: the run's training images already
+    decoded (a benchmark setting up several runs on one data set decodes them once)."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, *, store: ImageStore | None = None) -> None:
         self.run = run
-        self.device_batches = _device_batches(run) if run.pipeline.name == "device" else None
+        self.device_batches = _device_batches(run, store) if run.pipeline.name == "device" else None
         self.train_set: ViewDataset | None = None
         if self.device_batches is None:
             views, _ = build_views(run.cfg.views.name, run.cfg.data.resolution, view_options(run.cfg))
@@ -149,15 +191,21 @@ class BatchSource:
             yield [v.contiguous(memory_format=torch.channels_last) for v in batch] if channels_last else batch
 
 
-def _device_batches(run: Run) -> DeviceBatches:
-    """Decode the training images once into a uint8 store on the run's device; views are made there."""
+def _device_batches(run: Run, store: ImageStore | None = None) -> DeviceBatches:
+    """Decode the training images once into a uint8 store on the run's device (unless ``store`` holds them);
+    views are made there."""
     cfg, choice = run.cfg, run.pipeline
     assert choice.layout is not None and choice.sizes is not None
-    started = time.perf_counter()
-    store = build_store(run.data.train, sizes=choice.sizes, layout=choice.layout, device=run.device,
-                        num_workers=cfg.data.num_workers)
-    if run.dist.is_main:
-        print(f"image store: {choice.layout.describe()} on {run.device} in {time.perf_counter() - started:.1f} s")
+    if store is not None:
+        if store.layout != choice.layout or store.pixels.device.type != run.device.type:
+            raise ValueError(f"store: {store.layout.describe()} on {store.pixels.device} is not this run's "
+                             f"{choice.layout.describe()} on {run.device}")
+    else:
+        started = time.perf_counter()
+        store = build_store(run.data.train, sizes=choice.sizes, layout=choice.layout, device=run.device,
+                            num_workers=cfg.data.num_workers)
+        if run.dist.is_main:
+            print(f"image store: {choice.layout.describe()} on {run.device} in {time.perf_counter() - started:.1f} s")
     plan = plan_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
     return DeviceBatches(store=store, views=BatchedViews(plan=plan), seed=cfg.seed, batch_size=cfg.batch_size,
                          rank=run.dist.rank, world_size=run.dist.world_size)
@@ -175,8 +223,8 @@ def train_step(run: Run, views: list[torch.Tensor], plan: list[tuple[str, Subnet
     with ``per_batch`` (SlimCLR) their gradients add up into one.
     """
     cfg, method, encoder = run.cfg, run.method, run.encoder
-    lr = warmup_cosine_lr(run.step, run.total_steps, base_lr=run.lr,
-                          warmup_steps=int(cfg.optim.warmup_epochs * run.steps_per_epoch), final_lr=cfg.optim.final_lr)
+    lr = warmup_cosine_lr(run.step, run.total_steps, base_lr=run.lr, warmup_steps=run.warmup_steps,
+                          final_lr=cfg.optim.final_lr)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     alpha = group_alpha(run.step, run.total_steps, max_alpha=cfg.regularization.max_alpha,
@@ -329,8 +377,3 @@ def _check_replicas(run: Run) -> None:
 
 def _format_knn(scores: dict[str, float]) -> str:
     return ", ".join(f"{width} {score:.2%}" for width, score in scores.items())
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as file:
-        file.write(json.dumps(record) + "\n")

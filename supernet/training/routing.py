@@ -14,11 +14,9 @@ chose. AdamW on the routers alone.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -94,8 +92,12 @@ def routing_step(run: Run, routers: RouterSet, optimizer: torch.optim.Optimizer,
     return {"loss": loss.detach(), **{f"agree/{m:g}": labels[:, j].mean() for j, m in enumerate(routers.levels[:-1])}}
 
 
-def train_routers(run: Run, log_path: Path) -> RouterSet:
-    """Train ``run``'s routers for ``routing.epochs`` epochs of its training views; returns them (on the device)."""
+def train_routers(run: Run, log: Callable[[dict[str, Any]], None], *,
+                  stop: Callable[[bool], bool] | None = None) -> RouterSet | None:
+    """Train ``run``'s routers for ``routing.epochs`` epochs of its training views; returns them (on the device).
+
+    ``log`` takes each logged record; ``stop(sync_point)`` is asked after every step (a stop signal: the stage
+    is abandoned and None returned)."""
     from supernet.training.loop import BatchSource, scalars
 
     settings = run.cfg.routing
@@ -109,15 +111,15 @@ def train_routers(run: Run, log_path: Path) -> RouterSet:
         for views in source.epoch(run.cfg.epochs + epoch):
             terms = routing_step(run, routers, optimizer, views, run.total_steps + steps)
             steps += 1
-            if steps % run.cfg.log_every_steps == 0 or steps == total:
+            log_due = steps % run.cfg.log_every_steps == 0
+            if log_due or steps == total:
                 values = scalars(terms)
-                record = {"kind": "routing", "step": steps, "of": total,
-                          "images_per_s": steps * run.cfg.batch_size / (time.perf_counter() - started), **values}
-                if run.dist.is_main:
-                    with log_path.open("a") as file:
-                        file.write(json.dumps(record) + "\n")
-                    if run.cfg.progress:
-                        print(f"routers {steps}/{total}: loss {values['loss']:.4f}, agreement "
-                              + ", ".join(f"{k[6:]} {v:.2f}" for k, v in values.items() if k.startswith("agree/")),
-                              file=sys.stdout, flush=True)
+                log({"kind": "routing", "step": steps, "of": total,
+                     "images_per_s": steps * run.cfg.batch_size / (time.perf_counter() - started), **values})
+                if run.dist.is_main and run.cfg.progress:
+                    print(f"routers {steps}/{total}: loss {values['loss']:.4f}, agreement "
+                          + ", ".join(f"{k[6:]} {v:.2f}" for k, v in values.items() if k.startswith("agree/")),
+                          file=sys.stdout, flush=True)
+            if stop is not None and steps < total and stop(log_due):
+                return None
     return routers

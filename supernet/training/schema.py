@@ -88,7 +88,9 @@ class DataConfig:
     official_test: bool = False  # the data set's own test split (CIFAR, STL-10) as the validation set
     download: bool = False
     resolution: Optional[int] = None  # null: the images' native size, capped at 224
-    num_workers: int = 0  # DataLoader workers: PIL views (loader), or decoding files into the store (device)
+    # DataLoader workers: PIL views (loader), or decoding files into the store (device); null: one per core
+    # (shared by the processes on a machine), at most 8
+    num_workers: Optional[int] = None
     # How training views are made: device (images decoded once into a uint8 tensor on the training
     # device, views made there in batches), loader (PIL per image in DataLoader workers), or auto
     # (device when the store fits in half the free device memory or RAM).
@@ -97,7 +99,7 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     RULES: ClassVar[Rules] = {"max_images": optional(at_least(1)), "holdout_size": at_least(0),
-                              "resolution": optional(at_least(8)), "num_workers": at_least(0),
+                              "resolution": optional(at_least(8)), "num_workers": optional(at_least(0)),
                               "store_side": optional(at_least(8))}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,8 +15,8 @@ from omegaconf import OmegaConf
 from search_spaces import SearchSpace, SubnetConfig, UserError, get_space
 from supernet.data.datasets import ImageData, load_image_data
 from supernet.data.store import PipelineChoice, available_memory, choose_pipeline
-from supernet.data.views import ViewOptions, ViewSpec, build_views
-from supernet.devices import resolve_device
+from supernet.data.views import ViewOptions, ViewSpec, build_views, plan_views
+from supernet.devices import data_workers, resolve_device
 from supernet.evaluation import EvalData, prepare_eval_data
 from supernet.io.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -43,8 +44,8 @@ from supernet.training.group_reg import GroupDecay
 from supernet.training.optim import build_optimizer, parameter_groups
 from supernet.training.schema import DataPipeline, TrainConfig
 
-__all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "resolve_pipeline",
-           "routing_identity", "save_checkpoint"]
+__all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "fit_warmup", "host_rng_state",
+           "resolve_pipeline", "routing_identity", "save_checkpoint"]
 
 MAX_NATIVE_RESOLUTION = 224  # data.resolution=null trains at the images' own size up to this
 # Settings a checkpoint must share with the run that resumes it.
@@ -91,6 +92,7 @@ class Run:
     total_steps: int  # of the schedules: epochs * steps_per_epoch
     stop_step: int  # where this invocation stops (max_steps caps it; schedules are unchanged)
     lr: float  # peak learning rate after the linear scaling rule
+    warmup_steps: int  # of the learning rate: optim.warmup_epochs, fitted into the run (see fit_warmup)
     gate_flops: GateFlops | None = None  # set when gates train
     eval_data: EvalData | None = None  # kNN monitoring images, drawn once
     group_decay: GroupDecay | None = None  # US3L's group regularisation of the encoder, when on
@@ -139,10 +141,14 @@ def build_run(cfg: TrainConfig) -> Run:
                            test_root=cfg.data.test_root, official_test=cfg.data.official_test)
     if cfg.data.resolution is None:  # recorded, so the checkpoint says what it was trained at
         cfg.data.resolution = min(data.image_size, MAX_NATIVE_RESOLUTION)
+    cfg.data.num_workers = data_workers(cfg.data.num_workers)  # recorded as well: what this machine ran with
     steps_per_epoch = len(data.train) // cfg.batch_size
     if steps_per_epoch == 0:
         raise SetupError(f"batch_size: {cfg.batch_size} exceeds the {len(data.train)} training images; use a smaller batch_size")
     total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps, note = fit_warmup(cfg.optim.warmup_epochs, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    if note and dist.is_main:
+        print(note, file=sys.stderr)
     _, views = build_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
     _check_patch_size(space, views)
     encoder = build_supernet(space, with_gates=cfg.gates.enabled, gate_options=gate_options(cfg))
@@ -164,6 +170,7 @@ def build_run(cfg: TrainConfig) -> Run:
         optimizer=build_optimizer(cfg.optim.name, groups, lr=lr, momentum=cfg.optim.momentum, lars_eta=cfg.optim.lars_eta),
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         stop_step=total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps), lr=lr,
+        warmup_steps=warmup_steps,
         gate_flops=GateFlops(encoder, cfg.data.resolution) if cfg.gates.enabled else None,
         group_decay=GroupDecay(encoder, groups=cfg.regularization.groups, family=space.family)
         if cfg.regularization.group else None,
@@ -175,7 +182,9 @@ def build_run(cfg: TrainConfig) -> Run:
                                           bank_size=knn.bank_size, val_size=knn.val_size, seed=knn.seed)
     saved = None
     if cfg.resume and checkpoint_path.exists():
-        payload = load_checkpoint(checkpoint_path, map_location=device)
+        # On the host: the RNG states must reach torch as CPU ByteTensors (mapped to a GPU they would not),
+        # and load_state_dict copies the weights onto the run's device anyway.
+        payload = load_checkpoint(checkpoint_path, map_location="cpu")
         restore(run, payload)
         saved = flatten(payload["config"])
         print(f"resumed {checkpoint_path} at step {run.step}/{total_steps}")
@@ -188,6 +197,20 @@ def build_run(cfg: TrainConfig) -> Run:
                                                                  "data_pipeline": run.pipeline.reason}, indent=2))
     barrier(dist)
     return run
+
+
+def fit_warmup(warmup_epochs: float, *, steps_per_epoch: int, total_steps: int) -> tuple[int, str | None]:
+    """The learning-rate warm-up in steps, and a note when it had to change: a warm-up longer than the whole
+    run (a recipe's 2 epochs in an ``epochs=1`` try-out) would leave no schedule to decay, so it is shortened
+    to the run's first half, decided before anything trains."""
+    steps = int(warmup_epochs * steps_per_epoch)
+    if steps <= total_steps:
+        return steps, None
+    fitted = total_steps // 2
+    epochs = total_steps // steps_per_epoch
+    return fitted, (f"note: optim.warmup_epochs={warmup_epochs:g} ({steps} steps) is longer than this "
+                    f"{epochs}-epoch run ({total_steps} steps); warming up over its first half ({fitted} steps) "
+                    "instead (set optim.warmup_epochs to choose)")
 
 
 def resolve_pipeline(cfg: TrainConfig, data: ImageData, device: torch.device, dist: DistEnv, *,
@@ -207,8 +230,11 @@ def resolve_pipeline(cfg: TrainConfig, data: ImageData, device: torch.device, di
             least = torch.tensor([float(free)], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
             torch.distributed.all_reduce(least, op=torch.distributed.ReduceOp.MIN)
             free = int(least.item())
+    plan = plan_views(cfg.views.name, cfg.data.resolution, view_options(cfg))
+    sides = [group.resolution for group in plan.groups for _ in range(group.count)]
     choice = choose_pipeline(requested, dataset=data.train, resolution=cfg.data.resolution,
-                             store_side=cfg.data.store_side, device=device, free=free, label=label)
+                             store_side=cfg.data.store_side, device=device, free=free, label=label,
+                             view_batch=cfg.batch_size // dist.world_size, view_sides=sides)
     if previous is not None and previous != choice.name:
         choice = PipelineChoice(choice.name, f"{choice.reason}; the checkpoint was trained with {previous}, so the "
                                 "views from here on differ from an uninterrupted run's", choice.layout, choice.sizes)
@@ -317,9 +343,9 @@ def restore(run: Run, payload: dict[str, Any]) -> None:
             )
     run.method.load_state_dict(payload["method"])
     run.optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["rng"]["torch"])
+    torch.set_rng_state(host_rng_state(payload["rng"]["torch"]))
     if payload["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        torch.cuda.set_rng_state_all([host_rng_state(state) for state in payload["rng"]["cuda"]])
     run.step = int(payload["step"])
     routers = payload.get("routers")
     if routers is not None and all(routers["settings"].get(key) == value
@@ -332,6 +358,12 @@ def routing_identity(cfg: TrainConfig) -> dict[str, Any]:
     """The routing settings trained routers answer to: others retrain them."""
     return {"levels": list(cfg.routing.levels), "hidden_channels": cfg.routing.hidden_channels,
             "epochs": cfg.routing.epochs, "lr": cfg.routing.lr}
+
+
+def host_rng_state(state: torch.Tensor) -> torch.Tensor:
+    """A saved generator state as ``torch.set_rng_state`` and ``torch.cuda.set_rng_state_all`` take it: a CPU
+    ByteTensor, whatever device or dtype the checkpoint was loaded with (``map_location=<GPU>`` moves it there)."""
+    return state.detach().to(device="cpu", dtype=torch.uint8).contiguous()
 
 
 def run_info(device: torch.device) -> dict[str, Any]:

@@ -69,6 +69,18 @@ def test_a_choice_is_built_from_its_registry() -> None:
         Sampler("cmaes")
 
 
+def test_a_chosen_value_prints_as_the_user_typed_it(tmp_path) -> None:
+    """Issue 21 item 13: errors said ``DataName.cifar10`` where the user typed ``cifar10``."""
+    from supernet.data.datasets import DataError, load_image_data
+
+    cfg = load_train_settings(["data=cifar10", f"data.root={tmp_path}"])
+    assert (str(cfg.data.name), f"{cfg.data.name}", f"{cfg.data.name:>8}", cfg.data.name) == ("cifar10",) * 2 + (
+        " cifar10", "cifar10")
+    with pytest.raises(DataError) as refused:
+        load_image_data(cfg.data.name, root=cfg.data.root, max_images=None, holdout_size=10, download=False, seed=0)
+    assert "cifar10 files not found" in str(refused.value) and "DataName" not in str(refused.value)
+
+
 def test_settings_dict_round_trips_through_json_types() -> None:
     cfg = load_train_settings(["ssl=moco"])
     tree = settings_dict(cfg)

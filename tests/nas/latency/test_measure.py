@@ -164,3 +164,29 @@ def test_cuda_events() -> None:
     assert small.batch_size == 8
     assert 0 < small.seconds < 1.0
     assert large.seconds > small.seconds
+
+
+class MovedOnTo(nn.Sequential):
+    """A network that, sent ``.to()`` a device, gets new tensors, as a CPU network sent to a GPU does (on one CPU
+    ``.to("cpu")`` keeps the same tensors, which would hide where the move happens)."""
+
+    def to(self, *args, **kwargs):  # type: ignore[override]
+        return self._apply(lambda tensor: tensor.clone())
+
+
+def test_a_timed_network_can_still_be_recalibrated_and_trained() -> None:
+    """Issue 21 item 10: moved inside ``torch.inference_mode()`` the caller's parameters became inference tensors,
+    which BatchNorm recalibration and training then refuse to update."""
+    from supernet.nn.bn import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = MovedOnTo(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    measure_latency(model, torch.randn(2, 3, 6, 6), warmup=1, repeats=2)
+    assert not any(tensor.is_inference() for tensor in [*model.parameters(), *model.buffers()])
+    recalibrate_bn(model, torch.randn(16, 3, 6, 6), num_images=16, batch_size=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model[0].weight.detach().clone()
+    model.train()
+    model(torch.randn(4, 3, 6, 6)).square().mean().backward()
+    optimizer.step()
+    assert not torch.equal(model[0].weight, before)

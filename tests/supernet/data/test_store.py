@@ -101,3 +101,68 @@ def test_auto_chooses_by_the_memory_share_and_says_why(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"^data\.pipeline: device, but .* expected data\.pipeline=auto or loader"):
         choose_pipeline("device", dataset=data.train, resolution=32, store_side=None, device=CPU, free=need - 1)
     assert choose_pipeline("loader", dataset=data.train, resolution=32, store_side=None, device=CPU).layout is None
+
+
+class _UniformSizes(torch.utils.data.Dataset):
+    """``count`` images of ``side`` x ``side`` px known from their headers alone (nothing to decode)."""
+
+    def __init__(self, count: int, side: int) -> None:
+        self.count, self.side = count, side
+
+    def __len__(self) -> int:
+        return self.count
+
+    def image_sizes(self, index: np.ndarray) -> np.ndarray:
+        return np.full((len(index), 2), self.side, dtype=np.int64)
+
+
+def test_views_working_memory_in_closed_form() -> None:
+    from supernet.data.batched_views import views_working_bytes
+
+    n, h, w, s = 4, 100, 60, 20
+    gathered = n * 3 * h * w
+    column_pass = n * (3 * h * w + s * w + 3 * h * s) * 4  # float copy, column weights, column-resampled images
+    one_view = n * 3 * s * s * 4
+    assert views_working_bytes((h, w), images=n, sides=[s]) == gathered + column_pass
+    assert views_working_bytes((h, w), images=n, sides=[s, s]) == gathered + one_view + column_pass
+    assert views_working_bytes((h, w), images=n, sides=[]) == gathered
+
+
+def test_auto_counts_the_views_working_memory_of_large_native_images() -> None:
+    """Issue 21 item 11: 256 images of 1024 px kept at their native size take ~4 GB a view to make (each converted
+    whole to float32), which auto's rule did not count: it chose the device where the store alone fitted."""
+    dataset = _UniformSizes(64, 1024)  # a 0.2 GB store
+    free = 2 * 10**9
+    store_only = choose_pipeline("auto", dataset=dataset, resolution=224, store_side=None, device=CPU, free=free)
+    assert store_only.name == "device"
+    with_views = choose_pipeline("auto", dataset=dataset, resolution=224, store_side=None, device=CPU, free=free,
+                                 view_batch=256, view_sides=[224, 224])
+    assert with_views.name == "loader"
+    assert "making a batch's views 5.12 GB more (256 images at 1024x1024 as float32)" in with_views.reason
+    assert "over 50%" in with_views.reason
+    with pytest.raises(DataError, match="making a batch's views"):
+        choose_pipeline("device", dataset=dataset, resolution=224, store_side=None, device=CPU, free=free,
+                        view_batch=256, view_sides=[224, 224])
+    cifar = choose_pipeline("auto", dataset=_UniformSizes(40_000, 32), resolution=32, store_side=None, device=CPU,
+                            free=free, view_batch=512, view_sides=[32, 32])
+    assert cifar.name == "device"  # CIFAR's views cost megabytes
+
+
+def test_headers_are_read_once_per_file_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21 item 2: a benchmark setting up five runs on one tree read its 40,000 headers five times."""
+    import os
+
+    from supernet.data import sources
+
+    root = _folder(tmp_path, [(32, 32), (40, 24), (32, 32), (16, 48)])
+    first = native_sizes(load_image_data("imagefolder", root=str(root), max_images=None, holdout_size=1,
+                                         download=False, seed=0).train)
+    opened: list[str] = []
+    real_open = sources.Image.open
+    monkeypatch.setattr(sources.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    again = load_image_data("imagefolder", root=str(root), max_images=None, holdout_size=1, download=False, seed=0)
+    assert torch.equal(native_sizes(again.train), first) and opened == []
+    replaced = again.train.dataset.samples[again.train.indices[0]][0]
+    Image.new("RGB", (20, 10)).save(replaced, format="PNG" if replaced.endswith("png") else "JPEG")
+    os.utime(replaced, ns=(1, 1))  # another version of the file, whatever the clock's resolution
+    assert native_sizes(again.train)[0].tolist() == [10, 20] and opened == [replaced]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import numpy as np
@@ -371,3 +372,26 @@ def test_separate_norms_extract_and_gather_exactly(kind: str, small_spaces) -> N
     torch.testing.assert_close(gathered, expected, rtol=1e-4, atol=1e-4)
     static = net.extract(space.uniform_config(0.75))  # a static sub-network needs no gated twins
     assert not any(".gated." in name for name in static.state_dict())
+
+
+def test_bfloat16_logits_draw_float32_noise() -> None:
+    """Under autocast the gate logits are bfloat16; the noise must still be float32's (issue 21 item 9): the same
+    draws as float32 logits of the same values, and the tails intact (bfloat16 uniforms cut them at about +-5.5,
+    so a logit of -6 never kept its channel)."""
+    generator = torch.Generator().manual_seed(4)
+    logits = (torch.randn(4096, generator=generator) * 3).to(torch.bfloat16)
+    half = gumbel_sigmoid_straight_through(logits, generator=torch.Generator().manual_seed(6))
+    full = gumbel_sigmoid_straight_through(logits.float(), generator=torch.Generator().manual_seed(6))
+    assert half.dtype == torch.bfloat16
+    assert torch.equal(half.float(), full)
+    n = 400_000
+    kept = gumbel_sigmoid_straight_through(torch.full((n,), -6.0, dtype=torch.bfloat16),
+                                           generator=torch.Generator().manual_seed(7)).float().mean()
+    expected = 1 / (1 + math.exp(6.0))  # 0.25 %
+    assert abs(float(kept) - expected) < 5 * math.sqrt(expected / n)
+
+
+def test_bfloat16_logits_pass_the_relaxed_gradient() -> None:
+    logits = torch.zeros(64, dtype=torch.bfloat16, requires_grad=True)
+    gumbel_sigmoid_straight_through(logits, generator=torch.Generator().manual_seed(8)).sum().backward()
+    assert logits.grad is not None and logits.grad.dtype == torch.bfloat16 and bool((logits.grad > 0).all())

@@ -1,4 +1,4 @@
-"""kill -9 during training, then resume=true: the run ends exactly where an uninterrupted one does."""
+"""kill -9, SIGTERM or Ctrl-C during training, then resume=true: the run ends exactly where an uninterrupted one does."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from supernet.io.checkpoint import CheckpointError, load_checkpoint, previous_path
@@ -92,3 +93,47 @@ def test_checkpoint_that_carries_code_is_refused_without_running_it(tmp_path: Pa
     else:
         raise AssertionError("a pickle carrying code was loaded")
     assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run every interrupted one must end at."""
+    folder = tmp_path_factory.mktemp("straight")
+    assert _train(folder / "run", cwd=folder).returncode == 0
+    return folder / "run"
+
+
+@pytest.mark.parametrize(("sent", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_finishes_the_step_writes_a_checkpoint_and_resume_loses_nothing(
+        tmp_path: Path, straight_run: Path, sent: signal.Signals, exit_code: int) -> None:
+    """Issue 21 item 13: a scheduler's SIGTERM (or Ctrl-C) used to end the run where it was, losing the steps since
+    the last checkpoint. Now the current step ends, a checkpoint is written, one line says so, and the exit code is
+    128 + the signal's number. With no periodic checkpoints, whatever resumes comes from that checkpoint."""
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "-m", "supernet.train", *ARGS, "checkpoint_every_steps=0",
+                                f"out_dir={stopped}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while max(_logged_steps(stopped), default=0) < 2:
+        assert process.poll() is None, "training ended before it could be stopped"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(sent)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == exit_code, stderr[-2000:]
+    saved_step = load_checkpoint(stopped / "checkpoint.pt")["step"]
+    assert 2 <= saved_step < 12 and saved_step == max(_logged_steps(stopped))  # no step lost, none half done
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == (f"stopped by {sent.name} after step {saved_step}/12: checkpoint written to "
+                         f"{stopped / 'checkpoint.pt'}; resume=true continues from it")
+    assert "Traceback" not in stderr
+    if sent != signal.SIGTERM:
+        return  # the same checkpoint either way: resumed once, for SIGTERM
+
+    result = _train(stopped, "resume=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = torch.load(straight_run / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert resumed["step"] == expected["step"] == 12
+    for name, tensor in expected["method"].items():
+        torch.testing.assert_close(resumed["method"][name], tensor, rtol=0, atol=0, msg=name)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from supernet.nn.models import build_supernet
-from supernet.training.distributed import DistEnv, average_gradients, parameter_digest
+from supernet.training.distributed import DistEnv, all_gather_rows, average_gradients, parameter_digest
 
 ARGS = [
     "recipe=none", "model=tiny", "data.max_images=128", "data.holdout_size=200", "data.resolution=16", "batch_size=32",
@@ -127,3 +127,42 @@ def test_parameter_digest_sees_any_change() -> None:
     with torch.no_grad():
         next(net.parameters()).view(-1)[0] += 1e-6
     assert parameter_digest(net) != digest
+
+
+def _gather_channels_last(rank: int, world_size: int, port: int, out_dir: str, bytewise: bool) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    if bytewise:
+        gloo_gather = torch.distributed.all_gather
+
+        def nccl_like_gather(outputs: list[torch.Tensor], tensor: torch.Tensor) -> None:
+            """NCCL copies bytes: the input's memory lands in each receiving buffer's memory in order, whatever
+            the buffer's strides say (gloo copies element by element, so it alone would hide a layout mismatch)."""
+            received = [torch.empty_like(tensor) for _ in outputs]
+            gloo_gather(received, tensor)
+            for output, data in zip(outputs, received):
+                output.as_strided(output.shape, data.stride(), output.storage_offset()).copy_(data)
+
+        torch.distributed.all_gather = nccl_like_gather
+    try:
+        images = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5) + 1000 * rank
+        gathered = all_gather_rows(images.contiguous(memory_format=torch.channels_last), DistEnv(rank, world_size, rank))
+        torch.save(gathered.contiguous(), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["gloo", "nccl_like"])
+def test_all_gather_rows_of_a_channels_last_batch_over_gloo(tmp_path: Path, bytewise: bool) -> None:
+    """Shuffle-BN gathers a channels-last image batch on CUDA: every rank must get every rank's images intact,
+    with gloo's element-wise copies and with the byte copies NCCL makes (issue 21 item 6)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_gather_channels_last, args=(2, port, str(tmp_path), bytewise), nprocs=2, join=True)
+    base = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    expected = torch.cat([base, base + 1000])
+    for rank in range(2):
+        torch.testing.assert_close(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), expected, rtol=0, atol=0)

@@ -260,3 +260,47 @@ def test_knn_monitor_every_few_epochs_and_at_the_end(tmp_path: Path) -> None:
     assert records[0]["kind"] == "baseline"
     epochs = {r["epoch"]: "knn" in r for r in records if r["kind"] == "epoch"}
     assert epochs == {1: False, 2: True, 3: True}
+    # learning.png beside the run, drawn from the same records (epoch 0: the untrained network)
+    from PIL import Image
+
+    from supernet.training.logs import learning_curves
+
+    curves, _ = learning_curves(tmp_path / "metrics.jsonl")
+    assert sorted(curves) == ["max", "mid", "min"] and all([e for e, _ in c] == [0, 2, 3] for c in curves.values())
+    with Image.open(tmp_path / "learning.png") as image:
+        assert image.format == "PNG" and image.width > 300
+    assert not list(tmp_path.glob(".learning.png.*"))  # written atomically: no temporary left
+
+
+def test_a_warm_up_longer_than_the_run_is_fitted_before_training_and_said_once(tmp_path: Path, capsys) -> None:
+    """Issue 21 item 12: ``recipe=gpu_10min epochs=1`` (a 2-epoch warm-up) died inside the loop with
+    "warmup_steps must be in [0, total_steps]". Decided before training: warm up over the first half, one line."""
+    train(compose_train([*FAST, "epochs=1", "optim.warmup_epochs=2", "gates.enabled=false", "sandwich.enabled=false",
+                         "log_every_steps=1", f"out_dir={tmp_path}"]))
+    notes = [line for line in capsys.readouterr().err.splitlines() if "warmup" in line]
+    assert len(notes) == 1 and "warming up over its first half (4 steps)" in notes[0]
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
+    peak = 0.5 * 32 / 256
+    assert len(lrs) == 8 and lrs[3] == pytest.approx(peak) and lrs[0] == pytest.approx(peak / 4)
+    assert lrs[4:] == sorted(lrs[4:], reverse=True) and lrs[-1] < peak / 2
+
+
+@pytest.mark.parametrize("data", ["cifar10", "cifar100", "stl10", "imagefolder", "mnist_embedded"])
+def test_default_workers_follow_the_cores(data: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21 item 13: on a 2-core machine the default CIFAR run made DataLoader warn about 4 workers."""
+    import os
+    import warnings
+
+    from torch.utils.data import DataLoader
+
+    from supernet.devices import data_workers
+
+    for cores, processes in ((2, "1"), (1, "1"), (64, "1"), (16, "8")):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: set(range(cores)))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+        workers = data_workers(compose_train([f"data={data}"]).data.num_workers)
+        assert workers <= max(1, cores // int(processes)) and (data == "mnist_embedded") == (workers == 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "This DataLoader will create N worker processes ..." would raise
+            DataLoader(list(range(4)), num_workers=workers).check_worker_number_rationality()
+    assert data_workers(3) == 3  # a number given is kept
