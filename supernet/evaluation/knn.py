@@ -99,8 +99,9 @@ def nearest_neighbours(bank_chunks: Callable[[], Iterable[torch.Tensor]], querie
 
 def _lowest_index_top_k(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The top ``k`` of each row of ``values`` (R, M), ties at the k-th value broken by position (the first
-    wins); both returned in position order."""
+    wins); both returned in position order. NaN (features that are not numbers) ranks below every number."""
     k = min(k, values.shape[1])
+    values = values.masked_fill(values.isnan(), float("-inf"))
     kth = values.topk(k, dim=1).values[:, -1:]
     above, level = values > kth, values == kth
     needed = k - above.sum(dim=1, keepdim=True)  # places left for the values equal to the k-th

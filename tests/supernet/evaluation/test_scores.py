@@ -181,3 +181,14 @@ def test_kendall_tau_b_matches_scipy_with_ties() -> None:
         assert kendall_tau_b(x, y) == pytest.approx(stats.kendalltau(x, y).statistic)
     assert kendall_tau_b([1, 2, 3], [3, 2, 1]) == -1.0
     assert kendall_tau_b([1, 1, 1], [1, 2, 3]) == 0.0
+
+
+def test_features_that_are_not_numbers_never_vote_and_score_nan() -> None:
+    bank = torch.tensor([[float("nan"), 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
+    labels = torch.tensor([0, 1, 0, 1])
+    queries = torch.tensor([[1.0, 0.0], [float("nan"), 1.0]])
+    neighbours = nearest_neighbours(lambda: [bank], queries, k=2)
+    assert neighbours.index[0].tolist() == [1, 3]  # the NaN image ranks below every number
+    scores = knn_image_scores(bank, labels, queries, torch.tensor([1, 1]), num_classes=2, k=2)
+    assert bool(scores.correct[0]) and math.isfinite(float(scores.log_likelihood[0]))
+    assert math.isnan(float(scores.log_likelihood[1]))  # a query that is not a number has no likelihood
