@@ -182,7 +182,9 @@ class Oracle:
             raise ValueError(f"Oracle.scores_of: unknown score {unknown[0]!r}; expected one of {', '.join(SCORE_KINDS)}")
         missing = [kind for kind in kinds if (cfg, kind) not in self._values]
         if missing:
-            measured = self._measure(cfg, self._network(cfg, network), missing)
+            if network is None and not self._embeddings_cached(cfg):
+                network = self._network(cfg, None)
+            measured = self._measure(cfg, network, missing)
             self._values.update({(cfg, kind): value for kind, value in measured.items()})
         return {kind: self._values[(cfg, kind)] for kind in kinds}
 
@@ -195,12 +197,17 @@ class Oracle:
         measured = self._measure(None, network, kinds)
         return {kind: measured[kind] for kind in kinds}
 
-    def image_scores(self, cfg: SubnetConfig | None, network: nn.Module, *, classifier: str = "knn") -> ImageScores:
+    def image_scores(self, cfg: SubnetConfig | None, network: nn.Module | None, *, classifier: str = "knn") -> ImageScores:
         """The answer of the kNN (``classifier="knn"``) or the logistic-regression probe fitted on the bank
         (``"probe"``) on each validation image of the recalibrated ``network`` of ``cfg``: right or wrong,
         probability and log-likelihood of the true class, each (Q,). A routed network's images are each
         answered by their route's classifier, its bank embedded by that route's static network. With ``cfg``
-        None (a static network only) nothing is cached."""
+        None (a static network only) nothing is cached; ``network`` None: ``cfg``'s network, built if its
+        features are not cached."""
+        if network is None and (cfg is None or not self._embeddings_cached(cfg)):
+            if cfg is None:
+                raise ValueError("Oracle.image_scores: give a network or a config")
+            network = self._network(cfg, None)
         embedded = self._embed(cfg, network)
         labels = self.data.val_labels
         if embedded.routes is None:
@@ -262,6 +269,12 @@ class Oracle:
             self._references = references
         return self._references
 
+    def forget(self) -> None:
+        """Drop every cached score and embedding (a benchmark timing a cold evaluation)."""
+        for cache in (self._cache, self._values, self._routes, self._banks, self._embedded):
+            cache.clear()
+        self._full = None
+
     def remember(self, cfg: SubnetConfig, accuracy: float, scores: Mapping[str, float] | None = None) -> None:
         """Seed the cache (e.g. from a resumed study's finished trials): kNN top-1 and any ``{kind: score}``."""
         self._cache[cfg] = accuracy
@@ -273,10 +286,14 @@ class Oracle:
             return network if isinstance(network, RoutedNetwork) else self.routed_network(cfg)
         return network if network is not None else self.subnet(cfg)
 
-    def _embedder(self, network: nn.Module) -> Callable[[Any], torch.Tensor]:
+    def _embeddings_cached(self, cfg: SubnetConfig) -> bool:
+        """A static config whose validation and bank features are both still cached: scoring it needs no network."""
+        return not cfg.routed and cfg.key() in self._embedded and cfg.key() in self._banks
+
+    def _embedder(self, network: nn.Module | None) -> Callable[[Any], torch.Tensor]:
         return lambda images: embed_tensor(network, images, batch_size=self.batch_size, device=self.device)
 
-    def _measure(self, cfg: SubnetConfig | None, network: nn.Module, kinds: Sequence[str]) -> dict[str, float]:
+    def _measure(self, cfg: SubnetConfig | None, network: nn.Module | None, kinds: Sequence[str]) -> dict[str, float]:
         """Every kind of a family that ``kinds`` names (a kNN pass gives all three kNN kinds, a probe both)."""
         measured: dict[str, float] = {}
         if any(kind in KNN_SCORES for kind in kinds):
@@ -287,12 +304,15 @@ class Oracle:
             measured["agreement"] = linear_cka(self._embed(cfg, network).features, self.full_features())
         return measured
 
-    def _embed(self, cfg: SubnetConfig | None, network: nn.Module) -> _Embedded:
+    def _embed(self, cfg: SubnetConfig | None, network: nn.Module | None) -> _Embedded:
         """The validation features of ``cfg``'s network (and each image's route), kept for the last few configs."""
         key = None if cfg is None else cfg.key()
         if key in self._embedded:
             self._embedded.move_to_end(key)
             return self._embedded[key]
+        if network is None:
+            assert cfg is not None, "an uncached embedding needs a network or a config"
+            network = self._network(cfg, None)
         if isinstance(network, RoutedNetwork):
             features, levels = [], []
             with torch.no_grad():

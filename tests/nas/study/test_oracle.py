@@ -19,10 +19,13 @@ from nas.search import main
 from nas.settings import load_search_settings
 from nas.study.oracle import Oracle, build_oracle, judging_settings
 from nas.study.run import search
-from search_spaces import SubnetConfig
-from supernet.evaluation import embed_tensor, knn_accuracy, linear_cka, linear_probe
-from supernet.evaluation.scores import SCORE_KINDS
+from search_spaces import SubnetConfig, get_space
+from supernet import build_supernet
+from supernet.evaluation import EvalData, ImageBank, embed_tensor, knn_accuracy, linear_cka, linear_probe
+from supernet.evaluation.scores import SCORE_KINDS, ImageScores
 from supernet.io.checkpoint import load_supernet
+from supernet.nn.routing import RouterSet
+from tests.conftest import randomize_batchnorm, small_resolution
 from tests.nas.conftest import TINY_RESOLUTION
 
 
@@ -131,3 +134,61 @@ def test_a_bad_score_setting_is_one_line(tiny_checkpoint: Path, search_overrides
     err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and err[0].startswith("error: oracle.score: Invalid value 'loss'"), err
     assert "knn_loglik" in err[0] and not (tmp_path / "run").exists()
+
+
+# -- routed configs: each validation image scored by its route's classifier ----------------------------
+def routed_oracle() -> tuple[Oracle, SubnetConfig]:
+    """The ``small`` space with random BatchNorm and random routers spread over their levels, on random images."""
+    space = get_space("small")
+    size = small_resolution(space)
+    generator = torch.Generator().manual_seed(0)
+    supernet = randomize_batchnorm(build_supernet(space, with_gates=False), seed=0).eval()
+    routers = RouterSet(space, levels=(0.25, 0.5, 1.0), hidden_channels=16)
+    with torch.no_grad():
+        for router in routers.routers.values():
+            router.fc1.weight.copy_(torch.randn(router.fc1.weight.shape, generator=generator))
+            router.fc2.weight.copy_(torch.randn(router.fc2.weight.shape, generator=generator))
+
+    def images(count: int) -> ImageBank:  # noise around a random grey level per image and channel
+        level = torch.randint(40, 216, (count, 3, 1, 1), generator=generator)
+        noise = torch.randint(-40, 40, (count, 3, size, size), generator=generator)
+        return ImageBank((level + noise).to(torch.uint8))
+
+    data = EvalData(images(64), images(96), torch.randint(0, 4, (96,), generator=generator), images(80),
+                    torch.randint(0, 4, (80,), generator=generator), 4, size, "train")
+    oracle = Oracle(supernet, data, k=5, batch_size=32, routers=routers, probe_epochs=20)
+    cfg = space.uniform_config(1.0).with_routes({name: 0.5 for name in space.router_blocks})
+    network = oracle.routed_network(cfg)
+    with torch.no_grad():  # centre each router on the median of its logits: the images spread over the routes
+        for depth, name in enumerate(network.router_blocks):
+            router = network.routers.router(name)
+            router.fc2.bias.sub_(router(network.entering(data.val[:], (2,) * depth)).median(dim=0).values)
+    return oracle, cfg
+
+
+def test_a_routed_config_scores_each_image_by_its_route() -> None:
+    oracle, cfg = routed_oracle()
+    network = oracle.routed_network(cfg)
+    scores = oracle.scores_of(cfg, network)
+    routed = oracle.routed_score(cfg, network)
+    assert len(routed.routes) > 1, "the test routers should spread the images over several routes"
+    assert sum(share.images for share in routed.routes) == len(oracle.data.val)
+    assert oracle.accuracy(cfg, network) == routed.accuracy == scores["knn_top1"]
+    # reference: each route's static sub-network alone (extracted, recalibrated), its kNN answer on the images
+    # the routed network sent down that route
+    with torch.no_grad():
+        network(oracle.data.val[:])
+        routes = network.last_levels.clone()
+    parts = []
+    for share in routed.routes:
+        rows = (routes == torch.tensor(share.levels)).all(dim=1)
+        static = oracle.subnet(network.route_config(share.levels))
+        parts.append((rows, oracle.image_scores(None, static, classifier="knn")))
+    expected = ImageScores.scatter([(rows, ImageScores(*(getattr(part, name)[rows] for name in
+                                                         ("correct", "probability", "log_likelihood"))))
+                                    for rows, part in parts], len(routes))
+    pieces = oracle.image_scores(cfg, network, classifier="knn")
+    torch.testing.assert_close(pieces.log_likelihood, expected.log_likelihood, rtol=1e-4, atol=1e-4)
+    assert float(pieces.correct.double().mean()) == pytest.approx(float(expected.correct.double().mean()), abs=0.02)
+    assert scores["knn_loglik"] == pytest.approx(float(expected.log_likelihood.mean()), abs=1e-4)
+    assert all(torch.isfinite(torch.tensor(value)) for value in scores.values())
