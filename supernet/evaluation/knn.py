@@ -99,14 +99,25 @@ def nearest_neighbours(bank_chunks: Callable[[], Iterable[torch.Tensor]], querie
 
 def _lowest_index_top_k(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The top ``k`` of each row of ``values`` (R, M), ties at the k-th value broken by position (the first
-    wins); both returned in position order. NaN (features that are not numbers) ranks below every number."""
+    wins); both in position order. NaN (features that are not numbers) ranks below every number.
+
+    ``topk`` alone is exact wherever the k-th value beats the next one; only rows with a tie across that
+    boundary are resolved by position, so the common case costs one ``topk``.
+    """
     k = min(k, values.shape[1])
-    values = values.masked_fill(values.isnan(), float("-inf"))
-    kth = values.topk(k, dim=1).values[:, -1:]
-    above, level = values > kth, values == kth
-    needed = k - above.sum(dim=1, keepdim=True)  # places left for the values equal to the k-th
-    keep = above | (level & (level.cumsum(dim=1) <= needed))
-    position = keep.nonzero()[:, 1].view(values.shape[0], k)  # row-major: ascending position in each row
+    if bool(values.isnan().any()):
+        values = values.masked_fill(values.isnan(), float("-inf"))
+    top, position = values.topk(min(k + 1, values.shape[1]), dim=1)
+    position = position[:, :k].sort(dim=1).values
+    if top.shape[1] > k:
+        tied = (top[:, k - 1] == top[:, k]).nonzero()[:, 0] if k else top.new_zeros(0, dtype=torch.long)
+        if tied.numel():
+            rows = values[tied]
+            kth = top[tied, k - 1 : k]
+            above, level = rows > kth, rows == kth
+            needed = k - above.sum(dim=1, keepdim=True)  # places left for the values equal to the k-th
+            keep = above | (level & (level.cumsum(dim=1) <= needed))
+            position[tied] = keep.nonzero()[:, 1].view(tied.numel(), k)  # row-major: ascending positions
     return values.gather(1, position), index.gather(1, position)
 
 
