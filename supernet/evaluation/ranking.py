@@ -14,8 +14,8 @@ __all__ = ["kendall_tau_b"]
 
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's tau-b in [-1, 1] of two scores of the same items: (concordant - discordant) pairs over
-    sqrt((pairs not tied in x) * (pairs not tied in y)), as ``scipy.stats.kendalltau``; 0 when either
-    score ties every pair. O(n^2): n is a few dozen networks.
+    sqrt((pairs not tied in x) * (pairs not tied in y)), as ``scipy.stats.kendalltau``; NaN (as scipy) when
+    either score ties every pair: no order to agree with. O(n^2): n is a few dozen networks.
 
     >>> kendall_tau_b([1, 2, 3, 4], [10, 20, 40, 30])
     0.6666666666666666
@@ -36,4 +36,4 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
         else:
             discordant += 1
     denominator = ((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) ** 0.5
-    return (concordant - discordant) / denominator if denominator else 0.0
+    return (concordant - discordant) / denominator if denominator else float("nan")
