@@ -7,7 +7,7 @@ pixels of large images never sit in memory as one float matrix.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from supernet.evaluation.data import EvalData, ImageBank
 
 __all__ = ["Neighbours", "embed_tensor", "knn_accuracy", "knn_predict", "knn_predict_chunked", "knn_score", "knn_votes",
-           "nearest_neighbours", "raw_pixel_knn"]
+           "knn_votes_chunked", "nearest_neighbours", "raw_pixel_knn"]
 
 
 def knn_predict(
@@ -52,12 +52,25 @@ def knn_predict_chunked(
     The running top-k over the chunks equals the top-k over the whole bank. Ties are broken as
     :func:`nearest_neighbours` and :func:`knn_votes` say: the lower bank index, then the lower class.
     """
-    predictions = []
+    votes = knn_votes_chunked(bank_chunks, bank_labels, queries, num_classes=num_classes, k=k, temperature=temperature,
+                              chunk_size=chunk_size)
+    return torch.cat([chunk.argmax(dim=1) for chunk in votes])  # the first maximum: the lower class wins a tie
+
+
+def knn_votes_chunked(
+    bank_chunks: Callable[[], Iterable[torch.Tensor]],
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    *,
+    num_classes: int,
+    k: int,
+    temperature: float,
+    chunk_size: int,
+) -> Iterator[torch.Tensor]:
+    """:func:`knn_votes` (q, C) of consecutive chunks of ``chunk_size`` queries, in order."""
     for start in range(0, queries.shape[0], chunk_size):
         neighbours = nearest_neighbours(bank_chunks, queries[start : start + chunk_size], k=k)
-        votes = knn_votes(neighbours, bank_labels, num_classes=num_classes, temperature=temperature)
-        predictions.append(votes.argmax(dim=1))  # the first maximum: the lower class index wins a tie
-    return torch.cat(predictions)
+        yield knn_votes(neighbours, bank_labels, num_classes=num_classes, temperature=temperature)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from supernet.evaluation.knn import knn_votes, nearest_neighbours
+from supernet.evaluation.knn import knn_votes_chunked
 from supernet.evaluation.linear import fit_linear_head
 
 __all__ = ["KNN_SCORES", "PROBE_SCORES", "SCORE_KINDS", "VOTE_FLOOR", "ImageScores", "knn_image_scores",
@@ -124,11 +124,10 @@ def knn_image_scores(
     >>> bool(scores.correct[0]), round(float(scores.probability[0]), 4)
     (True, 0.999)
     """
-    parts = []
-    for start in range(0, queries.shape[0], chunk_size):
-        neighbours = nearest_neighbours(lambda: [bank], queries[start : start + chunk_size], k=k)
-        votes = knn_votes(neighbours, bank_labels, num_classes=num_classes, temperature=temperature)
-        parts.append(ImageScores.of(vote_log_probabilities(votes, floor=floor), query_labels[start : start + chunk_size]))
+    votes = knn_votes_chunked(lambda: [bank], bank_labels, queries, num_classes=num_classes, k=k,
+                              temperature=temperature, chunk_size=chunk_size)
+    parts = [ImageScores.of(vote_log_probabilities(chunk, floor=floor), labels)
+             for chunk, labels in zip(votes, query_labels.split(chunk_size))]
     return ImageScores.cat(parts) if parts else ImageScores.of(torch.zeros(0, num_classes), query_labels[:0])
 
 
