@@ -32,6 +32,7 @@ from search_spaces import UserError
 from supernet.evaluation import EvalData, prepare_eval_data
 from supernet.evaluation.knn import embed_tensor, raw_pixel_knn
 from supernet.evaluation.scores import (
+    DEFAULT_SCORE,
     KNN_SCORES,
     PROBE_SCORES,
     SCORE_KINDS,
@@ -112,7 +113,7 @@ class Oracle:
         device: torch.device | str = "cpu",
         routers: RouterSet | None = None,
         untrained: Callable[[], nn.Module] | None = None,
-        score: str = "knn_loglik",
+        score: str = DEFAULT_SCORE,
         probe_epochs: int = 100,
         probe_weight_decay: float = 1e-4,
     ) -> None:

@@ -43,12 +43,13 @@ import torch.nn.functional as F
 from supernet.evaluation.knn import knn_votes_chunked
 from supernet.evaluation.linear import fit_linear_head
 
-__all__ = ["KNN_SCORES", "PROBE_SCORES", "SCORE_KINDS", "VOTE_FLOOR", "ImageScores", "knn_image_scores",
+__all__ = ["DEFAULT_SCORE", "KNN_SCORES", "PROBE_SCORES", "SCORE_KINDS", "VOTE_FLOOR", "ImageScores", "knn_image_scores",
            "knn_summary", "linear_cka", "probe_image_scores", "probe_summary", "vote_log_probabilities"]
 
 KNN_SCORES = ("knn_top1", "knn_loglik", "knn_vote")
 PROBE_SCORES = ("probe_top1", "probe_loglik")
 SCORE_KINDS = (*KNN_SCORES, *PROBE_SCORES, "agreement")
+DEFAULT_SCORE = "knn_loglik"  # what the search ranks by unless oracle.score says otherwise (README; RESULTS §6)
 VOTE_FLOOR = 1e-3  # of a class's vote share: log q >= log(f / (1 + C f)), -6.9 for ten classes
 
 

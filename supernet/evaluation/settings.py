@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from supernet.evaluation.data import VAL_SPLITS
-from supernet.evaluation.scores import SCORE_KINDS
+from supernet.evaluation.scores import DEFAULT_SCORE, SCORE_KINDS
 from supernet.settings import Rules, at_least, choice, in_range, optional, positive
 
 OracleScore = choice("OracleScore", SCORE_KINDS)
@@ -57,7 +57,7 @@ class OracleSettings(KnnSettings):
 
     val_size: Optional[int] = 5000  # validation images; null = as many as the split allows
     val_split: ValSplit = ValSplit.train  # type: ignore[valid-type]  # train | heldout (judging only)
-    score: OracleScore = OracleScore.knn_loglik  # type: ignore[valid-type]
+    score: OracleScore = OracleScore(DEFAULT_SCORE)  # type: ignore[valid-type]
     probe_epochs: int = 100  # L-BFGS iterations of the probe_* scores
     probe_weight_decay: float = 1e-4
 
