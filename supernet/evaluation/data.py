@@ -18,12 +18,16 @@ from torch.utils.data import Dataset
 from supernet.data.datasets import ImageData, label_of
 from supernet.data.views import eval_pixels, normalize_pixels
 
-__all__ = ["VAL_SPLITS", "EvalData", "ImageBank", "prepare_eval_data", "split_sizes"]
+__all__ = ["TRAIN_VAL_IMAGES", "VAL_SPLITS", "EvalData", "ImageBank", "prepare_eval_data", "split_sizes"]
 
 # Where the validation images come from: ``train``, labelled training images the bank does not hold
 # (what the oracle selects on); ``heldout``, the data's test split when it has one, else its holdout
 # (what judges: a monitor, an evaluation, a benchmark).
 VAL_SPLITS = ("train", "heldout")
+# Validation images drawn from the training split when no size is given: near 50 % one standard error of an
+# accuracy on N images is sqrt(0.25 / N), 0.71 points on 5,000 (1.1 on 2,000), against gaps of 1-3 points
+# between mid-size sub-networks (benchmarks/RESULTS.md §6).
+TRAIN_VAL_IMAGES = 5000
 
 
 class ImageBank:
@@ -93,9 +97,9 @@ def prepare_eval_data(
     One permutation of the training images orders everything drawn from them: calibration images are
     its first ``calibration_images`` (labelled or not; they may overlap the bank), the bank its first
     labelled images. ``val_split="heldout"``: ``val_size`` images (null: all) of the test split, else
-    of the holdout. ``val_split="train"``: the *last* labelled images of the permutation, disjoint from
-    the bank, sized by :func:`split_sizes`, so the held-out split is left to judge whatever is chosen
-    on these.
+    of the holdout. ``val_split="train"``: ``val_size`` (null: :data:`TRAIN_VAL_IMAGES`) of the *last*
+    labelled images of the permutation, disjoint from the bank, sized by :func:`split_sizes`, so the
+    held-out split is left to judge whatever is chosen on these.
     """
     if val_split not in VAL_SPLITS:
         raise ValueError(f"prepare_eval_data: val_split={val_split!r}; expected one of {', '.join(VAL_SPLITS)}")
@@ -123,13 +127,13 @@ def prepare_eval_data(
 
 def split_sizes(labeled: int, *, bank_size: int, val_size: int | None) -> tuple[int, int]:
     """(bank, validation) images drawn from ``labeled`` training images for ``val_split="train"``: the
-    validation split takes ``val_size`` (null: as many as allowed) but at most half, the bank up to
-    ``bank_size`` of the rest; the two never share an image.
+    validation split takes ``val_size`` (null: :data:`TRAIN_VAL_IMAGES`) but at most half, the bank up
+    to ``bank_size`` of the rest; the two never share an image.
 
-    >>> split_sizes(40000, bank_size=5000, val_size=5000), split_sizes(4000, bank_size=5000, val_size=5000)
+    >>> split_sizes(40000, bank_size=5000, val_size=None), split_sizes(4000, bank_size=5000, val_size=None)
     ((5000, 5000), (2000, 2000))
     """
-    validated = min(val_size if val_size is not None else labeled, labeled // 2)
+    validated = min(TRAIN_VAL_IMAGES if val_size is None else val_size, labeled // 2)
     return min(bank_size, labeled - validated), validated
 
 

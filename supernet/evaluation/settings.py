@@ -27,7 +27,7 @@ class KnnSettings:
 
     calibration_images: int = 2000  # BN recalibration images from the training split, fixed seed (Once-for-All)
     bank_size: int = 5000  # labeled training images that vote
-    val_size: Optional[int] = None  # held-out images scored; null = all of them
+    val_size: Optional[int] = None  # images scored; null = all of the held-out split (oracle: 5,000 of its own)
     k: int = 20
     temperature: float = 0.07
     batch_size: int = 256
@@ -44,18 +44,18 @@ class OracleSettings(KnnSettings):
     """The weight-sharing oracle (``oracle.*`` of ``nas.search``, ``nas.export``, ``nas.evaluate``): the kNN's
     images and settings, the score it ranks by, and where its validation images come from.
 
-    ``val_split: train`` (default): the oracle selects on ``val_size`` labelled *training* images, disjoint
-    from the bank (at most half the labelled training images, so the bank keeps the rest), drawn with
-    ``seed``; the held-out split (``data.test_root``, ``data.official_test`` or the holdout) is left to
-    judge the oracle and never chosen on. 5,000 images because one standard error of an accuracy near
-    50 % on N images is sqrt(0.25 / N): 1.1 points on 2,000, 0.71 on 5,000, against gaps of 1-3 points
-    between mid-size sub-networks (benchmarks/RESULTS.md §6). ``val_split: heldout`` scores on the
-    held-out split as before issue 23 (``val_size: null`` for all of it): for judging, not for search.
-    ``score``: the kind :meth:`nas.study.oracle.Oracle.score_of` returns (:mod:`supernet.evaluation.scores`);
-    ``probe_epochs`` and ``probe_weight_decay`` set the logistic-regression probe of the ``probe_*`` kinds.
+    ``val_split: train`` (default): the oracle selects on ``val_size`` (null: 5,000,
+    :data:`~supernet.evaluation.data.TRAIN_VAL_IMAGES`) labelled *training* images, disjoint from the bank
+    (at most half the labelled training images, so the bank keeps the rest), drawn with ``seed``; the
+    held-out split (``data.test_root``, ``data.official_test`` or the holdout) is left to judge the oracle
+    and never chosen on. 5,000 because one standard error of an accuracy near 50 % on N images is
+    sqrt(0.25 / N): 1.1 points on 2,000, 0.71 on 5,000, against gaps of 1-3 points between mid-size
+    sub-networks (benchmarks/RESULTS.md §6). ``val_split: heldout`` scores on the held-out split as before
+    issue 23 (``val_size``: null for all of it): for judging, not for search. ``score``: the kind
+    :meth:`nas.study.oracle.Oracle.score_of` returns (:mod:`supernet.evaluation.scores`); ``probe_epochs``
+    and ``probe_weight_decay`` set the logistic-regression probe of the ``probe_*`` kinds.
     """
 
-    val_size: Optional[int] = 5000  # validation images; null = as many as the split allows
     val_split: ValSplit = ValSplit.train  # type: ignore[valid-type]  # train | heldout (judging only)
     score: OracleScore = OracleScore(DEFAULT_SCORE)  # type: ignore[valid-type]
     probe_epochs: int = 100  # L-BFGS iterations of the probe_* scores
