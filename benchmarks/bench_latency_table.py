@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -54,6 +53,7 @@ from nas.latency.table import LatencyTable, kept_channels
 from nas.latency.timers import table_runtime
 from search_spaces import SubnetConfig, get_space, list_spaces
 from supernet import SuperNet, build_supernet, recalibrate_bn
+from supernet.evaluation import kendall_tau_b
 from supernet.io.files import atomic_write_text
 from supernet.io.provenance import machine_record
 
@@ -111,26 +111,6 @@ class Report:
     @property
     def passed(self) -> bool:
         return all(space.passed for space in self.spaces)
-
-
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (ties in either ranking counted as in scipy.stats.kendalltau); O(n^2), n is small."""
-    concordant = discordant = tied_x = tied_y = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tied_x += 1
-            elif dy == 0:
-                tied_y += 1
-            elif dx == dy:
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = math.sqrt((concordant + discordant + tied_x) * (concordant + discordant + tied_y))
-    return (concordant - discordant) / denominator if denominator else float("nan")
 
 
 def synthetic_images(count: int, resolution: int, generator: torch.Generator) -> torch.Tensor:

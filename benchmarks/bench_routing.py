@@ -125,8 +125,10 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
 def judge(args: argparse.Namespace, records: list[dict[str, Any]]) -> tuple[Report, Any]:
     supernet, payload = load_supernet(args.checkpoint)
     supernet.eval()
+    # judged on the held-out images (the oracle's own default, oracle.val_split=train, is what the search selects on)
     settings = load_search_settings([f"data.test_root={args.test_root}", "data.holdout_size=0",
-                                     f"oracle.bank_size={args.bank}", *args.overrides])
+                                     f"oracle.bank_size={args.bank}", "oracle.val_split=heldout", "oracle.val_size=null",
+                                     *args.overrides])
     oracle = build_oracle(supernet, payload, settings.data, settings.oracle, "cpu")
     references = oracle.references()
     seed = int(payload["config"]["seed"])

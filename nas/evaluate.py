@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Protocols: fast (kNN + L-BFGS logistic regression on cached features; default), linear (standard "
         "linear evaluation, SGD on augmented images), switchable (SlimCLR: one head per uniform width; --checkpoint "
         "only), semi (SSLight: fine-tuning on 1 and 10 percent of the labels). Extra key=value arguments override "
-        "configs/search.yaml: data.* (data set), oracle.bank_size (fast: labeled training images), oracle.val_size, "
+        "configs/search.yaml: data.* (data set), oracle.bank_size (fast: labeled training images), oracle.val_split "
+        "(heldout: score on the held-out split that judges; train, the default: on the oracle's own validation images), "
+        "oracle.val_size, "
         "oracle.k, oracle.temperature, probe.epochs / probe.lr / probe.weight_decay (fast), probe.train_images, "
         "probe.linear.*, probe.switchable.*, probe.semi.* (e.g. probe.linear.epochs=2 for a smoke run).",
     )

@@ -13,8 +13,8 @@ from typing import ClassVar, Optional
 from nas.latency.runtimes import DTYPES, RUNTIMES
 from supernet.data.datasets import DataName
 from supernet.evaluation.settings import (
-    KnnSettings,
     LinearEvalSettings,
+    OracleSettings,
     SemiSupervisedSettings,
     SwitchableProbeSettings,
 )
@@ -115,7 +115,7 @@ class StorageSettings:
 @dataclass
 class SearchSettings:
     data: DataOverrides = field(default_factory=DataOverrides)
-    oracle: KnnSettings = field(default_factory=KnnSettings)
+    oracle: OracleSettings = field(default_factory=OracleSettings)
     latency: LatencySettings = field(default_factory=LatencySettings)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)

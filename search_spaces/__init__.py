@@ -2,7 +2,7 @@
 
 from search_spaces.config import ConfigError, SubnetConfig
 from search_spaces.errors import UserError, first_line
-from search_spaces.registry import get_space, list_spaces
+from search_spaces.registry import get_space, list_spaces, subnet_space
 from search_spaces.spec import BlockSpec, LayerSpec, SearchSpace, width_choices_for
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "first_line",
     "get_space",
     "list_spaces",
+    "subnet_space",
     "width_choices_for",
 ]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 from functools import lru_cache
 from typing import Callable
+
+from search_spaces.config import SubnetConfig
 
 from search_spaces.mobilenet import mobilenet_v2_space
 from search_spaces.resnet import resnet_space
@@ -74,3 +78,20 @@ def get_space(name: str) -> SearchSpace:
     if not 0.0 < value <= 1.0:
         raise KeyError(f"unknown search space {name!r}: {multiplier!r} is not a width multiplier in (0, 1]")
     return replace(space.narrow(space.uniform_config(value).channels), name=name)
+
+
+def subnet_space(cfg: SubnetConfig) -> SearchSpace:
+    """The space whose one network is ``cfg``'s widths, to train that sub-network on its own (its stand-alone
+    twin), as ``"<space>@<multiplier>"`` is for a uniform width. Gate and route thresholds play no part: the
+    network is the static one of those widths. Named ``"<space>@subnet-<12 hex digits>"`` (a SHA-256 of the
+    widths); :func:`get_space` cannot rebuild it from the name, so a checkpoint of it stores ``cfg``.
+
+    >>> base = get_space("tiny")
+    >>> space = subnet_space(base.min_config())
+    >>> space.name.startswith("tiny@subnet-"), space.max_config().channels == base.min_config().channels
+    (True, True)
+    """
+    base = get_space(cfg.space)
+    base.validate(cfg)
+    widths = json.dumps(dict(sorted(cfg.channels.items())), separators=(",", ":"))
+    return replace(base.narrow(cfg.channels), name=f"{base.name}@subnet-{hashlib.sha256(widths.encode()).hexdigest()[:12]}")

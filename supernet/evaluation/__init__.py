@@ -1,4 +1,5 @@
 """Evaluators: weighted kNN and an L-BFGS linear probe on frozen features (the fast protocol), the
+oracle's finer scores of the same features and the rank correlation that judges them, the
 standard linear evaluation, SlimCLR's switchable probe and SSLight's semi-supervised fine-tuning on
 in-memory uint8 evaluation data, and the baselines every accuracy stands beside (the untrained
 network, raw pixels)."""
@@ -19,7 +20,7 @@ from supernet.evaluation.knn import (
            knn_score,
            raw_pixel_knn,
 )
-from supernet.evaluation.linear import linear_probe
+from supernet.evaluation.linear import LinearHead, fit_linear_head, linear_probe
 from supernet.evaluation.protocols import (
            ProtocolReport,
            ProtocolScore,
@@ -27,6 +28,14 @@ from supernet.evaluation.protocols import (
            linear_evaluation,
            scaled_lr,
            score_heads,
+)
+from supernet.evaluation.ranking import kendall_tau_b
+from supernet.evaluation.scores import (
+           SCORE_KINDS,
+           ImageScores,
+           knn_image_scores,
+           linear_cka,
+           probe_image_scores,
 )
 from supernet.evaluation.semi import (
            LabelFractionScore,
@@ -39,8 +48,10 @@ from supernet.evaluation.switchable import (
            width_networks,
 )
 
-__all__ = ["EvalData", "ImageBank", "LabelFractionScore", "ProtocolReport", "ProtocolScore", "class_balanced_subset",
-           "embed_tensor", "fit_heads", "knn_accuracy", "knn_predict", "knn_score", "linear_evaluation", "linear_probe",
+__all__ = ["SCORE_KINDS", "EvalData", "ImageBank", "ImageScores", "LabelFractionScore", "LinearHead", "ProtocolReport",
+           "ProtocolScore", "class_balanced_subset", "embed_tensor", "fit_heads", "fit_linear_head", "kendall_tau_b",
+           "knn_accuracy", "knn_image_scores", "knn_predict", "knn_score", "linear_cka", "linear_evaluation", "linear_probe",
+           "probe_image_scores",
            "prepare_eval_data", "random_resized_crop", "raw_pixel_knn", "raw_pixel_linear_evaluation",
            "raw_pixel_probe", "raw_pixel_semi_supervised", "scaled_lr", "score_heads", "semi_supervised_evaluation",
            "switchable_linear_probe", "untrained_network", "untrained_supernet", "width_label", "width_networks"]

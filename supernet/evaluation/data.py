@@ -18,7 +18,16 @@ from torch.utils.data import Dataset
 from supernet.data.datasets import ImageData, label_of
 from supernet.data.views import eval_pixels, normalize_pixels
 
-__all__ = ["EvalData", "ImageBank", "prepare_eval_data"]
+__all__ = ["TRAIN_VAL_IMAGES", "VAL_SPLITS", "EvalData", "ImageBank", "prepare_eval_data", "split_sizes"]
+
+# Where the validation images come from: ``train``, labelled training images the bank does not hold
+# (what the oracle selects on); ``heldout``, the data's test split when it has one, else its holdout
+# (what judges: a monitor, an evaluation, a benchmark).
+VAL_SPLITS = ("train", "heldout")
+# Validation images drawn from the training split when no size is given: near 50 % one standard error of an
+# accuracy on N images is sqrt(0.25 / N), 0.71 points on 5,000 (1.1 on 2,000), against gaps of 1-3 points
+# between mid-size sub-networks (benchmarks/RESULTS.md §6).
+TRAIN_VAL_IMAGES = 5000
 
 
 class ImageBank:
@@ -59,7 +68,8 @@ class EvalData:
 
     ``calibration``: BN recalibration images (training split, fixed seed); ``bank``: labeled
     training images the kNN votes with; ``val``: the images it is scored on, from the test split
-    when the data has one, else from the held-out split (``val_source`` says which).
+    when the data has one, else from the held-out split, or (``val_split="train"``) labelled training
+    images disjoint from the bank; ``val_source`` says which: ``test``, ``holdout`` or ``train``.
     """
 
     calibration: ImageBank
@@ -80,14 +90,32 @@ def prepare_eval_data(
     bank_size: int = 5000,
     val_size: int | None = None,
     seed: int = 0,
+    val_split: str = "heldout",
 ) -> EvalData:
-    """Draw (with ``seed``) and crop the calibration, bank and validation images once."""
+    """Draw (with ``seed``) and crop the calibration, bank and validation images once.
+
+    One permutation of the training images orders everything drawn from them: calibration images are
+    its first ``calibration_images`` (labelled or not; they may overlap the bank), the bank its first
+    labelled images. ``val_split="heldout"``: ``val_size`` images (null: all) of the test split, else
+    of the holdout. ``val_split="train"``: ``val_size`` (null: :data:`TRAIN_VAL_IMAGES`) of the *last*
+    labelled images of the permutation, disjoint from the bank, sized by :func:`split_sizes`, so the
+    held-out split is left to judge whatever is chosen on these.
+    """
+    if val_split not in VAL_SPLITS:
+        raise ValueError(f"prepare_eval_data: val_split={val_split!r}; expected one of {', '.join(VAL_SPLITS)}")
     transform = eval_pixels(resolution)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(data.train)).tolist()
     calibration = _stack(data.train, order[:calibration_images], transform, resolution)[0]
-    labeled = (i for i in order if label_of(data.train, i) >= 0)  # STL-10's unlabeled images cannot vote
-    bank, bank_labels = _stack(data.train, list(islice(labeled, bank_size)), transform, resolution)
+    if val_split == "train":
+        labeled = [i for i in order if label_of(data.train, i) >= 0]  # STL-10's unlabeled images cannot vote
+        banked, validated = split_sizes(len(labeled), bank_size=bank_size, val_size=val_size)
+        bank, bank_labels = _stack(data.train, labeled[:banked], transform, resolution)
+        val, val_labels = _stack(data.train, labeled[len(labeled) - validated :], transform, resolution)
+        return EvalData(ImageBank(calibration), ImageBank(bank), bank_labels, ImageBank(val), val_labels,
+                        data.num_classes, resolution, "train")
+    labeled_iter = (i for i in order if label_of(data.train, i) >= 0)
+    bank, bank_labels = _stack(data.train, list(islice(labeled_iter, bank_size)), transform, resolution)
     source, val_source = (data.test, "test") if data.test is not None else (data.holdout, "holdout")
     val_index = list(range(len(source)))
     if val_size is not None:
@@ -95,6 +123,18 @@ def prepare_eval_data(
     val, val_labels = _stack(source, val_index, transform, resolution)
     return EvalData(ImageBank(calibration), ImageBank(bank), bank_labels, ImageBank(val), val_labels, data.num_classes,
                     resolution, val_source)
+
+
+def split_sizes(labeled: int, *, bank_size: int, val_size: int | None) -> tuple[int, int]:
+    """(bank, validation) images drawn from ``labeled`` training images for ``val_split="train"``: the
+    validation split takes ``val_size`` (null: :data:`TRAIN_VAL_IMAGES`) but at most half, the bank up
+    to ``bank_size`` of the rest; the two never share an image.
+
+    >>> split_sizes(40000, bank_size=5000, val_size=None), split_sizes(4000, bank_size=5000, val_size=None)
+    ((5000, 5000), (2000, 2000))
+    """
+    validated = min(TRAIN_VAL_IMAGES if val_size is None else val_size, labeled // 2)
+    return min(bank_size, labeled - validated), validated
 
 
 def _stack(dataset: Dataset, index: list[int], transform: Callable, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,8 @@ pixels of large images never sit in memory as one float matrix.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,7 +18,8 @@ from torch import nn
 if TYPE_CHECKING:
     from supernet.evaluation.data import EvalData, ImageBank
 
-__all__ = ["embed_tensor", "knn_accuracy", "knn_predict", "knn_predict_chunked", "knn_score", "raw_pixel_knn"]
+__all__ = ["Neighbours", "embed_tensor", "knn_accuracy", "knn_predict", "knn_predict_chunked", "knn_score", "knn_votes",
+           "knn_votes_chunked", "nearest_neighbours", "raw_pixel_knn"]
 
 
 def knn_predict(
@@ -47,29 +49,104 @@ def knn_predict_chunked(
 ) -> torch.Tensor:
     """:func:`knn_predict` with the bank given as consecutive chunks (B_i, D), re-read per query chunk.
 
-    The running top-k over the chunks equals the top-k over the whole bank.
+    The running top-k over the chunks equals the top-k over the whole bank. Ties are broken as
+    :func:`nearest_neighbours` and :func:`knn_votes` say: the lower bank index, then the lower class.
     """
-    k = min(k, bank_labels.shape[0])
-    device = queries.device  # the queries' device does the work (a GPU's, when the features are there)
-    bank_labels = bank_labels.to(device)
-    predictions = []
+    votes = knn_votes_chunked(bank_chunks, bank_labels, queries, num_classes=num_classes, k=k, temperature=temperature,
+                              chunk_size=chunk_size)
+    return torch.cat([chunk.argmax(dim=1) for chunk in votes])  # the first maximum: the lower class wins a tie
+
+
+def knn_votes_chunked(
+    bank_chunks: Callable[[], Iterable[torch.Tensor]],
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    *,
+    num_classes: int,
+    k: int,
+    temperature: float,
+    chunk_size: int,
+) -> Iterator[torch.Tensor]:
+    """:func:`knn_votes` (q, C) of consecutive chunks of ``chunk_size`` queries, in order."""
     for start in range(0, queries.shape[0], chunk_size):
-        query = F.normalize(queries[start : start + chunk_size].float(), dim=1)
-        best = torch.full((query.shape[0], 0), -2.0, device=device)
-        best_index = torch.zeros((query.shape[0], 0), dtype=torch.long, device=device)
-        offset = 0
-        for chunk in bank_chunks():
-            similarity = query @ F.normalize(chunk.to(device).float(), dim=1).T
-            candidates = torch.cat([best, similarity], dim=1)
-            arange = torch.arange(offset, offset + chunk.shape[0], device=device).expand(query.shape[0], -1)
-            index = torch.cat([best_index, arange], dim=1)
-            best, position = candidates.topk(min(k, candidates.shape[1]), dim=1)
-            best_index = index.gather(1, position)
-            offset += chunk.shape[0]
-        votes = torch.zeros(query.shape[0], num_classes, device=device)
-        votes.scatter_add_(1, bank_labels[best_index], (best / temperature).exp())
-        predictions.append(votes.argmax(dim=1))
-    return torch.cat(predictions)
+        neighbours = nearest_neighbours(bank_chunks, queries[start : start + chunk_size], k=k)
+        yield knn_votes(neighbours, bank_labels, num_classes=num_classes, temperature=temperature)
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The k most cosine-similar bank rows of each query: ``similarity`` and ``index``, both (Q, k).
+
+    Within a row the neighbours are in ascending bank index (their order does not change a vote).
+    """
+
+    similarity: torch.Tensor
+    index: torch.Tensor
+
+
+def nearest_neighbours(bank_chunks: Callable[[], Iterable[torch.Tensor]], queries: torch.Tensor, *,
+                       k: int) -> Neighbours:
+    """The ``k`` bank rows (of all chunks, (B_i, D) each, in bank order) most cosine-similar to each query (Q, D).
+
+    Deterministic: where several bank rows tie for the last places, the lower bank index is kept
+    (``torch.topk`` leaves that choice to the implementation). Runs on the queries' device.
+
+    >>> bank = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> nearest_neighbours(lambda: [bank], torch.tensor([[1.0, 0.0]]), k=1).index.tolist()
+    [[0]]
+    """
+    device = queries.device
+    query = F.normalize(queries.float(), dim=1)
+    best = torch.empty((query.shape[0], 0), device=device)
+    best_index = torch.empty((query.shape[0], 0), dtype=torch.long, device=device)
+    offset = 0
+    for chunk in bank_chunks():
+        similarity = query @ F.normalize(chunk.to(device).float(), dim=1).T
+        index = torch.arange(offset, offset + chunk.shape[0], device=device).expand(query.shape[0], -1)
+        # the kept rows come first and have the lower indices: position order is bank order
+        best, best_index = _lowest_index_top_k(torch.cat([best, similarity], dim=1),
+                                               torch.cat([best_index, index], dim=1), k)
+        offset += chunk.shape[0]
+    return Neighbours(best, best_index)
+
+
+def _lowest_index_top_k(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` of each row of ``values`` (R, M), ties at the k-th value broken by position (the first
+    wins); both in position order. NaN (features that are not numbers) ranks below every number.
+
+    ``topk`` alone is exact wherever the k-th value beats the next one; only rows with a tie across that
+    boundary are resolved by position, so the common case costs one ``topk``.
+    """
+    k = min(k, values.shape[1])
+    if bool(values.isnan().any()):
+        values = values.masked_fill(values.isnan(), float("-inf"))
+    top, position = values.topk(min(k + 1, values.shape[1]), dim=1)
+    position = position[:, :k].sort(dim=1).values
+    if top.shape[1] > k:
+        tied = (top[:, k - 1] == top[:, k]).nonzero()[:, 0] if k else top.new_zeros(0, dtype=torch.long)
+        if tied.numel():
+            rows = values[tied]
+            kth = top[tied, k - 1 : k]
+            above, level = rows > kth, rows == kth
+            needed = k - above.sum(dim=1, keepdim=True)  # places left for the values equal to the k-th
+            keep = above | (level & (level.cumsum(dim=1) <= needed))
+            position[tied] = keep.nonzero()[:, 1].view(tied.numel(), k)  # row-major: ascending positions
+    return values.gather(1, position), index.gather(1, position)
+
+
+def knn_votes(neighbours: Neighbours, bank_labels: torch.Tensor, *, num_classes: int,
+              temperature: float = 0.07) -> torch.Tensor:
+    """Weighted votes (Q, C): each neighbour adds exp(similarity / T) to its class (Wu et al. 2018).
+
+    Every row is scaled by exp(-max similarity / T), which changes no ratio between votes (nor their
+    argmax) and keeps a small T from overflowing. Votes are float64.
+    """
+    similarity = neighbours.similarity.double()
+    votes = torch.zeros(similarity.shape[0], num_classes, dtype=torch.float64, device=similarity.device)
+    if similarity.shape[1] == 0:
+        return votes
+    weights = ((similarity - similarity.max(dim=1, keepdim=True).values) / temperature).exp()
+    return votes.scatter_add_(1, bank_labels.to(similarity.device)[neighbours.index], weights)
 
 
 def knn_accuracy(

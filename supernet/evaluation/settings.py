@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
-from supernet.settings import Rules, at_least, in_range, optional, positive
+from supernet.evaluation.data import VAL_SPLITS
+from supernet.evaluation.scores import DEFAULT_SCORE, SCORE_KINDS
+from supernet.settings import Rules, at_least, choice, in_range, optional, positive
+
+OracleScore = choice("OracleScore", SCORE_KINDS)
+"""``oracle.score``: what the search ranks sub-networks by (:mod:`supernet.evaluation.scores`)."""
+ValSplit = choice("ValSplit", VAL_SPLITS)
+"""``oracle.val_split``: where the oracle's validation images come from (:func:`supernet.evaluation.data.prepare_eval_data`)."""
 
 
 @dataclass
@@ -20,7 +27,7 @@ class KnnSettings:
 
     calibration_images: int = 2000  # BN recalibration images from the training split, fixed seed (Once-for-All)
     bank_size: int = 5000  # labeled training images that vote
-    val_size: Optional[int] = None  # held-out images scored; null = all of them
+    val_size: Optional[int] = None  # images scored; null = all of the held-out split (oracle: 5,000 of its own)
     k: int = 20
     temperature: float = 0.07
     batch_size: int = 256
@@ -30,6 +37,31 @@ class KnnSettings:
         "calibration_images": at_least(1), "bank_size": at_least(1), "val_size": optional(at_least(1)),
         "k": at_least(1), "temperature": positive, "batch_size": at_least(2),
     }
+
+
+@dataclass
+class OracleSettings(KnnSettings):
+    """The weight-sharing oracle (``oracle.*`` of ``nas.search``, ``nas.export``, ``nas.evaluate``): the kNN's
+    images and settings, the score it ranks by, and where its validation images come from.
+
+    ``val_split: train`` (default): the oracle selects on ``val_size`` (null: 5,000,
+    :data:`~supernet.evaluation.data.TRAIN_VAL_IMAGES`) labelled *training* images, disjoint from the bank
+    (at most half the labelled training images, so the bank keeps the rest), drawn with ``seed``; the
+    held-out split (``data.test_root``, ``data.official_test`` or the holdout) is left to judge the oracle
+    and never chosen on. 5,000 because one standard error of an accuracy near 50 % on N images is
+    sqrt(0.25 / N): 1.1 points on 2,000, 0.71 on 5,000, against gaps of 1-3 points between mid-size
+    sub-networks (benchmarks/RESULTS.md §6). ``val_split: heldout`` scores on the held-out split as before
+    issue 23 (``val_size``: null for all of it): for judging, not for search. ``score``: the kind
+    :meth:`nas.study.oracle.Oracle.score_of` returns (:mod:`supernet.evaluation.scores`); ``probe_epochs``
+    and ``probe_weight_decay`` set the logistic-regression probe of the ``probe_*`` kinds.
+    """
+
+    val_split: ValSplit = ValSplit.train  # type: ignore[valid-type]  # train | heldout (judging only)
+    score: OracleScore = OracleScore(DEFAULT_SCORE)  # type: ignore[valid-type]
+    probe_epochs: int = 100  # L-BFGS iterations of the probe_* scores
+    probe_weight_decay: float = 1e-4
+
+    RULES: ClassVar[Rules] = {**KnnSettings.RULES, "probe_epochs": at_least(1), "probe_weight_decay": at_least(0)}
 
 
 # -- evaluation protocols of ``nas.evaluate`` (``probe.*``) ------------------------------------------

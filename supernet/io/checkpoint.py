@@ -55,16 +55,20 @@ def find_latest_checkpoint(root: str | Path = ".") -> Path | None:
 
 
 def load_supernet(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[SuperNet, dict[str, Any]]:
-    """The trained supernet (student encoder) of a training checkpoint, and the checkpoint itself."""
-    from search_spaces import get_space
+    """The trained supernet (student encoder) of a training checkpoint, and the checkpoint itself; for a run
+    of one sub-network (``model.subnet``), the supernet of that sub-network's space alone."""
+    from search_spaces import ConfigError, SubnetConfig, get_space, subnet_space
     from supernet.nn.gates import GateOptions
     from supernet.nn.models import build_supernet
 
     payload = load_checkpoint(path, map_location=map_location)
-    try:
-        space = get_space(str(payload.get("space")))
+    try:  # a stand-alone sub-network (model.subnet) stores its widths: its space's name cannot rebuild it
+        space = (get_space(str(payload.get("space"))) if payload.get("subnet") is None
+                 else subnet_space(SubnetConfig.from_dict(payload["subnet"])))
     except KeyError as error:
         raise CheckpointError(f"checkpoint: {path} names {error.args[0]}") from None
+    except ConfigError as error:
+        raise CheckpointError(f"checkpoint: {path} holds a sub-network that does not fit its space ({error})") from None
     network = build_supernet(space, with_gates=bool(payload.get("with_gates", True)),
                              gate_options=GateOptions(**payload.get("gate_options", {})))
     prefix = "encoder."

@@ -63,6 +63,9 @@ def device_name(name: Any) -> str | None:
 @dataclass
 class ModelConfig:
     space: str = "tiny"
+    # a SubnetConfig JSON file (or nas.search's best.json / nas.export's subnet.json): train that one
+    # sub-network of ``space`` on its own, its stand-alone twin (with sandwich.enabled=false gates.enabled=false)
+    subnet: Optional[str] = None
 
     RULES: ClassVar[Rules] = {"space": known_space}
 

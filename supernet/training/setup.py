@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from search_spaces import SearchSpace, SubnetConfig, UserError, get_space
+from search_spaces import ConfigError, SearchSpace, SubnetConfig, UserError, first_line, get_space, subnet_space
 from supernet.data.datasets import ImageData, load_image_data
 from supernet.data.store import PipelineChoice, available_memory, choose_pipeline
 from supernet.data.views import ViewOptions, ViewSpec, build_views, plan_views
@@ -42,10 +42,10 @@ from supernet.training.distributed import (
 )
 from supernet.training.group_reg import GroupDecay
 from supernet.training.optim import build_optimizer, parameter_groups
-from supernet.training.schema import DataPipeline, TrainConfig
+from supernet.training.schema import DataPipeline, ModelConfig, TrainConfig
 
 __all__ = ["FlopsReference", "GateFlops", "Run", "SetupError", "build_run", "fit_warmup", "host_rng_state",
-           "resolve_pipeline", "routing_identity", "save_checkpoint"]
+           "load_subnet", "resolve_pipeline", "routing_identity", "save_checkpoint", "training_space"]
 
 MAX_NATIVE_RESOLUTION = 224  # data.resolution=null trains at the images' own size up to this
 # Settings a checkpoint must share with the run that resumes it.
@@ -99,6 +99,7 @@ class Run:
     dist: DistEnv = field(default_factory=DistEnv)
     pipeline: PipelineChoice = field(default_factory=lambda: PipelineChoice("loader", "not chosen yet"))
     routers: RouterSet | None = None  # width routers, once their stage has run (routing.enabled)
+    subnet: SubnetConfig | None = None  # model.subnet: the one sub-network this run trains on its own
     routers_step: int = -1  # the supernet step the routers were trained at
     step: int = 0
     # the first step whose loss was not finite (-1: none), kept on the device so no step waits to check
@@ -132,7 +133,7 @@ def build_run(cfg: TrainConfig) -> Run:
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    space = get_space(cfg.model.space)
+    space, subnet = training_space(cfg.model)
     if cfg.routing.enabled and not space.router_blocks:
         raise SetupError(f"routing.enabled: the {space.family} space {space.name} has no width routers (they sit in "
                          "front of a ResNet's or MobileNetV2's resolution changes); set routing.enabled=false")
@@ -174,7 +175,7 @@ def build_run(cfg: TrainConfig) -> Run:
         gate_flops=GateFlops(encoder, cfg.data.resolution) if cfg.gates.enabled else None,
         group_decay=GroupDecay(encoder, groups=cfg.regularization.groups, family=space.family)
         if cfg.regularization.group else None,
-        dist=dist,
+        dist=dist, subnet=subnet,
     )
     if cfg.knn.enabled:
         knn = cfg.knn
@@ -211,6 +212,38 @@ def fit_warmup(warmup_epochs: float, *, steps_per_epoch: int, total_steps: int) 
     return fitted, (f"note: optim.warmup_epochs={warmup_epochs:g} ({steps} steps) is longer than this "
                     f"{epochs}-epoch run ({total_steps} steps); warming up over its first half ({fitted} steps) "
                     "instead (set optim.warmup_epochs to choose)")
+
+
+def training_space(model: ModelConfig) -> tuple[SearchSpace, SubnetConfig | None]:
+    """The space ``model.space`` names; with ``model.subnet``, the space of that one sub-network of it
+    (:func:`search_spaces.subnet_space`) and the sub-network's config."""
+    space = get_space(model.space)
+    if model.subnet is None:
+        return space, None
+    cfg = load_subnet(model.subnet)
+    if cfg.space != space.name:
+        raise SetupError(f"model.subnet: {model.subnet} is a sub-network of {cfg.space!r}, this run's model.space is "
+                         f"{space.name!r}; set model.space={cfg.space}")
+    try:
+        return subnet_space(cfg), cfg
+    except ConfigError as error:
+        raise SetupError(f"model.subnet: {model.subnet} does not fit {space.name} ({error})") from None
+
+
+def load_subnet(path: str | Path) -> SubnetConfig:
+    """A sub-network's config from a JSON file: a config itself, or a record holding one under ``"config"``
+    (``nas.search``'s ``best.json``, ``nas.export``'s ``subnet.json``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SetupError(f"model.subnet: {path} does not exist; expected a sub-network config (JSON), e.g. the "
+                         "config of nas.search's best.json")
+    try:
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and isinstance(record.get("config"), dict):
+            record = record["config"]
+        return SubnetConfig.from_dict(record)
+    except (json.JSONDecodeError, ConfigError, UnicodeDecodeError) as error:
+        raise SetupError(f"model.subnet: {path} is not a sub-network config ({first_line(error, limit=120)})") from None
 
 
 def resolve_pipeline(cfg: TrainConfig, data: ImageData, device: torch.device, dist: DistEnv, *,
@@ -324,6 +357,8 @@ def save_checkpoint(run: Run) -> None:
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
+    if run.subnet is not None:  # the space's name alone cannot rebuild it (load_supernet reads this)
+        payload["subnet"] = run.subnet.to_dict()
     if run.routers is not None:
         payload["routers"] = {"settings": {**run.routers.settings(), **routing_identity(run.cfg)},
                               "step": run.routers_step,
@@ -341,6 +376,10 @@ def restore(run: Run, payload: dict[str, Any]) -> None:
                 f"{key}: the checkpoint was trained with {saved.get(key)!r}, this run asks for {current[key]!r}; "
                 "resume with the same settings or start a new out_dir"
             )
+    trained, wanted = payload.get("subnet"), None if run.subnet is None else run.subnet.to_dict()
+    if trained != wanted:
+        raise CheckpointError(f"model.subnet: the checkpoint was trained as {_network_label(trained)}, this run asks for "
+                              f"{_network_label(wanted)}; resume with the same settings or start a new out_dir")
     run.method.load_state_dict(payload["method"])
     run.optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(host_rng_state(payload["rng"]["torch"]))
@@ -352,6 +391,10 @@ def restore(run: Run, payload: dict[str, Any]) -> None:
                                    for key, value in routing_identity(run.cfg).items()):
         run.routers = RouterSet.from_record(run.space, routers).to(run.device)
         run.routers_step = int(routers["step"])
+
+
+def _network_label(subnet: dict[str, Any] | None) -> str:
+    return "the supernet" if subnet is None else f"the sub-network of widths {json.dumps(subnet['channels'])}"
 
 
 def routing_identity(cfg: TrainConfig) -> dict[str, Any]:

@@ -18,6 +18,12 @@ PROBE = ["probe.epochs=20"]
 
 
 @pytest.fixture(scope="module")
+def search_overrides(search_overrides: list[str]) -> list[str]:
+    """nas.evaluate judges a network: on the held-out split (the oracle's own default selects on training images)."""
+    return [*search_overrides, "oracle.val_split=heldout"]
+
+
+@pytest.fixture(scope="module")
 def exported(tiny_checkpoint: Path, search_overrides: list[str], tmp_path_factory) -> tuple[Path, Path]:
     """(export directory, config file) of a gated tiny sub-network at the checkpoint's 16 px."""
     root = tmp_path_factory.mktemp("evaluate")
