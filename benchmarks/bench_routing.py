@@ -109,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--speed-images", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-speed", action="store_true", help="leave the timed checks for a run on a quiet machine")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="search settings (configs/search.yaml)")
     return parser.parse_args(argv)
@@ -137,8 +138,13 @@ def judge(args: argparse.Namespace, records: list[dict[str, Any]]) -> tuple[Repo
     report = Report(str(args.checkpoint), len(oracle.data.val), len(oracle.data.bank), references["raw_pixels"],
                     references["untrained_full"], 0.0, float(full["effective_flops"]),
                     float(full["latency_by_batch"]["1"]["seconds"]), machine=machine_record(args.threads))
+    cache_path = args.out / "judged.json"  # a re-run (e.g. for the speed check on a quiet machine) judges nothing twice
+    cached = {row["trial"]: row for row in json.loads(cache_path.read_text())} if cache_path.is_file() else {}
     for record in records:
         if record.get("accuracy") is None:
+            continue
+        if record["trial"] in cached:
+            report.judged.append(Judged(**cached[record["trial"]]))
             continue
         cfg = SubnetConfig.from_dict(record["config"])
         routed = oracle.routed_network(cfg) if cfg.routed else None
@@ -147,12 +153,16 @@ def judge(args: argparse.Namespace, records: list[dict[str, Any]]) -> tuple[Repo
         report.judged.append(Judged(record["trial"], kind_of(record), record["config"], float(record["flops"]),
                                     float(record["effective_flops"]), float(record["latency_by_batch"]["1"]["seconds"]),
                                     accuracy, float(record["accuracy"]), routes=routes))
+        atomic_write_text(cache_path, json.dumps([asdict(j) for j in report.judged], default=str))
     report.full_accuracy = next(j.accuracy for j in report.judged if j.trial == full["trial"])
+    fronts(report)
+    on_fronts = {trial for members in report.fronts.values() for trial in members}
     for row in report.judged:  # untrained twins of the static members of either front
-        if row.kind == "static":
+        if row.kind == "static" and row.trial in on_fronts and row.untrained is None:
             twin = untrained_network(SubnetConfig.from_dict(row.config), seed=seed, with_gates=supernet.with_gates,
                                      gate_options=options)
             row.untrained = oracle.score(oracle.recalibrate(twin.eval()))
+    atomic_write_text(cache_path, json.dumps([asdict(j) for j in report.judged], default=str))
     return report, oracle
 
 
@@ -328,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
     searched = time.perf_counter()
     report, oracle = judge(args, records)
     report.seconds = {"search": searched - started, "judge": time.perf_counter() - searched}
-    fronts(report)
     equal_cost(report)
     print(f"references on {report.judge_images} held-out images: raw pixels {report.raw_pixels:.2%}, untrained full "
           f"network {report.untrained_full:.2%}; full network {report.full_accuracy:.2%}")
@@ -340,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{kind} " + (f"{row[kind]['accuracy']:.2%} (trial {row[kind]['trial']})" if row[kind] else "-")
                  for kind in ("static", "gated", "routed")]
         print(f"at <= {row['flops_share']:.0%} of the full network's FLOPs: " + ", ".join(cells))
-    speed(args, report, oracle)
+    if not args.skip_speed:
+        speed(args, report, oracle)
     routers(report, oracle)
     plot(report, args.out / "routing_fronts.png")
     report.seconds["all"] = time.perf_counter() - started

@@ -14,7 +14,7 @@ import optuna
 
 from nas.budget import BudgetError, format_cost, parse_budget
 from nas.settings import load_search_settings
-from nas.study.pareto import REFERENCE_LINES, cost_of, gate_speed_note, kind_of
+from nas.study.pareto import REFERENCE_LINES, cost_of, gate_speed_note, kind_of, objective_value
 from nas.study.run import SearchRequest, SearchSummary, search
 from nas.study.storage import SAMPLERS, SearchError
 from supernet.cli import ArgumentParser, command
@@ -29,8 +29,10 @@ def print_table(summary: SearchSummary) -> None:
     print(f"\nPareto front of {summary.study} ({len(front)} of {len(summary.records)} trials; {FLOP_CONVENTION}):")
     batch = next((r["latency"]["batch_size"] for r in front if r.get("latency")), 1)
     batch1 = batch != 1 and any("1" in (r.get("latency_by_batch") or {}) for r in front)
-    print(f"{'trial':>6} {'kNN top-1':>10} {'MFLOPs':>10} {'eff. MFLOPs':>12} {'params (M)':>11} "
-          f"{f'latency b{batch}':>12}" + (f" {'latency b1':>12}" if batch1 else "") + "  kind")
+    kind = next((r.get("score_kind") for r in front if r.get("score_kind")), None)
+    scored = kind not in (None, "knn_top1")  # ranked by another score: show it beside the top-1
+    print(f"{'trial':>6} {'kNN top-1':>10}" + (f" {kind:>12}" if scored else "") + f" {'MFLOPs':>10} {'eff. MFLOPs':>12} "
+          f"{'params (M)':>11} {f'latency b{batch}':>12}" + (f" {'latency b1':>12}" if batch1 else "") + "  kind")
     for r in front:
         latency = r.get("latency")
         latency_text = f"{latency['seconds'] * 1e3:.2f} ms" if latency else "-"
@@ -38,7 +40,8 @@ def print_table(summary: SearchSummary) -> None:
             at_one = (r.get("latency_by_batch") or {}).get("1")
             at_one_text = f"{at_one['seconds'] * 1e3:.2f} ms" if at_one else "-"
             latency_text = f"{latency_text:>12} {at_one_text:>12}"
-        print(f"{r['trial']:>6} {r['accuracy']:>10.2%} {r['flops'] / 1e6:>10.2f} {r['effective_flops'] / 1e6:>12.2f} "
+        score = f" {objective_value(r):>12.4f}" if scored else ""
+        print(f"{r['trial']:>6} {r['accuracy']:>10.2%}{score} {r['flops'] / 1e6:>10.2f} {r['effective_flops'] / 1e6:>12.2f} "
               f"{r['params'] / 1e6:>11.3f} {latency_text:>12}  {kind_of(r)}")
     for note in filter(None, map(gate_speed_note, front)):
         print(f"  {note}")
@@ -48,7 +51,8 @@ def print_table(summary: SearchSummary) -> None:
             f"{REFERENCE_LINES[key][0]} {value:.2%}" for key, value in references.items()))
     best = summary.best
     if best is not None:
-        print(f"best feasible: trial {best['trial']}, kNN {best['accuracy']:.2%} at "
+        ranked = f" ({kind} {objective_value(best):.4f}, what the search ranks by)" if scored else ""
+        print(f"best feasible: trial {best['trial']}, kNN {best['accuracy']:.2%}{ranked} at "
               f"{format_cost(objective, cost_of(best, objective))}")  # type: ignore[arg-type]
     else:
         print("no feasible trial was evaluated; raise the budget or run more trials")

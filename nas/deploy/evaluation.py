@@ -28,7 +28,7 @@ split of the trained-head protocols); the protocols by ``probe.*``.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from nas.cost import measure_costs
 from nas.deploy.program import load_exported
 from nas.deploy.sources import check_fits, source_from_config
 from nas.settings import ProbeProtocol, SearchSettings
-from nas.study.oracle import build_eval_data, build_oracle, trained_data_settings
+from nas.study.oracle import build_eval_data, build_oracle, judging_settings, trained_data_settings
 from nas.study.storage import SearchError
 from search_spaces import SubnetConfig, get_space
 from supernet.devices import resolve_device
@@ -143,12 +143,13 @@ def _checkpoint(request: EvaluateRequest) -> Path:
 
 
 def eval_data_settings(settings: SearchSettings) -> KnnSettings:
-    """How the evaluation images are drawn: the oracle's own for ``fast``; for the trained-head
-    protocols the same calibration and validation images, and ``probe.train_images`` labelled
-    training images (null: the whole training split) instead of the oracle's bank."""
+    """How the evaluation images are drawn: the oracle's calibration and bank, scored on the whole held-out split
+    (what judges a network, never the images the search selected on: :func:`nas.study.oracle.judging_settings`);
+    for the trained-head protocols ``probe.train_images`` labelled training images (null: the whole training
+    split) instead of the oracle's bank."""
     if _protocol(settings) == "fast":
-        return settings.oracle
-    return replace(settings.oracle, bank_size=settings.probe.train_images or sys.maxsize)
+        return judging_settings(settings.oracle)
+    return judging_settings(settings.oracle, train_images=settings.probe.train_images or sys.maxsize)
 
 
 def _extract(cfg: SubnetConfig, checkpoint: Path, where: Path, settings: SearchSettings, data_settings: KnnSettings,

@@ -152,6 +152,7 @@ routing.json says how the pieces in pieces/ chain; per router the narrowest widt
 sufficing reaches the router's threshold, else the widest; inputs of one route run as one batch.
 """
 
+import json
 import pathlib
 
 import torch

@@ -43,9 +43,11 @@ class CandidateResult:
     # same widths without gates, so the output can say whether the gates saved time at each batch.
     latency_by_batch: dict[str, dict[str, Any]] | None = None
     static_latency_by_batch: dict[str, dict[str, Any]] | None = None
-    accuracy: float | None = None
+    accuracy: float | None = None  # kNN top-1 on the oracle's validation images
     violations: dict[str, float] = field(default_factory=dict)  # cost - budget per budget; <= 0 is feasible
     routes: list[dict[str, Any]] | None = None  # routed: each route's share of the validation images and its kNN
+    score: float | None = None  # what the search ranks by (oracle.score; higher is better), with accuracy
+    score_kind: str | None = None
 
     @property
     def feasible(self) -> bool:
@@ -105,7 +107,11 @@ class CandidateEvaluator:
         return self._static_flops[key]
 
     def remember(self, result: CandidateResult) -> None:
-        self._cache[SubnetConfig.from_dict(result.config)] = result
+        cfg = SubnetConfig.from_dict(result.config)
+        self._cache[cfg] = result
+        if result.accuracy is not None:  # the oracle then answers for it without a network
+            scores = {result.score_kind: result.score} if result.score_kind is not None and result.score is not None else None
+            self.oracle.remember(cfg, result.accuracy, scores=scores)
 
     def evaluate(self, cfg: SubnetConfig) -> CandidateResult:
         if cfg not in self._cache:
@@ -130,6 +136,7 @@ class CandidateEvaluator:
         if cfg.kind == "static":
             self.oracle.recalibrate(network)
         result.accuracy = self.oracle.accuracy(cfg, network)
+        result.score, result.score_kind = self.oracle.score_of(cfg, network), self.oracle.score_kind
         if isinstance(network, RoutedNetwork):
             result.routes = [share.to_dict() for share in self.oracle.routed_score(cfg, network).routes]
         result.latency_by_batch, result.static_latency_by_batch = self.latency_profile(network, cfg, result.latency)

@@ -36,17 +36,31 @@ def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
 
 
+def objective_value(record: dict[str, Any]) -> float:
+    """What the search maximises for a record: the oracle's score (``oracle.score``) where recorded, else its kNN
+    top-1 (records of studies from before the setting)."""
+    score = record.get("score")
+    return float(record["accuracy"] if score is None else score)
+
+
+def score_label(records: Sequence[dict[str, Any]]) -> str:
+    """The y axis of the fronts: the score kind the records were ranked by."""
+    kind = next((r.get("score_kind") for r in records if r.get("score_kind")), None)
+    return "kNN top-1 (%)" if kind in (None, "knn_top1") else f"oracle score: {kind}"
+
+
 def pareto_front(records: Sequence[dict[str, Any]], objective: str, *, batch: str | None = None) -> list[dict[str, Any]]:
-    """Feasible, evaluated records that no other such record dominates, by ascending cost.
+    """Feasible, evaluated records that no other such record dominates (by :func:`objective_value` and cost), by
+    ascending cost.
 
     ``batch``: with a latency objective, the latency at that batch (``latency_by_batch``) is the cost; records
     not timed at it are left out. None: the objective's own latency.
     """
-    points = [(r, (r["accuracy"], cost_of(r, objective, batch=batch))) for r in records
+    points = [(r, (objective_value(r), cost_of(r, objective, batch=batch))) for r in records
               if is_candidate(r) and (batch is None or latency_at(r, batch) is not None)]
     front = [r for r, p in points if not any(dominates(q, p) for _, q in points)]
     unique: dict[str, dict[str, Any]] = {}
-    for record in sorted(front, key=lambda r: (cost_of(r, objective, batch=batch), -r["accuracy"], r["trial"])):
+    for record in sorted(front, key=lambda r: (cost_of(r, objective, batch=batch), -objective_value(r), r["trial"])):
         unique.setdefault(json.dumps(record["config"], sort_keys=True), record)  # a config found twice counts once
     return list(unique.values())
 
@@ -96,9 +110,9 @@ def fronts_by_batch(records: Sequence[dict[str, Any]], objective: str) -> dict[s
 
 
 def best_record(records: Sequence[dict[str, Any]], objective: str) -> dict[str, Any] | None:
-    """The most accurate feasible record (ties: the cheaper)."""
+    """The best-scoring feasible record (:func:`objective_value`; ties: the cheaper)."""
     candidates = [r for r in records if is_candidate(r)]
-    return min(candidates, key=lambda r: (-r["accuracy"], cost_of(r, objective)), default=None)
+    return min(candidates, key=lambda r: (-objective_value(r), cost_of(r, objective)), default=None)
 
 
 def write_outputs(
@@ -116,7 +130,7 @@ def write_outputs(
     header = {**meta, "objective": objective, "budgets": budgets, "flop_convention": FLOP_CONVENTION}
     notes = [note for note in map(gate_speed_note, front) if note]
     batches = {"latency_batch_sizes": [int(size) for size in batch_sizes(records)],
-               "fronts_by_batch": {size: [{"trial": r["trial"], "accuracy": r["accuracy"],
+               "fronts_by_batch": {size: [{"trial": r["trial"], "accuracy": r["accuracy"], "score": objective_value(r),
                                            "latency_s": latency_at(r, size)} for r in members]
                                    for size, members in by_batch.items()}}
     atomic_write_text(out_dir / "pareto.json", json.dumps({**header, **batches, "gate_latency_notes": notes,
@@ -299,9 +313,12 @@ def _panel(axes: Any, records: Sequence[dict[str, Any]], front: Sequence[dict[st
         floor = min((r["accuracy"] * 100 for r in evaluated), default=0.0)
         axes.scatter([cost(r) for r in infeasible], [floor] * len(infeasible), marker="x",
                      s=14, c="tab:gray", label="over budget (not scored)")
+    ranked_by = score_label(evaluated)
     if front:
-        axes.plot([cost(r) for r in front], [r["accuracy"] * 100 for r in front], "-",
-                  c="tab:red", label="Pareto front", drawstyle="steps-post")
+        by_top1 = ranked_by.startswith("kNN top-1")
+        axes.plot([cost(r) for r in front], [r["accuracy"] * 100 for r in front], "-", c="tab:red",
+                  label="Pareto front" if by_top1 else f"Pareto front by {ranked_by[14:]}",
+                  drawstyle="steps-post" if by_top1 else "default")
         for kind in KINDS:
             on_front = [r for r in front if kind_of(r) == kind]
             if on_front:

@@ -33,7 +33,7 @@ from nas.study.candidates import (
     suggest_config,
 )
 from nas.study.oracle import build_oracle
-from nas.study.pareto import write_outputs
+from nas.study.pareto import objective_value, write_outputs
 from nas.study.storage import (
     claim_study,
     finished_records,
@@ -271,11 +271,11 @@ def make_objective(study: optuna.Study, evaluator: CandidateEvaluator,
         for kind, violation in result.violations.items():
             trial.set_constraint(kind, violation)
         trial.set_user_attr("result", result.to_dict())
-        # An over-budget candidate reports accuracy 0: it was not measured, and constrained
+        # An over-budget candidate reports the lowest score: it was not measured, and constrained
         # domination ranks it below every feasible one anyway.
-        accuracy = result.accuracy if result.accuracy is not None else 0.0
+        value = objective_value(result.to_dict()) if result.accuracy is not None else float("-inf")
         cost = result.cost(objective) if result.latency is not None or objective == "flops" else float("inf")
-        return accuracy, cost
+        return value, cost
 
     return evaluate
 
