@@ -161,7 +161,7 @@ def routed_oracle() -> tuple[Oracle, SubnetConfig]:
     network = oracle.routed_network(cfg)
     with torch.no_grad():  # centre each router on the median of its logits: the images spread over the routes
         for depth, name in enumerate(network.router_blocks):
-            router = network.routers.router(name)
+            router = routers.router(name)  # the oracle's: the routed networks it builds from now on have it
             router.fc2.bias.sub_(router(network.entering(data.val[:], (2,) * depth)).median(dim=0).values)
     return oracle, cfg
 

@@ -22,7 +22,7 @@ from nas.budget import format_flops
 from nas.search import main
 from nas.study.candidates import CandidateEvaluator
 from nas.study.oracle import Oracle
-from nas.study.pareto import dominates
+from nas.study.pareto import dominates, objective_value
 from nas.study.run import at_resolution, search
 from search_spaces import SearchSpace, SubnetConfig
 from supernet.io.checkpoint import load_supernet
@@ -64,7 +64,8 @@ def results_of(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
 
 
 def point(r: dict[str, Any]) -> tuple[float, float]:
-    return (r["accuracy"], r["effective_flops"])
+    """(what the search ranks by, cost): the oracle's score (oracle.score) and effective FLOPs."""
+    return (objective_value(r), r["effective_flops"])
 
 
 def assert_front_is_sound(front: list[dict[str, Any]], results: list[dict[str, Any]], budget: float) -> None:
@@ -121,7 +122,7 @@ def test_cli_end_to_end(tiny_checkpoint: Path, costs: SpaceCosts, search_overrid
     results = results_of(trials)
     assert_evaluated_iff_within_budget(results, budget)
     for t, r in zip(trials, results):  # the objective values Optuna ranks by are the recorded ones
-        assert t.values == [r["accuracy"] if r["accuracy"] is not None else 0.0, r["effective_flops"]]
+        assert t.values == [objective_value(r) if r["accuracy"] is not None else float("-inf"), r["effective_flops"]]
     assert_front_is_sound(pareto["front"], results, budget)
 
     with (out / "pareto.csv").open() as file:
@@ -392,8 +393,8 @@ def test_gate_speed_note_calls_out_a_batch_where_gates_save_nothing():
     record = {"trial": 3, "latency_by_batch": {"1": timing(0.4e-3, 1), "8": timing(2.2e-3, 8)},
               "static_latency_by_batch": {"1": timing(0.5e-3, 1), "8": timing(2.0e-3, 8)}}
     note = gate_speed_note(record)
-    assert note.startswith("trial 3, gates on: batch 1 (gathered) 0.400 ms vs 0.500 ms without gates (0.80x)")
-    assert "batch 8 (masked) 2.200 ms vs 2.000 ms" in note and "no faster than static width at batch 8" in note
+    assert note.startswith("trial 3, gates on: batch 1 (eager, gathered) 0.400 ms vs 0.500 ms without gates (0.80x)")
+    assert "batch 8 (eager, masked) 2.200 ms vs 2.000 ms" in note and "no faster than static width at batch 8" in note
     record["latency_by_batch"]["8"] = timing(1.9e-3, 8)
     assert "no faster" not in gate_speed_note(record)
     assert gate_speed_note({"trial": 1, "latency_by_batch": {"1": timing(1e-3, 1)}, "static_latency_by_batch": None}) is None
@@ -414,7 +415,7 @@ def test_a_latency_search_has_a_front_at_each_batch_and_records_how_it_timed(tin
     pareto = json.loads((summary.out_dir / "pareto.json").read_text())
     assert pareto["latency_batch_sizes"] == [1, 4] and set(pareto["fronts_by_batch"]) == {"1", "4"}
     for size, members in pareto["fronts_by_batch"].items():  # each batch's front is non-dominated at that batch
-        points = {r["trial"]: (r["accuracy"], r["latency_by_batch"][size]["seconds"]) for r in scored}
+        points = {r["trial"]: (objective_value(r), r["latency_by_batch"][size]["seconds"]) for r in scored}
         assert {m["trial"] for m in members} <= set(points)
         for m in members:
             assert not any(dominates(points[t], points[m["trial"]]) for t in points)
