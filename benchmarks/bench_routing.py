@@ -183,7 +183,9 @@ def fronts(report: Report) -> None:
         best_margin, best_match = None, None
         for j in (j for j in report.judged if j.kind == "routed"):
             cheaper = [s.accuracy for s in static if cost(s) <= cost(j)]
-            margin = j.accuracy - max(cheaper) if cheaper else j.accuracy
+            if not cheaper:  # cheaper than every static network: nothing to beat, no evidence either way
+                continue
+            margin = j.accuracy - max(cheaper)
             if best_margin is None or margin > best_margin[1]:
                 best_margin = (j.trial, margin)
             share = cost(j) / full_cost[name]
@@ -278,6 +280,16 @@ def routers(report: Report, oracle: Any) -> None:
             correct[name] = predicted == labels
         narrow = (levels == 0).all(dim=1)
         wide = ~narrow
+        # threshold-free: does the first router rank images by how well the narrow route does on them?
+        with torch.no_grad():
+            first = torch.cat([network.head(0, network.prefix_width)(network.entering(oracle.data.val[s : s + 256], ()))
+                               for s in range(0, len(oracle.data.val), 256)])
+        suffices = torch.sigmoid(first[:, 0].float())
+        quintiles = []
+        for part in torch.argsort(suffices, descending=True).chunk(5):
+            quintiles.append({"p_narrow_suffices": float(suffices[part].mean()),
+                              "narrowest_route_accuracy": float(correct["narrowest"][part].float().mean()),
+                              "widest_route_accuracy": float(correct["widest"][part].float().mean())})
         share = lambda mask, hits: float(hits[mask].float().mean()) if mask.any() else None  # noqa: E731
         report.routers.append({
             "trial": j.trial, "routes": j.routes, "narrowest_share": float(narrow.float().mean()),
@@ -288,11 +300,20 @@ def routers(report: Report, oracle: Any) -> None:
                            "widest_route_accuracy": share(wide, correct["widest"])},
             "all": {"narrowest_route_accuracy": float(correct["narrowest"].float().mean()),
                     "widest_route_accuracy": float(correct["widest"].float().mean())},
+            "first_router_quintiles": quintiles,
         })
         row = report.routers[-1]
-        print(f"routed trial {j.trial}: {row['narrowest_share']:.0%} of images take the narrowest route; on them the "
-              f"narrowest route scores {row['sent_narrowest']['narrowest_route_accuracy']}, the widest "
-              f"{row['sent_narrowest']['widest_route_accuracy']}; on the others {row['sent_wider']}", flush=True)
+        percent = lambda value: "-" if value is None else f"{value:.1%}"  # noqa: E731
+        print(f"routed trial {j.trial}: routes " + ", ".join(f"{tuple(r['multipliers'])} {r['fraction']:.1%}"
+                                                                for r in j.routes or [])
+              + f"; {row['narrowest_share']:.1%} take the narrowest route (narrowest / widest route accuracy on them "
+              f"{percent(row['sent_narrowest']['narrowest_route_accuracy'])} / "
+              f"{percent(row['sent_narrowest']['widest_route_accuracy'])}, on the others "
+              f"{percent(row['sent_wider']['narrowest_route_accuracy'])} / {percent(row['sent_wider']['widest_route_accuracy'])})",
+              flush=True)
+        print(f"  first router, images in fifths by p(narrowest level suffices), most confident first: "
+              + "; ".join(f"p {q['p_narrow_suffices']:.3f}: narrowest {q['narrowest_route_accuracy']:.1%}, widest "
+                          f"{q['widest_route_accuracy']:.1%}" for q in quintiles), flush=True)
 
 
 def plot(report: Report, path: Path) -> None:
@@ -342,9 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"references on {report.judge_images} held-out images: raw pixels {report.raw_pixels:.2%}, untrained full "
           f"network {report.untrained_full:.2%}; full network {report.full_accuracy:.2%}")
     for name, entry in report.pays.items():
+        margin, match = entry["best_margin_over_cheaper_static"], entry["matches_full_at_cost_share"]
         print(f"{'PASS' if entry['passed'] else 'FAIL'}: routing pays on the {name} front: best routed margin over every "
-              f"static network of lower or equal cost {entry['best_margin_over_cheaper_static']}, matches the full network "
-              f"(within {MATCH_WITHIN:.1%}) at cost share {entry['matches_full_at_cost_share']}", flush=True)
+              "static network of lower or equal cost " + ("-" if margin is None else f"{margin[1] * 100:+.2f} points (trial "
+              f"{margin[0]}, target >= {BEATS_BY * 100:+.2f})") + f"; matches the full network (within {MATCH_WITHIN:.1%}) at "
+              + ("no routed network's cost" if match is None else f"{match[1]:.0%} of its cost (trial {match[0]})") + f" (target <= {MATCH_COST:.0%})",
+              flush=True)
     for row in report.equal_cost:
         cells = [f"{kind} " + (f"{row[kind]['accuracy']:.2%} (trial {row[kind]['trial']})" if row[kind] else "-")
                  for kind in ("static", "gated", "routed")]

@@ -4,7 +4,8 @@ The routers' stage of ``supernet.train`` (``routing.enabled=true``; DS-Net's sta
 :mod:`supernet.training.routing`) run on a supernet that was trained without it: the run is continued from
 its checkpoint with the settings it was trained with (data, views, method), ``routing.*`` from the command
 line, and the checkpoint is rewritten (atomically, the previous one kept) with the routers in it. The
-supernet's weights and statistics are not changed.
+supernet's weights and statistics are not changed (a checkpoint written before its training ended finishes
+that training first, and says so).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def routing_settings(checkpoint: Path, overrides: list[str]) -> TrainConfig:
         raise SettingsError(f"override {foreign[0]!r}: only routing.* settings can change here (the supernet "
                             "is trained already); e.g. routing.epochs=2 routing.levels=[0.25,0.5,1.0]")
     payload = load_checkpoint(checkpoint)
+    if payload["step"] < payload["total_steps"]:
+        print(f"{checkpoint}: the supernet's training stopped at step {payload['step']}/{payload['total_steps']}; "
+              "it finishes first, then the routers train", file=sys.stderr)
     return settings_from_saved(payload["config"], [*overrides, "routing.enabled=true", "resume=true",
                                                    f"out_dir={checkpoint.parent}"], TrainConfig)
 
