@@ -110,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-speed", action="store_true", help="leave the timed checks for a run on a quiet machine")
+    parser.add_argument("--skip-routers", action="store_true", help="leave out what the routers learned (step 6)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="search settings (configs/search.yaml)")
     return parser.parse_args(argv)
@@ -375,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"at <= {row['flops_share']:.0%} of the full network's FLOPs: " + ", ".join(cells))
     if not args.skip_speed:
         speed(args, report, oracle)
-    routers(report, oracle)
+    if not args.skip_routers:
+        routers(report, oracle)
     plot(report, args.out / "routing_fronts.png")
     report.seconds["all"] = time.perf_counter() - started
     print(f"{'PASS' if report.passed else 'FAIL'}: {time.perf_counter() - started:.0f} s; figure {args.out / 'routing_fronts.png'}")

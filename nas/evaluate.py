@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--export", type=Path, metavar="DIR", help="a directory written by python -m nas.export")
-    source.add_argument("--config", type=Path, metavar="JSON", help="a SubnetConfig JSON file (with --checkpoint)")
+    source.add_argument("--config", type=Path, metavar="JSON", help="a SubnetConfig JSON file, or a record holding one such as best.json (with --checkpoint)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="with --config, or alone for --protocol switchable: the supernet checkpoint (default: "
                         "the newest checkpoint.pt under the current directory)")

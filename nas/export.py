@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--from", dest="from_result", type=Path, metavar="BEST_JSON",
                         help="a search output (best.json): its config and, unless --checkpoint, its checkpoint")
     source.add_argument("--trial", type=int, metavar="N", help="trial N of a search study (needs --storage)")
-    source.add_argument("--config", type=Path, metavar="JSON", help="a SubnetConfig JSON file")
+    source.add_argument("--config", type=Path, metavar="JSON", help="a SubnetConfig JSON file, or a record holding one (best.json)")
     parser.add_argument("--storage", default=None, help="with --trial: the study.journal of a search run, or a database URL")
     parser.add_argument("--study-name", default=None, help="with --trial: the study (default: the only one in --storage)")
     parser.add_argument("--checkpoint", type=Path, default=None,

@@ -16,7 +16,7 @@ import torch
 
 import nas.deploy.program as program_module
 from nas.deploy.program import ExportCheckError, check_program, load_exported
-from nas.deploy.sources import source_from_best, source_from_trial
+from nas.deploy.sources import source_from_best, source_from_config, source_from_trial
 from nas.export import build_parser, main, request_from_args
 from nas.study.storage import journal_storage
 from search_spaces import SubnetConfig
@@ -173,7 +173,8 @@ def test_failed_check_leaves_an_existing_export_untouched(exported, configs, che
 def test_sources_best_json_and_trial(configs, checkpoint: Path, tmp_path: Path) -> None:
     cfg = configs["gates_on"]
     best = tmp_path / "best.json"
-    best.write_text(json.dumps({"trial": 3, "config": cfg.to_dict(), "accuracy": 0.5, "checkpoint": str(checkpoint)}))
+    best.write_text(json.dumps({"trial": 3, "space": cfg.space, "config": cfg.to_dict(), "accuracy": 0.5,
+                                "checkpoint": str(checkpoint)}))
     source = source_from_best(best)
     assert source.config == cfg and source.checkpoint == checkpoint
     request = request_from_args(build_parser().parse_args(["--from", str(best)]))
@@ -190,6 +191,11 @@ def test_sources_best_json_and_trial(configs, checkpoint: Path, tmp_path: Path) 
     source = source_from_trial(1, str(journal), None)  # the only study: no --study-name needed
     assert source.config == cfg and source.checkpoint == checkpoint
     assert source_from_trial(0, str(journal), "s").config == configs["gates_off"]
+    # --config takes a bare config or a search's record of one (best.json), the checkpoint given apart
+    assert source_from_config(best).config == cfg and source_from_config(best).checkpoint is None
+    bare = tmp_path / "cfg.json"
+    bare.write_text(cfg.to_json())
+    assert source_from_config(bare).config == cfg
 
 
 def bad_config_files(tmp_path: Path, cfg: SubnetConfig) -> dict[str, Path]:
