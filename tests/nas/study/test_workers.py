@@ -147,7 +147,13 @@ def test_killed_postgres_worker_is_failed_by_heartbeat(postgres_url: str, tiny_c
     _create_database(server, "heartbeat")  # a study of its own
     url = f"{server}/heartbeat"
     quick = [*search_overrides, "storage.heartbeat_interval=1", "storage.grace_period=3"]
-    killed = _kill_while_running(_worker(tiny_checkpoint, url, tmp_path / "killed", 6, quick), url, tmp_path)
+    for attempt in range(5):  # on an idle machine a tiny trial can finish between the poll and the kill: kill again
+        killed = _kill_while_running(_worker(tiny_checkpoint, url, tmp_path / f"killed{attempt}", 6, quick), url,
+                                     tmp_path)
+        if optuna.load_study(study_name=STUDY, storage=url).get_trials(deepcopy=False)[killed].state == TrialState.RUNNING:
+            break
+    else:
+        raise AssertionError("every kill landed after its trial had finished")
     _run_workers([_worker(tiny_checkpoint, url, tmp_path / f"w{i}", 6, quick) for i in range(2)], cwd=tmp_path)
     trials = optuna.load_study(study_name=STUDY, storage=url).get_trials(deepcopy=False)
     assert trials[killed].state == TrialState.FAIL  # failed by the survivors' heartbeat check
