@@ -48,11 +48,13 @@ def routing_table(network: RoutedNetwork) -> dict[str, Any]:
         "format": "slimnas-routed/1",
         "router_blocks": list(network.router_blocks),
         "thresholds": list(network.thresholds),
+        "logit_thresholds": list(network.logit_thresholds),
         "levels": list(network.levels),
         "router_inputs": {block: [head_key(block, c) for c in channels] for block, channels in routers.items()},
         "branch_of": {",".join(map(str, route)): key for route, key in sorted(network.branch_of.items())},
         "feature_dim": network.feature_dim,
-        "rule": "per router: the narrowest level whose sigmoid(logit) >= threshold, else the widest",
+        "rule": "per router: the narrowest level whose logit >= logit_threshold (= log(t / (1 - t)) of its "
+                "threshold t, in float32), else the widest",
     }
 
 
@@ -149,7 +151,8 @@ RUNNER_SOURCE = '''"""A routed sub-network exported by slimnas's python -m nas.e
     features, levels = model(images)                    # images: float32 (B, 3, R, R), normalised
 
 routing.json says how the pieces in pieces/ chain; per router the narrowest width level whose probability of
-sufficing reaches the router's threshold, else the widest; inputs of one route run as one batch.
+sufficing reaches the router's threshold (its logit reaches the threshold's logit), else the widest; inputs of
+one route run as one batch.
 """
 
 import json
@@ -194,7 +197,7 @@ class RoutedModel:
                 continue
             block = blocks[len(route)]
             key = "router_%s_in%d" % (block.replace(".", "_"), hidden.shape[1])
-            suffices = torch.sigmoid(self.pieces[key](hidden).float()) >= self.table["thresholds"][len(route)]
+            suffices = self.pieces[key](hidden).float() >= self.table["logit_thresholds"][len(route)]
             chosen = torch.where(suffices.any(dim=1), suffices.to(torch.int8).argmax(dim=1),
                                  torch.full((hidden.shape[0],), suffices.shape[1]))
             for level in chosen.unique().tolist():

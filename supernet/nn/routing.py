@@ -14,8 +14,9 @@ features entering its block and picks a width *level* for its group of blocks (u
 * A router predicts, for every level but the widest, the probability that the level *suffices* for this input
   (its embedding still identifies the image as the full-width teacher sees it; trained without labels by
   :mod:`supernet.training.routing`). Decision at threshold ``t``: the narrowest level whose probability reaches
-  ``t``, else the widest (:func:`route_levels`). The threshold is the searched knob: one trained router
-  serves every cost.
+  ``t``, else the widest (:func:`route_levels`), read as logit >= log(t / (1 - t)) (:func:`logit_threshold`)
+  so that no sigmoid runs at inference. The threshold is the searched knob: one trained router serves every
+  cost.
 * :class:`RoutedNetwork` is the deployed form of one routed config: the blocks before the first router, and
   for every router a branch per (incoming width, level) holding its own sliced weights and BatchNorm, so an
   input routed to levels ``(a, b, ...)`` runs exactly the static sub-network of that route
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -39,7 +41,7 @@ from search_spaces import SearchSpace, SubnetConfig, UserError
 from supernet.nn.ops import DynamicLinear
 
 __all__ = ["DEFAULT_LEVELS", "RouterHead", "RouterSet", "RoutedNetwork", "RoutingError", "WidthRouter", "check_levels",
-           "head_key", "levels_problem", "route_levels", "router_key", "segments_of"]
+           "head_key", "levels_problem", "logit_threshold", "route_levels", "router_key", "segments_of"]
 
 DEFAULT_LEVELS: tuple[float, ...] = (0.25, 0.5, 1.0)
 PieceCall = Callable[[str, nn.Module, torch.Tensor], torch.Tensor]
@@ -75,15 +77,29 @@ def head_key(block: str, in_channels: int) -> str:
     return f"router_{router_key(block)}_in{in_channels}"
 
 
+def logit_threshold(threshold: float) -> float:
+    """The logit a router's output must reach for a probability ``threshold`` in (0, 1): log(t / (1 - t)),
+    rounded to float32, the precision logits are compared in. sigmoid is increasing, so ``logit >= this`` is the
+    decision ``sigmoid(logit) >= t`` without running a sigmoid (the same rule on every path: the batch, one
+    input read on the host, the exported runner).
+
+    >>> logit_threshold(0.5)
+    0.0
+    """
+    if not 0.0 < threshold < 1.0:
+        raise RoutingError(f"route threshold {threshold} is not a probability in (0, 1)")
+    return float(torch.tensor(math.log(threshold) - math.log1p(-threshold), dtype=torch.float32))
+
+
 def route_levels(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """Level index (B,) per input from a router's logits (B, K - 1): the narrowest level whose probability of
-    sufficing reaches ``threshold``, else the widest (K - 1). Ties cannot arise: the narrowest qualifying level
-    is taken.
+    sufficing reaches ``threshold`` (its logit reaches :func:`logit_threshold`), else the widest (K - 1). Ties
+    cannot arise: the narrowest qualifying level is taken.
 
     >>> route_levels(torch.tensor([[2.0, 3.0], [-2.0, 3.0], [-2.0, -3.0]]), 0.5).tolist()
     [0, 1, 2]
     """
-    suffices = torch.sigmoid(logits.float()) >= threshold
+    suffices = logits.float() >= logit_threshold(threshold)
     narrowest = suffices.to(torch.int8).argmax(dim=1)  # the first True; 0 when none is True
     return torch.where(suffices.any(dim=1), narrowest, torch.full_like(narrowest, logits.shape[1]))
 
@@ -113,7 +129,8 @@ class WidthRouter(nn.Module):
 
 class RouterHead(nn.Module):
     """A :class:`WidthRouter` fixed to one input width, as a routed network runs it: its first layer's weights
-    sliced to the first ``in_channels`` once (contiguous), no slicing per call."""
+    sliced to the first ``in_channels`` once (contiguous), no slicing per call, and its two layers called as
+    functions, not modules (at batch 1 a module call costs as much as the small matrix product it wraps)."""
 
     def __init__(self, router: WidthRouter, in_channels: int) -> None:
         super().__init__()
@@ -125,7 +142,9 @@ class RouterHead(nn.Module):
             self.fc2.load_state_dict(router.fc2.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K - 1)
-        return self.fc2(torch.relu(self.fc1(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))))
+        fc1, fc2 = self.fc1, self.fc2
+        hidden = torch.relu(F.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), fc1.weight, fc1.bias))
+        return F.linear(hidden, fc2.weight, fc2.bias)
 
 
 class RouterSet(nn.Module):
@@ -220,8 +239,7 @@ class RoutedNetwork(nn.Module):
         self.space, self.config, self.levels = space, cfg, routers.levels
         self.router_blocks = space.router_blocks
         self.thresholds = tuple(float(cfg.route_thresholds[name]) for name in self.router_blocks)  # type: ignore[index]
-        # as route_levels compares them with float32 probabilities: a decision read on the host is the same
-        self._thresholds32 = tuple(float(torch.tensor(t, dtype=torch.float32)) for t in self.thresholds)
+        self.logit_thresholds = tuple(logit_threshold(t) for t in self.thresholds)  # what route_levels compares with
         self.prefix = prefix
         self.routers = routers
         self.branches = nn.ModuleDict(dict(branches))
@@ -235,7 +253,15 @@ class RoutedNetwork(nn.Module):
             for depth, name in enumerate(self.router_blocks)
             for width in sorted({w for route, w in widths.items() if len(route) == depth})
         })
-        self.last_levels: torch.Tensor | None = None
+        # (router depth, input channels) -> key of its head, so that one input's forward formats no strings
+        self._head_keys = {(depth, width): head_key(name, width) for depth, name in enumerate(self.router_blocks)
+                           for width in set(widths.values())}
+        self._taken = _Taken()
+
+    @property
+    def last_levels(self) -> torch.Tensor | None:
+        """Level indices (B, number of routers) of each input of the last forward (None before any)."""
+        return self._taken.levels()
 
     def head(self, depth: int, in_channels: int) -> RouterHead:
         """The router in front of group ``depth``, for inputs of ``in_channels`` channels."""
@@ -307,22 +333,21 @@ class RoutedNetwork(nn.Module):
             pooled = torch.flatten(F.adaptive_avg_pool2d(hidden, 1), 1).to(features.device, features.dtype)
             features[group_rows.to(features.device), : pooled.shape[1]] = pooled
             levels[group_rows] = torch.tensor(route)
-        self.last_levels = levels
+        self._taken.record_batch(levels)
         return features
 
     def _run_one(self, x: torch.Tensor, call: PieceCall) -> torch.Tensor:
-        """:meth:`run_pieces` of one input: each decision read on the host as it is made (no grouping to do)."""
+        """:meth:`run_pieces` of one input: each decision read on the host as it is made (no grouping to do), as
+        route_levels makes it: the first logit at or above the threshold's logit."""
         hidden, route = call("prefix", self.prefix, x), ()
-        for segment, name in enumerate(self.router_blocks):
-            key = head_key(name, hidden.shape[1])
-            logits = call(key, self.heads[key], hidden)
-            probabilities = torch.sigmoid(logits.float())[0].tolist()  # the router's one host sync
-            threshold = self._thresholds32[segment]
-            route = (*route, next((j for j, p in enumerate(probabilities) if p >= threshold), len(probabilities)))
+        for segment, threshold in enumerate(self.logit_thresholds):
+            key = self._head_keys[segment, hidden.shape[1]]
+            logits = call(key, self.heads[key], hidden)[0].float().tolist()  # the router's one host sync
+            route = (*route, next((j for j, logit in enumerate(logits) if logit >= threshold), len(logits)))
             key = self.branch_of[route]
             hidden = call(key, self.branches[key], hidden)
+        self._taken.record_one(route)
         pooled = torch.flatten(F.adaptive_avg_pool2d(hidden, 1), 1)
-        self.last_levels = torch.tensor([route])
         return F.pad(pooled, (0, self.feature_dim - pooled.shape[1])) if pooled.shape[1] < self.feature_dim else pooled
 
     def _groups(self, hidden: torch.Tensor, rows: torch.Tensor, route: tuple[int, ...], call: PieceCall
@@ -432,6 +457,27 @@ class RoutedNetwork(nn.Module):
                 continue
             seen.add(key)
             self._calibrate_below(self.branches[key](hidden), (*route, level), seen)
+
+
+class _Taken:
+    """The routes of a routed network's last forward, kept outside the module's attributes (an ``nn.Module``
+    attribute set per forward costs microseconds a 1 ms network notices): a batch's levels (B, R), or one
+    input's route as a tuple, made a tensor only when asked for."""
+
+    __slots__ = ("batch", "one")
+
+    def __init__(self) -> None:
+        self.batch: torch.Tensor | None = None
+        self.one: tuple[int, ...] | None = None
+
+    def record_batch(self, levels: torch.Tensor) -> None:
+        self.batch, self.one = levels, None
+
+    def record_one(self, route: tuple[int, ...]) -> None:
+        self.batch, self.one = None, route
+
+    def levels(self) -> torch.Tensor | None:
+        return torch.tensor([self.one]) if self.one is not None else self.batch
 
 
 def _copy_buffers(module: nn.Module) -> nn.Module:

@@ -18,6 +18,7 @@ from supernet.nn.routing import (
     RouterSet,
     RoutingError,
     check_levels,
+    logit_threshold,
     route_levels,
     segments_of,
 )
@@ -76,6 +77,22 @@ def test_route_levels_takes_the_narrowest_sufficient_level_else_the_widest() -> 
     logits = torch.tensor([[3.0, 3.0, 3.0], [-3.0, 0.1, -3.0], [-3.0, -3.0, 0.2], [-3.0, -3.0, -3.0], [0.0, 5.0, 5.0]])
     assert route_levels(logits, 0.5).tolist() == [0, 1, 2, 3, 0]  # sigmoid(0) = 0.5 reaches 0.5
     assert route_levels(logits, 0.9).tolist() == [0, 3, 3, 3, 1]
+
+
+def test_the_logit_rule_is_the_probability_rule() -> None:
+    """logit >= log(t / (1 - t)) decides as sigmoid(logit) >= t wherever the probability is not within float32
+    rounding of the threshold; the threshold's logit is a float32 number."""
+    logits = torch.linspace(-8.0, 8.0, 40001)
+    for threshold in (0.05, 0.2, 0.4583271601004407, 0.5, 0.7625525342743981, 0.95):
+        probability = torch.sigmoid(logits.double())
+        clear = (probability - threshold).abs() > 1e-6
+        by_logit = logits >= logit_threshold(threshold)
+        assert torch.equal(by_logit[clear], (probability >= threshold)[clear])
+        assert logit_threshold(threshold) == float(torch.tensor(logit_threshold(threshold), dtype=torch.float32))
+    assert logit_threshold(0.5) == 0.0
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(RoutingError, match="not a probability"):
+            logit_threshold(bad)
 
 
 def test_a_higher_threshold_never_takes_a_narrower_level() -> None:
