@@ -15,7 +15,8 @@ Per space (``resnet18_cifar``, ``mobilenet_v2_cifar``, 32 px):
   between latency and fvcore FLOPs, for information.
 
 Threads fixed (``--threads``, default 1), warm-up of 5 forwards and at least 0.2 s, median of
-``--repeats``. Run on a quiet machine; the script prints the load average (``os.getloadavg``) at the
+``--repeats``; the repeatability passes keep timing each network for at least ``--timed-seconds`` (the
+search's ``latency.timed_seconds``, default 1 s), as the search does. Run on a quiet machine; the script prints the load average (``os.getloadavg``) at the
 start and the end, and writes it into the JSON.
 
     python benchmarks/bench_runtimes.py --json runtimes.json
@@ -40,6 +41,7 @@ from bench_latency_table import kendall_tau_b, synthetic_images
 from nas.cost import count_flops
 from nas.latency.measure import measure_latencies, measure_variants
 from nas.latency.plan import ANCHOR_EFFORT, space_anchor
+from nas.settings import LatencySettings
 from search_spaces import get_space, list_spaces
 from supernet import build_supernet
 from supernet.io.files import atomic_write_text
@@ -86,6 +88,7 @@ class Report:
     ratios: list[RatioRow] = field(default_factory=list)
     repeatability: list[RepeatRow] = field(default_factory=list)
     machine: dict[str, object] = field(default_factory=dict)
+    timed_seconds: float = 0.0  # of the repeatability passes
 
     @property
     def passed(self) -> bool:
@@ -115,7 +118,7 @@ def bench_ratios(space_name: str, batches: Sequence[int], *, threads: int, warmu
 
 
 def bench_repeatability(space_name: str, runtime: str, *, configs: int, threads: int, warmup: int,
-                        warmup_seconds: float, repeats: int, seed: int = 0) -> RepeatRow:
+                        warmup_seconds: float, repeats: int, timed_seconds: float = 0.0, seed: int = 0) -> RepeatRow:
     space = get_space(space_name)
     torch.manual_seed(seed)
     supernet = build_supernet(space, with_gates=False).eval()
@@ -124,8 +127,10 @@ def bench_repeatability(space_name: str, runtime: str, *, configs: int, threads:
     image = synthetic_images(1, space.default_resolution, torch.Generator().manual_seed(seed))
     anchor = space_anchor(space, space.default_resolution)
     anchor.warmup_seconds, anchor.repeats = ANCHOR_EFFORT * warmup_seconds, ANCHOR_EFFORT * repeats
+    anchor.timed_seconds = ANCHOR_EFFORT * timed_seconds
     anchor.seconds(1, runtime, "float32", threads=threads, device=torch.device("cpu"))  # once, before both passes
-    timing = dict(device="cpu", warmup=warmup, warmup_seconds=warmup_seconds, repeats=repeats, threads=threads,
+    timing = dict(device="cpu", warmup=warmup, warmup_seconds=warmup_seconds, repeats=repeats,
+                  timed_seconds=timed_seconds, threads=threads,
                   runtime=runtime)
     flops, anchored, plain = {}, [{}, {}], [{}, {}]
     for pass_index, order in enumerate((range(configs), reversed(range(configs)))):
@@ -157,13 +162,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--warmup-seconds", type=float, default=0.2)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--timed-seconds", type=float, default=LatencySettings.timed_seconds,
+                        help="repeatability: time each network for at least this long (latency.timed_seconds)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     args = parser.parse_args(argv)
     unknown = [name for name in args.spaces if name not in list_spaces()]
     if unknown:
         parser.error(f"--spaces: unknown search space {unknown[0]!r}; valid: {', '.join(list_spaces())}")
-    if args.configs < 2 or min(args.batch, args.threads, args.repeats) < 1 or args.warmup < 0:
-        parser.error("--configs >= 2; --batch, --threads, --repeats >= 1; --warmup >= 0")
+    if args.configs < 2 or min(args.batch, args.threads, args.repeats) < 1 or min(args.warmup, args.timed_seconds) < 0:
+        parser.error("--configs >= 2; --batch, --threads, --repeats >= 1; --warmup, --timed-seconds >= 0")
     return args
 
 
@@ -171,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     report = Report("runtimes", args.threads, args.warmup, args.warmup_seconds, args.repeats, os.getloadavg(),
-                    machine=machine_record(args.threads))
+                    machine=machine_record(args.threads), timed_seconds=args.timed_seconds)
     print(f"CPU runtimes, {args.threads} thread(s), float32; load average at start {os.getloadavg()[0]:.2f}")
     timing = {"threads": args.threads, "warmup": args.warmup, "warmup_seconds": args.warmup_seconds,
               "repeats": args.repeats}
@@ -179,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.skip_ratios:
             report.ratios += bench_ratios(space, sorted({1, args.batch}), **timing)
         for runtime in args.repeat_runtimes:
-            row = bench_repeatability(space, runtime, configs=args.configs, **timing)
+            row = bench_repeatability(space, runtime, configs=args.configs, timed_seconds=args.timed_seconds, **timing)
             report.repeatability.append(row)
             print(f"{'PASS' if row.passed else 'FAIL'}: {space} {runtime} batch 1, {row.configs} networks timed twice: "
                   f"Kendall tau pass 1 vs pass 2 anchored {row.tau_pass1_pass2:.3f} (target >= {TARGET_REPEAT_TAU}), median "

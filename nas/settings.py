@@ -56,7 +56,8 @@ LatencyAnchor = choice("LatencyAnchor", ("auto", "on", "off"))
 @dataclass
 class LatencySettings:
     """How latency is measured: the static network as deployed on ``runtime`` in ``dtype``, at ``batch_size`` (and
-    batch 1); after at least ``warmup`` untimed forwards and ``warmup_seconds``, the median of ``repeats`` timed ones."""
+    batch 1); after at least ``warmup`` untimed forwards and ``warmup_seconds``, the median of at least ``repeats``
+    timed ones, timed for at least ``timed_seconds``."""
 
     runtime: LatencyRuntime = LatencyRuntime.auto  # type: ignore[valid-type]
     dtype: LatencyDtype = LatencyDtype.auto  # type: ignore[valid-type]
@@ -64,11 +65,12 @@ class LatencySettings:
     warmup: int = 5
     warmup_seconds: float = 0.2  # and at least this long: a machine coming out of idle needs time, not a count
     repeats: int = 20
+    timed_seconds: float = 1.0  # and for at least this long: a fast network gets more repeats (RESULTS §18)
     threads: Optional[int] = 1  # CPU threads, fixed so figures compare; null = torch's default
     anchor: LatencyAnchor = LatencyAnchor.auto  # type: ignore[valid-type]  # relative to a reference network (nas.latency.measure)
 
     RULES: ClassVar[Rules] = {"batch_size": optional(at_least(1)), "warmup": at_least(0), "warmup_seconds": at_least(0),
-                              "repeats": at_least(1), "threads": optional(at_least(1))}
+                              "timed_seconds": at_least(0), "repeats": at_least(1), "threads": optional(at_least(1))}
 
 
 PROBE_PROTOCOLS = ("fast", "linear", "switchable", "semi")

@@ -4,7 +4,8 @@ The network is first made into the program it would be deployed as (:mod:`nas.la
 ``eager``, ``compiled``, ``graph``, ``onnxruntime``, ``tensorrt``, in ``float32``, ``bfloat16`` or
 ``float16``; :mod:`nas.latency.programs`), paying compilation, capture or export before anything is
 timed. Then it is warmed up for at least ``warmup`` forwards *and* ``warmup_seconds`` of wall time,
-and ``repeats`` forwards are timed one at a time. CPU: the thread count is fixed (``threads``) and
+and ``repeats`` forwards are timed one at a time, more while less than ``timed_seconds`` of wall time has
+passed (a fast network gets more repeats: its figure's noise is a larger share of the gaps between networks). CPU: the thread count is fixed (``threads``) and
 each forward is timed with ``time.perf_counter``. CUDA: the first measurement of a process first
 keeps the GPU busy for :data:`DEVICE_WARMUP_SECONDS` (clocks ramp up from idle, lazily loaded
 kernels load), and each forward is bracketed by a pair of ``torch.cuda.Event(enable_timing=True)``
@@ -31,7 +32,7 @@ round, times ``anchor_seconds`` (the anchor's latency measured once, at the star
 :func:`anchor_latency`). Whatever slows the machine during a measurement (other processes, clock changes
 of a shared virtual CPU) slows the anchor alike and cancels, so networks timed minutes apart compare: on
 this project's 2-core machines two timings of the same 30 ResNet-18 networks one after the other ordered
-them at Kendall tau 0.29 by plain medians and 0.85 anchored, under load (benchmarks/RESULTS.md §17).
+them at Kendall tau 0.29 by plain medians and 0.85 anchored, under load (benchmarks/RESULTS.md §18).
 
 Example::
 
@@ -170,6 +171,7 @@ def measure_latency(
     runtime: str = "eager",
     dtype: str = "float32",
     warmup_seconds: float = 0.0,
+    timed_seconds: float = 0.0,
 ) -> Latency:
     """Median forward latency of ``model`` on ``device`` and ``runtime`` (:func:`measure_latencies` of one model).
 
@@ -184,19 +186,20 @@ def measure_latency(
             (for gated networks, whose cost depends on the input).
         device: ``"cpu"`` or a CUDA device.
         warmup: untimed forwards first, at least (allocator, cuDNN plans, caches).
-        repeats: timed forwards; the median is reported.
+        repeats: timed forwards, at least; the median is reported.
         threads: CPU threads to use (``torch.set_num_threads``, onnxruntime's intra-op threads); ``None`` keeps
             torch's current value.
         runtime: ``eager``, ``compiled``, ``graph``, ``onnxruntime`` or ``tensorrt`` (or ``auto``).
         dtype: ``float32``, ``bfloat16`` or ``float16`` (or ``auto``).
         warmup_seconds: keep warming up until this much wall time has passed, whatever ``warmup`` says.
+        timed_seconds: keep timing forwards until this much wall time has passed, whatever ``repeats`` says.
 
     Raises:
         ValueError: bad counts, empty or mixed-size inputs, or CUDA asked for but unavailable.
         LatencyRuntimeError: a runtime or precision this device cannot run (one line).
     """
     return measure_latencies([model], inputs, device=device, warmup=warmup, repeats=repeats, threads=threads,
-                             runtime=runtime, dtype=dtype, warmup_seconds=warmup_seconds)[0]
+                             runtime=runtime, dtype=dtype, warmup_seconds=warmup_seconds, timed_seconds=timed_seconds)[0]
 
 
 def measure_latencies(
@@ -212,12 +215,13 @@ def measure_latencies(
     warmup_seconds: float = 0.0,
     warm_device: bool = True,
     anchor: Anchor | None = None,
+    timed_seconds: float = 0.0,
 ) -> list[Latency]:
     """:func:`measure_latency` of several models on the same inputs and runtime, timed interleaved
     (:func:`measure_variants`), relative to ``anchor`` if given. Returns one :class:`Latency` per model, in order."""
     return measure_variants([(model, runtime, dtype) for model in models], inputs, device=device, warmup=warmup,
                             repeats=repeats, threads=threads, warmup_seconds=warmup_seconds, warm_device=warm_device,
-                            anchor=anchor)
+                            anchor=anchor, timed_seconds=timed_seconds)
 
 
 def measure_variants(
@@ -231,12 +235,14 @@ def measure_variants(
     warmup_seconds: float = 0.0,
     warm_device: bool = True,
     anchor: Anchor | None = None,
+    timed_seconds: float = 0.0,
 ) -> list[Latency]:
     """Several ``(model, runtime, dtype)`` timed side by side on the same inputs.
 
     Every variant is prepared (compiled, captured, exported) and warmed up, in turn; then each of
-    ``repeats`` rounds times one forward of every variant, in an order that rotates from round to
-    round, so no variant is timed only while the machine is in one state. ``warm_device=False`` skips
+    ``repeats`` rounds (and more, until the rounds have taken ``timed_seconds``) times one forward of every
+    variant, in an order that rotates from round to round, so no variant is timed only while the machine is in
+    one state. ``warm_device=False`` skips
     the once-per-process device warm-up (to reproduce a cold measurement). With ``anchor`` (all variants on
     one runtime and precision) the anchor's network takes part in every round and each figure is relative to
     it (anchored timing, above); input-dependent networks then run at least :data:`ROUNDS_PER_INPUT` rounds per
@@ -248,6 +254,8 @@ def measure_variants(
         raise ValueError(f"repeats={repeats} must be >= 1")
     if warmup_seconds < 0:
         raise ValueError(f"warmup_seconds={warmup_seconds} must be >= 0")
+    if timed_seconds < 0:
+        raise ValueError(f"timed_seconds={timed_seconds} must be >= 0")
     if threads is not None and threads < 1:
         raise ValueError(f"threads={threads} must be >= 1 or None")
     if not variants:
@@ -294,10 +302,13 @@ def measure_variants(
             with torch.inference_mode():
                 warmed = [_warm_up(program, target, warmup, warmup_seconds) for program in programs]
                 times: list[list[float]] = [[] for _ in programs]
-                for i in range(rounds):
+                started, i = clock(), 0
+                while i < rounds or clock() - started < timed_seconds:
                     for k in _rotated(len(programs), i):
                         programs[k].load(i)
                         times[k].append(_time_once(programs[k], target))
+                    i += 1
+                rounds = i
         name = device_name(target)
     finally:
         for program in programs:
@@ -349,9 +360,9 @@ class Anchor:
     worker and every resumed run scales by the same figures: :meth:`known`)."""
 
     def __init__(self, network: nn.Module, *, name: str, resolution: int, known: dict[str, float] | None = None,
-                 warmup_seconds: float = 1.0, repeats: int = 100) -> None:
+                 warmup_seconds: float = 1.0, repeats: int = 100, timed_seconds: float = 0.0) -> None:
         self.network, self.name, self.resolution = network.eval(), name, resolution
-        self.warmup_seconds, self.repeats = warmup_seconds, repeats
+        self.warmup_seconds, self.repeats, self.timed_seconds = warmup_seconds, repeats, timed_seconds
         self._seconds: dict[str, float] = dict(known or {})
 
     @staticmethod
@@ -364,7 +375,8 @@ class Anchor:
         if key not in self._seconds:
             self._seconds[key] = anchor_latency(self.network, batch_size, resolution=self.resolution, runtime=runtime,
                                                 dtype=dtype, threads=threads, device=device,
-                                                warmup_seconds=self.warmup_seconds, repeats=self.repeats)
+                                                warmup_seconds=self.warmup_seconds, repeats=self.repeats,
+                                                timed_seconds=self.timed_seconds)
         return self._seconds[key]
 
     def known(self) -> dict[str, float]:
@@ -377,12 +389,13 @@ class Anchor:
 
 
 def anchor_latency(network: nn.Module, batch_size: int, *, resolution: int, runtime: str, dtype: str,
-                   threads: int | None, device: torch.device, warmup_seconds: float = 1.0, repeats: int = 100) -> float:
-    """The anchor's own latency: median of ``repeats`` forwards after ``warmup_seconds`` of warm-up, on zeros of its
-    input shape."""
+                   threads: int | None, device: torch.device, warmup_seconds: float = 1.0, repeats: int = 100,
+                   timed_seconds: float = 0.0) -> float:
+    """The anchor's own latency: median of ``repeats`` forwards (at least; for at least ``timed_seconds``) after
+    ``warmup_seconds`` of warm-up, on zeros of its input shape."""
     images = torch.zeros(batch_size, 3, resolution, resolution)
     return measure_variants([(network, runtime, dtype)], images, device=device, warmup=5, repeats=repeats,
-                            threads=threads, warmup_seconds=warmup_seconds)[0].seconds
+                            threads=threads, warmup_seconds=warmup_seconds, timed_seconds=timed_seconds)[0].seconds
 
 
 def _rotated(count: int, round_index: int) -> list[int]:

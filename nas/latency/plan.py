@@ -24,7 +24,7 @@ from supernet.evaluation.baselines import untrained_supernet
 
 __all__ = ["ANCHOR_EFFORT", "ANCHOR_WIDTH", "DEFAULT_BATCH_SIZES", "LatencyPlan", "space_anchor"]
 
-ANCHOR_EFFORT = 5  # the anchor's own figure: this many times a candidate's warm-up and repeats
+ANCHOR_EFFORT = 5  # the anchor's own figure: this many times a candidate's warm-up, repeats and timed seconds
 ANCHOR_WIDTH = 0.5  # the anchor of a space: its uniform network at this width, between the smallest and the full
 
 DEFAULT_BATCH_SIZES = {"cpu": 1, "cuda": 256}  # latency.batch_size: null -- GPUs serve batches, a CPU often one image
@@ -44,6 +44,7 @@ class LatencyPlan:
     threads: int | None
     anchored: bool = False  # time relative to ``anchor`` (latency.anchor; on the CPU by default)
     anchor: Anchor | None = None  # the reference network, attached by whoever knows the search space (with_anchor)
+    timed_seconds: float = 0.0  # keep timing rounds until this much wall time has passed (latency.timed_seconds)
 
     @classmethod
     def from_settings(cls, settings: LatencySettings, device: torch.device | str) -> LatencyPlan:
@@ -55,13 +56,15 @@ class LatencyPlan:
         anchor = _value(getattr(settings, "anchor", "off"))
         return cls(device=device, runtime=runtime, dtype=dtype, batch_size=int(batch), warmup=settings.warmup,
                    warmup_seconds=float(settings.warmup_seconds), repeats=settings.repeats,
+                   timed_seconds=float(settings.timed_seconds),
                    threads=settings.threads if device.type == "cpu" else None,
                    anchored=anchor == "on" or (anchor == "auto" and device.type == "cpu"))
 
     def with_anchor(self, anchor: Anchor) -> LatencyPlan:
         """This plan with its reference network (used only if the plan is anchored), whose own figure takes
-        :data:`ANCHOR_EFFORT` times a candidate's warm-up and repeats: every figure is scaled by it."""
+        :data:`ANCHOR_EFFORT` times a candidate's warm-up, repeats and timed seconds: every figure is scaled by it."""
         anchor.warmup_seconds, anchor.repeats = ANCHOR_EFFORT * self.warmup_seconds, ANCHOR_EFFORT * self.repeats
+        anchor.timed_seconds = ANCHOR_EFFORT * self.timed_seconds
         return replace(self, anchor=anchor)
 
     @property
@@ -83,7 +86,8 @@ class LatencyPlan:
             raise ValueError("an anchored latency plan needs its reference network: plan.with_anchor(...)")
         return measure_latencies(networks, inputs, device=self.device, warmup=self.warmup, repeats=self.repeats,
                                  threads=self.threads, runtime=self.runtime, dtype=self.dtype,
-                                 warmup_seconds=self.warmup_seconds, anchor=self.anchor if self.anchored else None)
+                                 warmup_seconds=self.warmup_seconds, anchor=self.anchor if self.anchored else None,
+                                 timed_seconds=self.timed_seconds)
 
     def identity(self) -> dict[str, Any]:
         """Flat ``key: value`` of everything that makes two timings comparable (joins a study's identity)."""
@@ -99,6 +103,8 @@ class LatencyPlan:
             "latency.batch_size": self.batch_size, "latency.warmup": self.warmup,
             "latency.warmup_seconds": self.warmup_seconds, "latency.repeats": self.repeats,
             "latency.threads": self.threads,
+            # only when set: studies made before the setting existed timed without it and still resume
+            **({"latency.timed_seconds": self.timed_seconds} if self.timed_seconds else {}),
             "latency.anchor": (self.anchor.name if self.anchor is not None else "on") if self.anchored else None,
             **{f"latency.versions.{name}": version for name, version in runtime_versions(self.runtime, self.device).items()},
         }

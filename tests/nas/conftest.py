@@ -25,7 +25,7 @@ TINY_RESOLUTION = 16  # tiny_checkpoint's training resolution
 # Oracle and cost settings small enough for CPU tests (bank, calibration, latency repeats).
 SMALL_SEARCH_OVERRIDES = [
     "oracle.bank_size=200", "oracle.calibration_images=128", "latency.repeats=3", "latency.warmup=1",
-    "latency.warmup_seconds=0", "effective_flops_images=64",
+    "latency.warmup_seconds=0", "latency.timed_seconds=0", "effective_flops_images=64",
 ]
 
 

@@ -131,10 +131,24 @@ def test_anchored_timing_cancels_a_machine_that_slows_down_midway() -> None:
     assert plain.seconds > 0.03  # half its rounds ran slowed, and the median lands among them or between
 
 
+def test_a_fast_network_is_timed_for_at_least_timed_seconds() -> None:
+    """repeats is a floor: rounds go on until they have taken timed_seconds, so a 5 ms network timed for 0.2 s runs
+    about 40 rounds where repeats asks for 3, and a slow one still runs its 3."""
+    recorder = Recorder()
+    fast = measure_latencies([nn.Sequential(Sleeps(0.005, Machine(10**6)), recorder)], torch.zeros(1, 3, 1, 1),
+                             warmup=0, repeats=3, timed_seconds=0.2)[0]
+    assert 30 <= fast.repeats <= 41 and len(recorder.seen) == fast.repeats  # sleep oversleeps: fewer, never more
+    assert fast.seconds == pytest.approx(0.005, rel=0.5)
+    slow = measure_latency(Sleeps(0.05, Machine(10**6)), torch.zeros(1, 3, 1, 1), warmup=0, repeats=3, timed_seconds=0.1)
+    assert slow.repeats == 3
+    assert measure_latency(Sleeps(0.001, Machine(10**6)), torch.zeros(1, 3, 1, 1), warmup=0, repeats=4).repeats == 4
+
+
 @pytest.mark.parametrize(
     ("inputs", "kwargs", "match"),
     [
         ([], {}, "empty"),
+        (torch.zeros(1, 3), {"timed_seconds": -1.0}, "timed_seconds"),
         ([torch.zeros(1, 3), torch.zeros(2, 3)], {}, "batch size"),
         (torch.zeros(1, 3), {"repeats": 0}, "repeats"),
         (torch.zeros(1, 3), {"warmup": -1}, "warmup"),
