@@ -19,10 +19,16 @@ fitted on ``--probe-train-images`` labelled training images and scored on the he
   target). ``--write-configs DIR`` writes the configs, for ``bench_twins.py`` to train.
 
 Exit 1 when a target is missed. ``--dry-run``: small sizes, a few minutes on a tiny checkpoint.
+``--truth REPORT`` reuses the ground truth (the probes of the trained and untrained sub-networks) of an earlier
+``--json`` report of the same checkpoint, configs and judge, so that another oracle (e.g. ``oracle.bank_size``,
+``oracle.val_size``) is measured against it in a fraction of the time; ``--kinds`` limits the score kinds.
 
     python benchmarks/bench_fidelity.py --checkpoint runs/c10/checkpoint.pt --test-root /data/cifar10/heldout \\
         --configs 20 --json fidelity.json --write-configs /tmp/fidelity/configs [--twins /tmp/twins]
     python benchmarks/bench_fidelity.py --checkpoint /tmp/c10tiny/checkpoint.pt --test-root /data/cifar10/heldout --dry-run
+    python benchmarks/bench_fidelity.py --checkpoint runs/c10/checkpoint.pt --test-root /data/cifar10/heldout \
+        --truth fidelity.json --kinds knn_top1 knn_loglik agreement --json fidelity_10k.json oracle.bank_size=10000 \
+        oracle.val_size=10000
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from supernet.evaluation import (
     untrained_network,
 )
 from supernet.evaluation.baselines import RAW_PIXEL_PROBE_MAX_DIM
-from supernet.evaluation.scores import SCORE_KINDS, ImageScores, knn_summary, probe_summary
+from supernet.evaluation.scores import KNN_SCORES, PROBE_SCORES, SCORE_KINDS, ImageScores, knn_summary, probe_summary
 from supernet.io.checkpoint import CHECKPOINT_NAME, load_supernet
 from supernet.io.files import atomic_write_text
 from supernet.io.provenance import machine_record
@@ -148,30 +154,65 @@ def pick_configs(space: SearchSpace, counter: ShapeFlopCounter, *, count: int, p
     return uniform + [(f"random, FLOP quantile {i / max(len(drawn) - 1, 1):.2f}", drawn[i]) for i in picks]
 
 
-def taus(rows: list[dict[str, float]], truth: list[float]) -> dict[str, float]:
-    return {kind: kendall_tau_b([row[kind] for row in rows], truth) for kind in SCORE_KINDS}
+def taus(rows: list[dict[str, float]], truth: list[float], kinds: tuple[str, ...] = SCORE_KINDS) -> dict[str, float]:
+    return {kind: kendall_tau_b([row[kind] for row in rows], truth) for kind in kinds}
 
 
-def raw_pixel_scores(oracle: Oracle, judge: Judge, settings: SearchSettings) -> dict[str, float | None]:
-    """Every kind raw pixels have (no agreement: no full network), on the same images; None above the probe's
-    size limit (:data:`RAW_PIXEL_PROBE_MAX_DIM`)."""
+@dataclass(frozen=True)
+class Truth:
+    """One config's ground truth, as an earlier report measured it."""
+
+    probe: float
+    halves: tuple[float, float]
+    untrained_probe: float
+
+
+def earlier_truth(path: Path, *, checkpoint: Path, judge: dict[str, Any], probe: dict[str, Any],
+                  configs: list[tuple[str, SubnetConfig]]) -> dict[SubnetConfig, Truth]:
+    """The probes of ``configs`` in the report at ``path`` (``--json`` of an earlier run); one line and exit 2 when it
+    judged another checkpoint, on other images or with another probe, or lacks a config."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"--truth: {path} is not a bench_fidelity report ({error})") from None
+    for key, wanted, got in (("checkpoint", str(checkpoint.resolve()), report.get("checkpoint")),
+                             ("judge_images", judge, report.get("judge_images")), ("probe", probe, report.get("probe"))):
+        if wanted != got:
+            raise SystemExit(f"--truth: {path} has {key} {got!r}, this run {wanted!r}; judge again without --truth")
+    known = {SubnetConfig.from_dict(row["config"]): Truth(row["probe"], tuple(row["probe_halves"]), row["untrained_probe"])
+             for row in report.get("rows", [])}
+    missing = [label for label, cfg in configs if cfg not in known]
+    if missing:
+        raise SystemExit(f"--truth: {path} has no probe of {len(missing)} of these configs (first: {missing[0]}); use "
+                         "the same --configs, --pool and --seed, or judge again without --truth")
+    return {cfg: known[cfg] for _, cfg in configs}
+
+
+def raw_pixel_scores(oracle: Oracle, judge: Judge, settings: SearchSettings, *, kinds: tuple[str, ...] = SCORE_KINDS,
+                     known_probe: float | None = None) -> dict[str, float | None]:
+    """Every kind of ``kinds`` raw pixels have (no agreement: no full network), on the same images, and their probe on
+    the judging split (``known_probe``: as an earlier report measured it); None above the probe's size limit
+    (:data:`RAW_PIXEL_PROBE_MAX_DIM`) or where not measured."""
     data = oracle.data
     scores: dict[str, float | None] = dict.fromkeys((*SCORE_KINDS, "probe"), None)
     if 3 * data.resolution**2 <= RAW_PIXEL_PROBE_MAX_DIM:
         bank, val = data.bank.float().flatten(1), data.val.float().flatten(1)
-        scores.update(knn_summary(knn_image_scores(bank, data.bank_labels, val, data.val_labels,
-                                                   num_classes=data.num_classes, k=oracle.k,
-                                                   temperature=oracle.temperature)))
-        scores.update(probe_summary(probe_image_scores(bank, data.bank_labels, val, data.val_labels,
-                                                       num_classes=data.num_classes, epochs=oracle.probe_epochs,
-                                                       weight_decay=oracle.probe_weight_decay, seed=oracle.seed)))
+        if any(kind in KNN_SCORES for kind in kinds):
+            scores.update(knn_summary(knn_image_scores(bank, data.bank_labels, val, data.val_labels,
+                                                       num_classes=data.num_classes, k=oracle.k,
+                                                       temperature=oracle.temperature)))
+        if any(kind in PROBE_SCORES for kind in kinds):
+            scores.update(probe_summary(probe_image_scores(bank, data.bank_labels, val, data.val_labels,
+                                                           num_classes=data.num_classes, epochs=oracle.probe_epochs,
+                                                           weight_decay=oracle.probe_weight_decay, seed=oracle.seed)))
         probe = settings.probe
-        scores["probe"] = raw_pixel_probe(judge.data, epochs=probe.epochs, lr=probe.lr,
-                                          weight_decay=probe.weight_decay, seed=probe.seed)
+        scores["probe"] = known_probe if known_probe is not None else raw_pixel_probe(
+            judge.data, epochs=probe.epochs, lr=probe.lr, weight_decay=probe.weight_decay, seed=probe.seed)
     return scores
 
 
-def score_twins(root: Path, oracle: Oracle, judge: Judge, counter: ShapeFlopCounter) -> list[TwinScores]:
+def score_twins(root: Path, oracle: Oracle, judge: Judge, counter: ShapeFlopCounter,
+                kinds: tuple[str, ...] = SCORE_KINDS, known: dict[str, float] | None = None) -> list[TwinScores]:
     """Each stand-alone twin below ``root`` (``bench_twins.py`` runs): its probe, recalibrated as the oracle does,
     beside the oracle's scores of the same widths in the supernet."""
     twins = []
@@ -181,18 +222,22 @@ def score_twins(root: Path, oracle: Oracle, judge: Judge, counter: ShapeFlopCoun
             print(f"note: {checkpoint} is not a stand-alone sub-network (model.subnet); skipped", file=sys.stderr)
             continue
         cfg = at_resolution(SubnetConfig.from_dict(payload["subnet"]).static(), oracle.data.resolution)
-        twin = oracle.recalibrate(network.extract(network.space.max_config()).to(oracle.device))
-        probe = float(judge.scores(twin).correct.double().mean())
-        twins.append(TwinScores(checkpoint.parent.name, float(counter(cfg)), cfg.to_dict(), probe, oracle.scores_of(cfg)))
+        if known is not None and checkpoint.parent.name in known:  # --truth: as the earlier report probed it
+            probe = known[checkpoint.parent.name]
+        else:
+            twin = oracle.recalibrate(network.extract(network.space.max_config()).to(oracle.device))
+            probe = float(judge.scores(twin).correct.double().mean())
+        twins.append(TwinScores(checkpoint.parent.name, float(counter(cfg)), cfg.to_dict(), probe,
+                                oracle.scores_of(cfg, kinds=kinds)))
         print(f"twin {checkpoint.parent.name}: {counter(cfg) / 1e6:.2f} MFLOPs, probe {probe:.2%} "
               f"(step {payload['step']}/{payload['total_steps']})", flush=True)
     return twins
 
 
 def format_scores(scores: dict[str, Any], *, kinds: tuple[str, ...] = SCORE_KINDS) -> str:
-    """Accuracies and vote shares as percentages, log-likelihoods and CKA as numbers."""
+    """Accuracies and vote shares as percentages, log-likelihoods and CKA as numbers (the kinds ``scores`` has)."""
     return "  ".join(f"{kind} {scores[kind]:.2%}" if kind.endswith(("top1", "vote")) else f"{kind} {scores[kind]:.4f}"
-                     for kind in kinds)
+                     for kind in kinds if kind in scores)
 
 
 def verdict(passed: bool, target: str) -> str:
@@ -214,6 +259,10 @@ def main() -> int:
     parser.add_argument("--write-configs", type=Path, default=None, help="write each config as JSON here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="where networks embed and probes fit: cpu or cuda")
+    parser.add_argument("--truth", type=Path, default=None, metavar="REPORT",
+                        help="reuse the probes of an earlier --json report of the same checkpoint, configs and judge")
+    parser.add_argument("--kinds", nargs="+", choices=SCORE_KINDS, default=list(SCORE_KINDS),
+                        help="score kinds to measure (the default score is always among them)")
     parser.add_argument("--dry-run", action="store_true", help=f"small sizes ({DRY_RUN_SIZES}, {' '.join(DRY_RUN_OVERRIDES)})")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="configs/search.yaml settings (oracle.*, probe.*)")
@@ -246,12 +295,21 @@ def main() -> int:
     configs = pick_configs(supernet.space, counter, count=args.configs, pool=args.pool, resolution=resolution,
                            seed=args.seed)
     default = oracle.score_kind
+    kinds = tuple(kind for kind in SCORE_KINDS if kind in args.kinds or kind == default)
     seed = int(payload.get("config", {}).get("seed", 0))
     data = oracle.data
     print(f"oracle: {len(data.calibration)} calibration, {len(data.bank)} bank, {len(data.val)} validation images "
           f"({data.val_source} split), seeds {settings.oracle.seed} and {second_seed}; default score {default}")
     print(f"judge: probe fitted on {len(judge.data.bank)} training images, scored on {len(judge.data.val)} "
           f"{judge.data.val_source} images; {len(configs)} configs", flush=True)
+    judge_record = {"train": len(judge.data.bank), "test": len(judge.data.val), "source": judge.data.val_source,
+                    "test_root": args.test_root}
+    probe_record = {"epochs": settings.probe.epochs, "lr": settings.probe.lr, "weight_decay": settings.probe.weight_decay,
+                    "seed": settings.probe.seed}
+    known = (earlier_truth(args.truth, checkpoint=args.checkpoint, judge=judge_record, probe=probe_record, configs=configs)
+             if args.truth else None)
+    if known is not None:
+        print(f"ground truth: the probes of {args.truth} (same checkpoint, configs and judge)", flush=True)
     if args.write_configs:
         args.write_configs.mkdir(parents=True, exist_ok=True)
         for index, (_, cfg) in enumerate(configs):
@@ -259,33 +317,42 @@ def main() -> int:
     rows = []
     for label, cfg in configs:
         network = oracle.subnet(cfg)
-        truth = judge.scores(network)
         untrained = oracle.recalibrate(untrained_network(cfg, seed=seed, with_gates=supernet.with_gates,
                                                          gate_options=supernet.gate_options).to(device))
-        row = ConfigScores(label, float(counter(cfg)), cfg.to_dict(), oracle.scores_of(cfg, network), other.scores_of(cfg),
-                           oracle.network_scores(untrained), float(truth.correct.double().mean()),
-                           judge.halves_of(truth), float(judge.scores(untrained).correct.double().mean()))
+        if known is None:
+            truth = judge.scores(network)
+            measured = Truth(float(truth.correct.double().mean()), judge.halves_of(truth),
+                             float(judge.scores(untrained).correct.double().mean()))
+        else:
+            measured = known[cfg]
+        row = ConfigScores(label, float(counter(cfg)), cfg.to_dict(), oracle.scores_of(cfg, network, kinds=kinds),
+                           other.scores_of(cfg, kinds=kinds), oracle.network_scores(untrained, kinds=kinds),
+                           measured.probe, measured.halves, measured.untrained_probe)
         rows.append(row)
         print(f"{row.flops / 1e6:8.2f} MFLOPs  {label:<32} probe {row.probe:.2%} (untrained {row.untrained_probe:.2%})\n"
               f"    trained    {format_scores(row.oracle)}\n    untrained  {format_scores(row.untrained)}", flush=True)
     truth = [row.probe for row in rows]
-    tau_vs_probe = taus([row.oracle for row in rows], truth)
-    tau_untrained = taus([row.untrained for row in rows], truth)
+    tau_vs_probe = taus([row.oracle for row in rows], truth, kinds)
+    tau_untrained = taus([row.untrained for row in rows], truth, kinds)
     between = {kind: kendall_tau_b([row.oracle[kind] for row in rows], [row.other_seed[kind] for row in rows])
-               for kind in SCORE_KINDS}
+               for kind in kinds}
     ceiling = kendall_tau_b([row.probe_halves[0] for row in rows], [row.probe_halves[1] for row in rows])
     uniform = [row.oracle[default] for row in rows[: len(UNIFORM)]]
     in_order = all(a < b for a, b in zip(uniform, uniform[1:]))
-    pixels = raw_pixel_scores(oracle, judge, settings)
-    twins = score_twins(args.twins, oracle, judge, counter) if args.twins else []
-    tau_twins = taus([twin.oracle for twin in twins], [twin.probe for twin in twins]) if len(twins) >= 2 else {}
+    earlier = json.loads(args.truth.read_text()) if args.truth else {}  # read whole by earlier_truth above
+    pixels = raw_pixel_scores(oracle, judge, settings, kinds=kinds, known_probe=earlier.get("raw_pixels", {}).get("probe"))
+    twins = score_twins(args.twins, oracle, judge, counter, kinds,
+                        {twin["run"]: twin["probe"] for twin in earlier.get("twins", [])} or None) if args.twins else []
+    tau_twins = taus([twin.oracle for twin in twins], [twin.probe for twin in twins], kinds) if len(twins) >= 2 else {}
 
     print(f"\nraw pixels: probe {_percent(pixels['probe'])} on the judging split; on the oracle's images "
-          + ("n/a (too many pixels)" if pixels["knn_top1"] is None else format_scores(pixels, kinds=SCORE_KINDS[:-1])))
+          + ("n/a (too many pixels)" if pixels["probe"] is None else
+             format_scores({kind: value for kind, value in pixels.items() if value is not None and kind != "probe"},
+                           kinds=SCORE_KINDS[:-1])))
     print(f"Kendall tau-b over {len(rows)} configs, each score vs the probe ({len(judge.data.val)} {judge.data.val_source} "
           "images), trained (untrained twin); between oracles of seeds "
           f"{settings.oracle.seed} and {second_seed}:")
-    for kind in SCORE_KINDS:
+    for kind in kinds:
         mark = "  <- default (oracle.score)" if kind == default else ""
         print(f"  {kind:<13} vs probe {tau_vs_probe[kind]:+.3f} ({tau_untrained[kind]:+.3f})   between seeds "
               f"{between[kind]:+.3f}" + (f"   vs twins {tau_twins[kind]:+.3f}" if tau_twins else "") + mark)
@@ -306,10 +373,7 @@ def main() -> int:
             oracle_images={"calibration": len(data.calibration), "bank": len(data.bank), "val": len(data.val),
                            "val_source": data.val_source, "seeds": [settings.oracle.seed, second_seed],
                            "k": oracle.k, "temperature": oracle.temperature},
-            judge_images={"train": len(judge.data.bank), "test": len(judge.data.val), "source": judge.data.val_source,
-                          "test_root": args.test_root},
-            probe={"epochs": settings.probe.epochs, "lr": settings.probe.lr, "weight_decay": settings.probe.weight_decay,
-                   "seed": settings.probe.seed},
+            judge_images=judge_record, probe=probe_record,
             rows=rows, tau_vs_probe=tau_vs_probe, tau_untrained_vs_probe=tau_untrained, tau_between_seeds=between,
             probe_repeatability=ceiling, uniform_in_order=in_order, raw_pixels=pixels,
             targets={"tau_vs_probe": TARGET_TAU, "tau_between_seeds": TARGET_REPEATABILITY}, passed=passed,
