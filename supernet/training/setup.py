@@ -201,17 +201,15 @@ def build_run(cfg: TrainConfig) -> Run:
 
 
 def fit_warmup(warmup_epochs: float, *, steps_per_epoch: int, total_steps: int) -> tuple[int, str | None]:
-    """The learning-rate warm-up in steps, and a note when it had to change: a warm-up as long as the whole run
-    or longer (a recipe's 1 or 2 epochs in an ``epochs=1`` try-out) would end the run at its peak learning rate
-    with no schedule left to decay, so it is shortened to the run's first half, decided before anything
-    trains."""
+    """The learning-rate warm-up in steps, and a note when it had to change: a warm-up longer than the whole
+    run (a recipe's 2 epochs in an ``epochs=1`` try-out) would leave no schedule to decay, so it is shortened
+    to the run's first half, decided before anything trains."""
     steps = int(warmup_epochs * steps_per_epoch)
-    if steps < total_steps:
+    if steps <= total_steps:
         return steps, None
     fitted = total_steps // 2
     epochs = total_steps // steps_per_epoch
-    relation = "as long as" if steps == total_steps else "longer than"
-    return fitted, (f"note: optim.warmup_epochs={warmup_epochs:g} ({steps} steps) is {relation} this "
+    return fitted, (f"note: optim.warmup_epochs={warmup_epochs:g} ({steps} steps) is longer than this "
                     f"{epochs}-epoch run ({total_steps} steps); warming up over its first half ({fitted} steps) "
                     "instead (set optim.warmup_epochs to choose)")
 
