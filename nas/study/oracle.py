@@ -97,8 +97,8 @@ class Oracle:
     >>> oracle = Oracle(supernet, eval_data)          # doctest: +SKIP
     >>> oracle.accuracy(space.uniform_config(0.5))    # doctest: +SKIP
     0.8123
-    >>> oracle.score_of(space.uniform_config(0.5))    # doctest: +SKIP
-    -0.5871
+    >>> oracle.score_of(space.uniform_config(0.5))    # doctest: +SKIP  (probe_top1, the default)
+    0.8430
     """
 
     def __init__(

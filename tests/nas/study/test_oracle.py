@@ -68,7 +68,8 @@ def test_accuracy_is_knn_top1_and_every_kind_comes_from_the_same_features(built)
     scores = oracle.scores_of(cfg, network)
     assert set(scores) == set(SCORE_KINDS)
     assert oracle.accuracy(cfg, network) == scores["knn_top1"] == pytest.approx(expected)
-    assert oracle.score_kind == "knn_loglik" and oracle.score_of(cfg) == scores["knn_loglik"] < 0.0
+    assert oracle.score_kind == "probe_top1" and oracle.score_of(cfg) == scores["probe_top1"]  # the default
+    assert scores["knn_loglik"] < 0.0
     assert 0.0 < scores["knn_vote"] < 1.0 and 0.0 < scores["agreement"] <= 1.0
     assert scores["probe_top1"] == pytest.approx(linear_probe(bank, oracle.data.bank_labels, val, oracle.data.val_labels,
                                                               num_classes=oracle.data.num_classes, epochs=100,

@@ -65,8 +65,8 @@ def test_a_small_training_split_is_shared_half_and_half() -> None:
                                   val_size=5000, seed=0, val_split="train")
     assert (len(eval_data.bank), len(eval_data.val)) == (60, 60)
     assert not set(numbers(eval_data.bank)) & set(numbers(eval_data.val))
-    assert split_sizes(40000, bank_size=5000, val_size=None) == (5000, 5000)  # null: 5,000 validation images
-    assert split_sizes(40000, bank_size=5000, val_size=10000) == (5000, 10000)
+    assert split_sizes(40000, bank_size=5000, val_size=None) == (5000, 10000)  # null: 10,000 validation images
+    assert split_sizes(40000, bank_size=5000, val_size=2000) == (5000, 2000)
     assert split_sizes(10, bank_size=3, val_size=2) == (3, 2)
 
 
