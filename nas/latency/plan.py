@@ -103,7 +103,7 @@ class LatencyPlan:
             "latency.batch_size": self.batch_size, "latency.warmup": self.warmup,
             "latency.warmup_seconds": self.warmup_seconds, "latency.repeats": self.repeats,
             "latency.threads": self.threads,
-            # only when set: studies made before the setting existed timed without it and still resume
+            # only when set: a study made before the setting existed resumes with latency.timed_seconds=0
             **({"latency.timed_seconds": self.timed_seconds} if self.timed_seconds else {}),
             "latency.anchor": (self.anchor.name if self.anchor is not None else "on") if self.anchored else None,
             **{f"latency.versions.{name}": version for name, version in runtime_versions(self.runtime, self.device).items()},
