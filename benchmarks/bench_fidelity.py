@@ -26,8 +26,8 @@ Exit 1 when a target is missed. ``--dry-run``: small sizes, a few minutes on a t
     python benchmarks/bench_fidelity.py --checkpoint runs/c10/checkpoint.pt --test-root /data/cifar10/heldout \\
         --configs 20 --json fidelity.json --write-configs /tmp/fidelity/configs [--twins /tmp/twins]
     python benchmarks/bench_fidelity.py --checkpoint /tmp/c10tiny/checkpoint.pt --test-root /data/cifar10/heldout --dry-run
-    python benchmarks/bench_fidelity.py --checkpoint runs/c10/checkpoint.pt --test-root /data/cifar10/heldout \
-        --truth fidelity.json --kinds knn_top1 knn_loglik agreement --json fidelity_10k.json oracle.bank_size=10000 \
+    python benchmarks/bench_fidelity.py --checkpoint runs/c10/checkpoint.pt --test-root /data/cifar10/heldout \\
+        --truth fidelity.json --kinds knn_top1 knn_loglik agreement --json fidelity_10k.json oracle.bank_size=10000 \\
         oracle.val_size=10000
 """
 
@@ -167,14 +167,18 @@ class Truth:
     untrained_probe: float
 
 
-def earlier_truth(path: Path, *, checkpoint: Path, judge: dict[str, Any], probe: dict[str, Any],
-                  configs: list[tuple[str, SubnetConfig]]) -> dict[SubnetConfig, Truth]:
-    """The probes of ``configs`` in the report at ``path`` (``--json`` of an earlier run); one line and exit 2 when it
-    judged another checkpoint, on other images or with another probe, or lacks a config."""
+def read_report(path: Path) -> dict[str, Any]:
+    """An earlier ``--json`` report (``--truth``); one line and exit 2 if it is not one."""
     try:
-        report = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise SystemExit(f"--truth: {path} is not a bench_fidelity report ({error})") from None
+
+
+def earlier_truth(report: dict[str, Any], path: Path, *, checkpoint: Path, judge: dict[str, Any],
+                  probe: dict[str, Any], configs: list[tuple[str, SubnetConfig]]) -> dict[SubnetConfig, Truth]:
+    """The probes of ``configs`` in an earlier ``report`` (read from ``path``); one line and exit 2 when it judged
+    another checkpoint, on other images or with another probe, or lacks a config."""
     for key, wanted, got in (("checkpoint", str(checkpoint.resolve()), report.get("checkpoint")),
                              ("judge_images", judge, report.get("judge_images")), ("probe", probe, report.get("probe"))):
         if wanted != got:
@@ -306,8 +310,9 @@ def main() -> int:
                     "test_root": args.test_root}
     probe_record = {"epochs": settings.probe.epochs, "lr": settings.probe.lr, "weight_decay": settings.probe.weight_decay,
                     "seed": settings.probe.seed}
-    known = (earlier_truth(args.truth, checkpoint=args.checkpoint, judge=judge_record, probe=probe_record, configs=configs)
-             if args.truth else None)
+    earlier = read_report(args.truth) if args.truth else {}
+    known = (earlier_truth(earlier, args.truth, checkpoint=args.checkpoint, judge=judge_record, probe=probe_record,
+                           configs=configs) if args.truth else None)
     if known is not None:
         print(f"ground truth: the probes of {args.truth} (same checkpoint, configs and judge)", flush=True)
     if args.write_configs:
@@ -339,7 +344,6 @@ def main() -> int:
     ceiling = kendall_tau_b([row.probe_halves[0] for row in rows], [row.probe_halves[1] for row in rows])
     uniform = [row.oracle[default] for row in rows[: len(UNIFORM)]]
     in_order = all(a < b for a, b in zip(uniform, uniform[1:]))
-    earlier = json.loads(args.truth.read_text()) if args.truth else {}  # read whole by earlier_truth above
     pixels = raw_pixel_scores(oracle, judge, settings, kinds=kinds, known_probe=earlier.get("raw_pixels", {}).get("probe"))
     twins = score_twins(args.twins, oracle, judge, counter, kinds,
                         {twin["run"]: twin["probe"] for twin in earlier.get("twins", [])} or None) if args.twins else []

@@ -3,15 +3,15 @@
 The network is first made into the program it would be deployed as (:mod:`nas.latency.runtimes`:
 ``eager``, ``compiled``, ``graph``, ``onnxruntime``, ``tensorrt``, in ``float32``, ``bfloat16`` or
 ``float16``; :mod:`nas.latency.programs`), paying compilation, capture or export before anything is
-timed. Then it is warmed up for at least ``warmup`` forwards *and* ``warmup_seconds`` of wall time,
-and ``repeats`` forwards are timed one at a time, more while less than ``timed_seconds`` of wall time has
-passed (a fast network gets more repeats: its figure's noise is a larger share of the gaps between networks). CPU: the thread count is fixed (``threads``) and
-each forward is timed with ``time.perf_counter``. CUDA: the first measurement of a process first
-keeps the GPU busy for :data:`DEVICE_WARMUP_SECONDS` (clocks ramp up from idle, lazily loaded
-kernels load), and each forward is bracketed by a pair of ``torch.cuda.Event(enable_timing=True)``
-with the device synchronised before it, so a figure is the latency of one request, not the
-throughput of a queue. The median is reported, in seconds, in eval mode under
-``torch.inference_mode``.
+timed. Then it is warmed up for at least ``warmup`` forwards *and* ``warmup_seconds`` of wall time, and
+``repeats`` forwards are timed one at a time, more while less than ``timed_seconds`` of wall time has
+passed (a fast network gets more repeats: its noise is a larger share of the gaps between networks). CPU:
+the thread count is fixed (``threads``) and each forward is timed with ``time.perf_counter``. CUDA: the
+first measurement of a process first keeps the GPU busy for :data:`DEVICE_WARMUP_SECONDS` (clocks ramp up
+from idle, lazily loaded kernels load), and each forward is bracketed by a pair of
+``torch.cuda.Event(enable_timing=True)`` with the device synchronised before it, so a figure is the
+latency of one request, not the throughput of a queue. The median is reported, in seconds, in eval mode
+under ``torch.inference_mode``.
 
 Why time as well as count the warm-up: a count of 5 forwards of a small network at batch 1 is a
 few milliseconds, too short for a machine coming out of idle (or out of a different network's
@@ -239,14 +239,13 @@ def measure_variants(
 ) -> list[Latency]:
     """Several ``(model, runtime, dtype)`` timed side by side on the same inputs.
 
-    Every variant is prepared (compiled, captured, exported) and warmed up, in turn; then each of
-    ``repeats`` rounds (and more, until the rounds have taken ``timed_seconds``) times one forward of every
-    variant, in an order that rotates from round to round, so no variant is timed only while the machine is in
-    one state. ``warm_device=False`` skips
-    the once-per-process device warm-up (to reproduce a cold measurement). With ``anchor`` (all variants on
-    one runtime and precision) the anchor's network takes part in every round and each figure is relative to
-    it (anchored timing, above); input-dependent networks then run at least :data:`ROUNDS_PER_INPUT` rounds per
-    input. Returns one :class:`Latency` per variant, in order.
+    Every variant is prepared (compiled, captured, exported) and warmed up, in turn; then each of ``repeats``
+    rounds (and more, until the rounds have taken ``timed_seconds``) times one forward of every variant, in an
+    order that rotates from round to round, so no variant is timed only while the machine is in one state.
+    ``warm_device=False`` skips the once-per-process device warm-up (to reproduce a cold measurement). With
+    ``anchor`` (all variants on one runtime and precision) the anchor's network takes part in every round and
+    each figure is relative to it (anchored timing, above); input-dependent networks then run at least
+    :data:`ROUNDS_PER_INPUT` rounds per input. Returns one :class:`Latency` per variant, in order.
     """
     if warmup < 0:
         raise ValueError(f"warmup={warmup} must be >= 0")
