@@ -99,6 +99,12 @@ class CandidateEvaluator:
         self._cache: dict[SubnetConfig, CandidateResult] = {}
         self._static_flops: dict[str, int] = {}
 
+    def forget(self) -> None:
+        """Drop every cached result and FLOP count (a benchmark timing a cold evaluation); the latency plan's
+        anchor keeps its figure, as it does for the whole of a study."""
+        self._cache.clear()
+        self._static_flops.clear()
+
     def static_flops(self, cfg: SubnetConfig) -> int:
         """fvcore FLOPs of ``cfg``'s extracted network at the evaluation resolution (cached)."""
         key = cfg.key()

@@ -100,6 +100,28 @@ def test_two_seeds_draw_two_oracles_and_one_seed_one(built) -> None:
     assert rows(other.data.val.pixels) != rows(oracle.data.val.pixels)
 
 
+def test_a_forgotten_evaluator_measures_again_but_keeps_its_anchor(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CandidateEvaluator.forget`` (what bench_oracle times a cold candidate with) drops the results and FLOP
+    counts but not the latency anchor's figure, which a study times once."""
+    import nas.latency.measure as measure
+    from nas.study.candidates import CandidateEvaluator
+
+    oracle, (supernet, _, settings) = built
+    anchored = replace(settings.latency, anchor="on")
+    evaluator = CandidateEvaluator(supernet, oracle, flops_budget=None, latency_budget=None, latency=anchored)
+    timed = []
+    original = measure.anchor_latency
+    monkeypatch.setattr(measure, "anchor_latency", lambda *a, **k: timed.append(1) or original(*a, **k))
+    cfg = half_width(oracle)
+    first = evaluator.evaluate(cfg)
+    assert evaluator.evaluate(cfg) is first and len(timed) == 1
+    evaluator.forget()
+    oracle.forget()
+    again = evaluator.evaluate(cfg)
+    assert again is not first and again.accuracy == first.accuracy and again.flops == first.flops
+    assert len(timed) == 1, "the anchor is timed once per evaluator"
+
+
 def test_an_unknown_score_is_refused(built) -> None:
     oracle, _ = built
     with pytest.raises(ValueError, match="unknown score 'loss'"):
