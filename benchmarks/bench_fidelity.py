@@ -12,8 +12,9 @@ fitted on ``--probe-train-images`` labelled training images and scored on the he
 * Kendall tau-b of each score vs the probe; target: the default score (``oracle.score``) >= 0.8;
 * the probe's repeatability: tau between its accuracies on two halves of the judging split, the
   ceiling of any score's tau against it (no target);
-* a second oracle drawn with ``--second-seed`` (its own bank, calibration and validation images):
-  tau between the two oracles' scores; target >= 0.95 for the default score;
+* a second oracle drawn with ``--second-seed`` (its own bank and calibration images, the same validation
+  images, which ``oracle.val_seed`` chooses once; ``--second-val-seed`` redraws those too): tau between the
+  two oracles' scores; target >= 0.95 for the default score;
 * the uniform widths in order by the default score (as before);
 * ``--twins DIR`` (runs of ``bench_twins.py``): tau of each score vs the stand-alone twins' probe (no
   target). ``--write-configs DIR`` writes the configs, for ``bench_twins.py`` to train.
@@ -258,6 +259,8 @@ def main() -> int:
     parser.add_argument("--probe-train-images", type=int, default=10000, help="labelled training images the probe fits")
     parser.add_argument("--test-images", type=int, default=None, help="judge on a seeded subset (default: all)")
     parser.add_argument("--second-seed", type=int, default=None, help="oracle.seed of the second oracle (default: +1)")
+    parser.add_argument("--second-val-seed", type=int, default=None,
+                        help="oracle.val_seed of the second oracle (default: the same validation images)")
     parser.add_argument("--seed", type=int, default=0, help="draws the random configs and the judging halves")
     parser.add_argument("--twins", type=Path, default=None, help="bench_twins.py's --out: stand-alone twins to rank")
     parser.add_argument("--write-configs", type=Path, default=None, help="write each config as JSON here")
@@ -287,7 +290,9 @@ def main() -> int:
         print(f"warning: oracle.val_split={oracle.data.val_source}: the oracle selects on the images that judge it",
               file=sys.stderr)
     second_seed = settings.oracle.seed + 1 if args.second_seed is None else args.second_seed
-    other = build_oracle(supernet, payload, settings.data, replace(settings.oracle, seed=second_seed), device)
+    second_val_seed = settings.oracle.val_seed if args.second_val_seed is None else args.second_val_seed
+    other = build_oracle(supernet, payload, settings.data,
+                         replace(settings.oracle, seed=second_seed, val_seed=second_val_seed), device)
     judging = replace(judging_settings(settings.oracle, train_images=args.probe_train_images), calibration_images=1,
                       val_size=args.test_images)
     overrides = replace(settings.data, test_root=args.test_root) if args.test_root else settings.data
@@ -303,7 +308,8 @@ def main() -> int:
     seed = int(payload.get("config", {}).get("seed", 0))
     data = oracle.data
     print(f"oracle: {len(data.calibration)} calibration, {len(data.bank)} bank, {len(data.val)} validation images "
-          f"({data.val_source} split), seeds {settings.oracle.seed} and {second_seed}; default score {default}")
+          f"({data.val_source} split), seeds {settings.oracle.seed} and {second_seed}, validation images by val_seed "
+          f"{settings.oracle.val_seed} and {second_val_seed}; default score {default}")
     print(f"judge: probe fitted on {len(judge.data.bank)} training images, scored on {len(judge.data.val)} "
           f"{judge.data.val_source} images; {len(configs)} configs", flush=True)
     judge_record = {"train": len(judge.data.bank), "test": len(judge.data.val), "source": judge.data.val_source,
@@ -376,6 +382,7 @@ def main() -> int:
             checkpoint=str(args.checkpoint.resolve()), default_score=default,
             oracle_images={"calibration": len(data.calibration), "bank": len(data.bank), "val": len(data.val),
                            "val_source": data.val_source, "seeds": [settings.oracle.seed, second_seed],
+                           "val_seeds": [settings.oracle.val_seed, second_val_seed],
                            "k": oracle.k, "temperature": oracle.temperature},
             judge_images=judge_record, probe=probe_record,
             rows=rows, tau_vs_probe=tau_vs_probe, tau_untrained_vs_probe=tau_untrained, tau_between_seeds=between,

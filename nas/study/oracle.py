@@ -369,7 +369,8 @@ def build_eval_data(trained: Mapping[str, Any], data: DataOverrides, oracle: Ora
     )
     return prepare_eval_data(images, resolution=int(trained.get("resolution", default_resolution)),
                              calibration_images=oracle.calibration_images, bank_size=oracle.bank_size,
-                             val_size=oracle.val_size, seed=oracle.seed, val_split=ValSplit(oracle.val_split).value)
+                             val_size=oracle.val_size, seed=oracle.seed, val_split=ValSplit(oracle.val_split).value,
+                             val_seed=oracle.val_seed)
 
 
 def judging_settings(oracle: OracleSettings, *, train_images: int | None = None) -> OracleSettings:

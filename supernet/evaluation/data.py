@@ -92,6 +92,7 @@ def prepare_eval_data(
     val_size: int | None = None,
     seed: int = 0,
     val_split: str = "heldout",
+    val_seed: int = 0,
 ) -> EvalData:
     """Draw (with ``seed``) and crop the calibration, bank and validation images once.
 
@@ -99,22 +100,29 @@ def prepare_eval_data(
     its first ``calibration_images`` (labelled or not; they may overlap the bank), the bank its first
     labelled images. ``val_split="heldout"``: ``val_size`` images (null: all) of the test split, else
     of the holdout. ``val_split="train"``: ``val_size`` (null: :data:`TRAIN_VAL_IMAGES`) of the *last*
-    labelled images of the permutation, disjoint from the bank, sized by :func:`split_sizes`, so the
-    held-out split is left to judge whatever is chosen on these.
+    labelled training images drawn once with ``val_seed`` (whatever ``seed`` is), sized by :func:`split_sizes`;
+    the calibration images and the bank are then drawn with ``seed`` from the other training images, so the
+    held-out split is left to judge whatever is chosen on these, and two seeds differ in their bank and
+    calibration only, scored on the same images.
     """
     if val_split not in VAL_SPLITS:
         raise ValueError(f"prepare_eval_data: val_split={val_split!r}; expected one of {', '.join(VAL_SPLITS)}")
     transform = eval_pixels(resolution)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(data.train)).tolist()
-    calibration = _stack(data.train, order[:calibration_images], transform, resolution)[0]
     if val_split == "train":
-        labeled = [i for i in order if label_of(data.train, i) >= 0]  # STL-10's unlabeled images cannot vote
+        labeled = [i for i in range(len(data.train)) if label_of(data.train, i) >= 0]  # STL-10's unlabeled cannot vote
         banked, validated = split_sizes(len(labeled), bank_size=bank_size, val_size=val_size)
-        bank, bank_labels = _stack(data.train, labeled[:banked], transform, resolution)
-        val, val_labels = _stack(data.train, labeled[len(labeled) - validated :], transform, resolution)
+        val_index = np.random.default_rng(val_seed).permutation(labeled)[:validated].tolist()
+        chosen = set(val_index)
+        rest = [i for i in order if i not in chosen]
+        calibration = _stack(data.train, rest[:calibration_images], transform, resolution)[0]
+        bank, bank_labels = _stack(data.train, [i for i in rest if label_of(data.train, i) >= 0][:banked], transform,
+                                   resolution)
+        val, val_labels = _stack(data.train, val_index, transform, resolution)
         return EvalData(ImageBank(calibration), ImageBank(bank), bank_labels, ImageBank(val), val_labels,
                         data.num_classes, resolution, "train")
+    calibration = _stack(data.train, order[:calibration_images], transform, resolution)[0]
     labeled_iter = (i for i in order if label_of(data.train, i) >= 0)
     bank, bank_labels = _stack(data.train, list(islice(labeled_iter, bank_size)), transform, resolution)
     source, val_source = (data.test, "test") if data.test is not None else (data.holdout, "holdout")

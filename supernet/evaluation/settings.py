@@ -57,6 +57,7 @@ class OracleSettings(KnnSettings):
     """
 
     val_split: ValSplit = ValSplit.train  # type: ignore[valid-type]  # train | heldout (judging only)
+    val_seed: int = 0  # draws the validation images (val_split=train) once; seed then draws only bank and calibration
     score: OracleScore = OracleScore(DEFAULT_SCORE)  # type: ignore[valid-type]
     probe_epochs: int = 100  # L-BFGS iterations of the probe_* scores
     probe_weight_decay: float = 1e-4

@@ -91,13 +91,18 @@ def test_the_full_network_agrees_with_itself(built) -> None:
 
 
 def test_two_seeds_draw_two_oracles_and_one_seed_one(built) -> None:
+    """``oracle.seed`` draws the bank and calibration images, ``oracle.val_seed`` the validation images."""
     oracle, (supernet, payload, settings) = built
     again = build_oracle(supernet, payload, settings.data, settings.oracle, "cpu")
     other = build_oracle(supernet, payload, settings.data, replace(settings.oracle, seed=1), "cpu")
     cfg = half_width(oracle)
     assert again.scores_of(cfg, kinds=("knn_loglik", "probe_loglik")) == oracle.scores_of(cfg, kinds=("knn_loglik",
                                                                                                       "probe_loglik"))
-    assert rows(other.data.val.pixels) != rows(oracle.data.val.pixels)
+    # the tiny data's bank takes every training image outside the validation split: the seed orders it
+    assert other.data.bank.pixels.tolist() != oracle.data.bank.pixels.tolist()
+    assert rows(other.data.val.pixels) == rows(oracle.data.val.pixels)
+    revalidated = build_oracle(supernet, payload, settings.data, replace(settings.oracle, val_seed=1), "cpu")
+    assert rows(revalidated.data.val.pixels) != rows(oracle.data.val.pixels)
 
 
 def test_a_forgotten_evaluator_measures_again_but_keeps_its_anchor(built, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,14 @@ def payload(out_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def routed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out_dir = tmp_path_factory.mktemp("routed_run")
-    train(load_train_settings([*FAST, "routing.enabled=true", f"out_dir={out_dir}"]))
+    # one thread, as the tests that compare with it train (the module fixture is set up before single_thread):
+    # convolutions summed over another thread count round differently, and the supernets would differ
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(load_train_settings([*FAST, "routing.enabled=true", f"out_dir={out_dir}"]))
+    finally:
+        torch.set_num_threads(previous)
     return out_dir
 
 
