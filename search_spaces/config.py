@@ -120,6 +120,14 @@ class SubnetConfig:
         """The same widths with gates and routing off."""
         return SubnetConfig(self.space, dict(self.channels), None, self.resolution)
 
+    @staticmethod
+    def unwrap(data: Any) -> Any:
+        """The config JSON inside a record that holds one under ``"config"`` (``nas.search``'s ``best.json``,
+        ``nas.export``'s ``subnet.json``); anything else as it is."""
+        if isinstance(data, Mapping) and "channels" not in data and isinstance(data.get("config"), Mapping):
+            return data["config"]
+        return data
+
     @classmethod
     def from_dict(cls, data: Any) -> SubnetConfig:
         if not isinstance(data, Mapping):

@@ -43,9 +43,7 @@ def source_from_best(path: Path) -> ExportSource:
 def source_from_config(path: Path) -> ExportSource:
     """A :class:`SubnetConfig` JSON file, or a record holding one under ``"config"`` (``nas.search``'s
     ``best.json``); the checkpoint comes from elsewhere."""
-    data = read_json(path, "--config", expected="a SubnetConfig JSON file")
-    if isinstance(data, dict) and "channels" not in data and isinstance(data.get("config"), dict):
-        data = data["config"]
+    data = SubnetConfig.unwrap(read_json(path, "--config", expected="a SubnetConfig JSON file"))
     return ExportSource(config_from(data, str(path)), None, {"kind": "config", "path": str(path)})
 
 

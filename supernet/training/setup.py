@@ -238,10 +238,7 @@ def load_subnet(path: str | Path) -> SubnetConfig:
         raise SetupError(f"model.subnet: {path} does not exist; expected a sub-network config (JSON), e.g. the "
                          "config of nas.search's best.json")
     try:
-        record = json.loads(path.read_text())
-        if isinstance(record, dict) and isinstance(record.get("config"), dict):
-            record = record["config"]
-        return SubnetConfig.from_dict(record)
+        return SubnetConfig.from_dict(SubnetConfig.unwrap(json.loads(path.read_text())))
     except (json.JSONDecodeError, ConfigError, UnicodeDecodeError) as error:
         raise SetupError(f"model.subnet: {path} is not a sub-network config ({first_line(error, limit=120)})") from None
 

@@ -150,6 +150,14 @@ def test_bad_json_names_the_field(text: str, field: str) -> None:
 
 # -- equality, hashing, immutability ------------------------------------------------------------------
 
+def test_a_record_holding_a_config_is_unwrapped_and_a_config_is_not() -> None:
+    cfg = get_space("tiny").uniform_config(0.5).to_dict()
+    assert SubnetConfig.unwrap({"trial": 3, "accuracy": 0.5, "config": cfg}) is cfg  # best.json, subnet.json
+    assert SubnetConfig.unwrap(cfg) is cfg
+    assert SubnetConfig.unwrap({"config": "not a config"}) == {"config": "not a config"}  # left to from_dict to refuse
+    assert SubnetConfig.unwrap([cfg]) == [cfg]
+
+
 def test_equality_and_hash_ignore_mapping_order() -> None:
     channels = _tiny_channels()
     reversed_channels = dict(reversed(list(channels.items())))
