@@ -5,9 +5,9 @@ a fixed calibration subset (default 2,000 training images, fixed seed), embed a 
 validation split, and score by weighted kNN (cosine, k = 20, T = 0.07): top-1, or a finer score from
 the same features (``oracle.score``, :mod:`supernet.evaluation.scores`: the kNN's log-likelihood of the
 true class, a logistic-regression probe fitted on the bank, agreement with the full network). The
-validation split is labelled training images outside the bank (``oracle.val_split``), drawn once with
-``oracle.seed``: the held-out split is left to judge the oracle. Deterministic for a seed; results are
-cached per config.
+validation split is labelled training images (``oracle.val_split``) chosen once by ``oracle.val_seed``, the bank
+and calibration images drawn by ``oracle.seed`` from the others: the held-out split is left to judge the oracle.
+Deterministic for the seeds; results are cached per config.
 
 A routed config (width routers, :mod:`supernet.nn.routing`) is a set of static sub-networks, its routes, and
 each validation image runs one of them: it is scored by the kNN of its route, the bank embedded by that

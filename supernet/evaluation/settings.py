@@ -31,7 +31,7 @@ class KnnSettings:
     k: int = 20
     temperature: float = 0.07
     batch_size: int = 256
-    seed: int = 0  # draws the calibration, bank and validation images
+    seed: int = 0  # draws the calibration and bank images (the oracle's validation images: val_seed)
 
     RULES: ClassVar[Rules] = {
         "calibration_images": at_least(1), "bank_size": at_least(1), "val_size": optional(at_least(1)),
@@ -45,12 +45,13 @@ class OracleSettings(KnnSettings):
     images and settings, the score it ranks by, and where its validation images come from.
 
     ``val_split: train`` (default): the oracle selects on ``val_size`` (null: 10,000,
-    :data:`~supernet.evaluation.data.TRAIN_VAL_IMAGES`) labelled *training* images, disjoint from the
-    ``bank_size`` (10,000) of the bank (at most half the labelled training images, so the bank keeps the
-    rest), drawn with ``seed``; the held-out split (``data.test_root``, ``data.official_test`` or the holdout)
-    is left to judge the oracle and never chosen on. 10,000 each because two oracles of different seeds
-    ranked 20 CIFAR-10 sub-networks alike at tau 0.81 with 5,000 each and 0.93 with 10,000 (benchmarks/RESULTS.md
-    §6.1); one standard error of an accuracy near 50 % on N images is sqrt(0.25 / N), 0.5 points on 10,000. ``val_split: heldout`` scores on the held-out split as before
+    :data:`~supernet.evaluation.data.TRAIN_VAL_IMAGES`) labelled *training* images chosen once by ``val_seed``
+    (at most half the labelled training images), and ``seed`` draws the ``bank_size`` (10,000) of the bank and
+    the calibration images from the others; the held-out split (``data.test_root``, ``data.official_test`` or
+    the holdout) is left to judge the oracle and never chosen on. 10,000 each because two oracles of different
+    seeds ranked 20 CIFAR-10 sub-networks alike at tau 0.78 with 5,000 each and 0.93-0.95 with 10,000 (the
+    default score; benchmarks/RESULTS.md §6.1); one standard error of an accuracy near 50 % on N images is
+    sqrt(0.25 / N), 0.5 points on 10,000. ``val_split: heldout`` scores on the held-out split as before
     issue 23 (``val_size``: null for all of it): for judging, not for search. ``score``: the kind
     :meth:`nas.study.oracle.Oracle.score_of` returns (:mod:`supernet.evaluation.scores`); ``probe_epochs``
     and ``probe_weight_decay`` set the logistic-regression probe of the ``probe_*`` kinds.
