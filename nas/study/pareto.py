@@ -3,8 +3,8 @@
 Outputs (atomic writes): ``pareto.json`` and ``pareto.csv`` (front members with config, accuracy,
 FLOPs, effective FLOPs, parameters, latency with device, runtime, precision and batch size, at batch 1
 too, and for gated configs the same widths without gates: :func:`gate_speed_note`), ``pareto.png``
-(every trial, the front, the budget line when it falls among them), ``best.json`` (the most accurate
-feasible config).
+(every trial, the front, the budget line when it falls among them), ``best.json`` (the feasible config the
+search's score ranks first, ``oracle.score``: :func:`best_record`).
 
 Candidates are static, channel-gated or width-routed (:func:`kind_of`); every file says which, and
 ``pareto.png`` marks each kind and draws the kNN of raw pixels and of the untrained full network

@@ -81,7 +81,7 @@ class SearchSummary:
     budgets: dict[str, float]
     records: list[dict[str, Any]]  # every finished trial
     front: list[dict[str, Any]]
-    best: dict[str, Any] | None  # the most accurate feasible record
+    best: dict[str, Any] | None  # the feasible record the search's score ranks first (best.json)
     references: dict[str, float] | None = None  # kNN of raw pixels and of the untrained full network
 
 
