@@ -46,12 +46,14 @@ class OracleSettings(KnnSettings):
 
     ``val_split: train`` (default): the oracle selects on ``val_size`` (null: 10,000,
     :data:`~supernet.evaluation.data.TRAIN_VAL_IMAGES`) labelled *training* images chosen once by ``val_seed``
-    (at most half the labelled training images), and ``seed`` draws the ``bank_size`` (10,000) of the bank and
-    the calibration images from the others; the held-out split (``data.test_root``, ``data.official_test`` or
-    the holdout) is left to judge the oracle and never chosen on. 10,000 each because two oracles of different
-    seeds ranked 20 CIFAR-10 sub-networks alike at tau 0.78 with 5,000 each and 0.93-0.95 with 10,000 (the
-    default score; benchmarks/RESULTS.md §6.1); one standard error of an accuracy near 50 % on N images is
-    sqrt(0.25 / N), 0.5 points on 10,000. ``val_split: heldout`` scores on the held-out split as before
+    (at most half the labelled training images), and ``seed`` draws the ``bank_size`` (20,000; the training
+    monitor's kNN keeps 10,000) of the bank and the calibration images from the others; the held-out split
+    (``data.test_root``, ``data.official_test`` or the holdout) is left to judge the oracle and never chosen on.
+    Sizes from benchmarks/RESULTS.md §6.1 (20 CIFAR-10 sub-networks, the default score): two oracles of
+    different seeds ranked them alike at tau 0.78 with 5,000 bank and 5,000 validation images, 0.93-0.95 with
+    10,000 each, 0.98 with a 20,000-image bank (the bank, the probe's training set, is the larger part of the
+    seed-to-seed noise; 20,000 validation images changed nothing); one standard error of an accuracy near
+    50 % on N images is sqrt(0.25 / N), 0.5 points on 10,000. ``val_split: heldout`` scores on the held-out split as before
     issue 23 (``val_size``: null for all of it): for judging, not for search. ``score``: the kind
     :meth:`nas.study.oracle.Oracle.score_of` returns (:mod:`supernet.evaluation.scores`); ``probe_epochs``
     and ``probe_weight_decay`` set the logistic-regression probe of the ``probe_*`` kinds.
@@ -59,6 +61,7 @@ class OracleSettings(KnnSettings):
 
     val_split: ValSplit = ValSplit.train  # type: ignore[valid-type]  # train | heldout (judging only)
     val_seed: int = 0  # draws the validation images (val_split=train) once; seed then draws only bank and calibration
+    bank_size: int = 20000  # labeled training images that fit the probe_* kinds' probe and vote in the kNN
     score: OracleScore = OracleScore(DEFAULT_SCORE)  # type: ignore[valid-type]
     probe_epochs: int = 100  # L-BFGS iterations of the probe_* scores
     probe_weight_decay: float = 1e-4
