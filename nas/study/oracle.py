@@ -50,7 +50,7 @@ from supernet.nn.gates import GateOptions
 from supernet.nn.models import SuperNet
 from supernet.nn.routing import RoutedNetwork, RouterSet
 
-BANK_CACHE_SIZE = 64  # bank embeddings kept (5,000 x 512 floats: 10 MB each)
+BANK_CACHE_BYTES = 1 << 30  # bank embeddings kept, newest first, up to 1 GiB (20,000 x 512 floats: 41 MB each)
 VALIDATION_CACHE_SIZE = 4  # validation embeddings kept: a config's scores asked one after another embed it once
 
 
@@ -256,7 +256,7 @@ class Oracle:
         with torch.no_grad():
             bank = embed(self.data.bank)
         self._banks[key] = bank
-        while len(self._banks) > BANK_CACHE_SIZE:
+        while len(self._banks) > 1 and sum(kept.nbytes for kept in self._banks.values()) > BANK_CACHE_BYTES:
             self._banks.popitem(last=False)
         return bank
 

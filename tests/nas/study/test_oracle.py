@@ -127,6 +127,23 @@ def test_a_forgotten_evaluator_measures_again_but_keeps_its_anchor(built, monkey
     assert len(timed) == 1, "the anchor is timed once per evaluator"
 
 
+def test_the_bank_cache_is_bounded_in_bytes_and_keeps_the_newest(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nas.study.oracle as oracle_module
+
+    oracle, _ = built
+    oracle.forget()
+    monkeypatch.setattr(oracle_module, "BANK_CACHE_BYTES", 2 * 100 * 4)  # room for two banks of 100 floats
+    space = oracle.supernet.space
+    configs = [SubnetConfig(space.name, dict(space.uniform_config(w).channels), None, TINY_RESOLUTION)
+               for w in (0.25, 0.5, 0.75)]
+    for value, cfg in enumerate(configs):
+        oracle.bank_features(cfg, lambda images, value=value: torch.full((25, 4), float(value)))
+    assert list(oracle._banks) == [cfg.key() for cfg in configs[1:]]  # the oldest evicted
+    kept = oracle.bank_features(configs[2], lambda images: pytest.fail("a cached bank is embedded again"))
+    assert torch.equal(kept, torch.full((25, 4), 2.0))
+    oracle.forget()
+
+
 def test_an_unknown_score_is_refused(built) -> None:
     oracle, _ = built
     with pytest.raises(ValueError, match="unknown score 'loss'"):
