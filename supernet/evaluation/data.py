@@ -99,7 +99,7 @@ def prepare_eval_data(
     One permutation of the training images orders everything drawn from them: calibration images are
     its first ``calibration_images`` (labelled or not; they may overlap the bank), the bank its first
     labelled images. ``val_split="heldout"``: ``val_size`` images (null: all) of the test split, else
-    of the holdout. ``val_split="train"``: ``val_size`` (null: :data:`TRAIN_VAL_IMAGES`) of the *last*
+    of the holdout. ``val_split="train"``: ``val_size`` (null: :data:`TRAIN_VAL_IMAGES`)
     labelled training images drawn once with ``val_seed`` (whatever ``seed`` is), sized by :func:`split_sizes`;
     the calibration images and the bank are then drawn with ``seed`` from the other training images, so the
     held-out split is left to judge whatever is chosen on these, and two seeds differ in their bank and
