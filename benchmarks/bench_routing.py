@@ -13,8 +13,9 @@ On a supernet checkpoint that holds width routers (``python -m supernet.route``)
 4. ``equal_cost``: the most accurate network of each kind at or below 25 / 50 / 75 / 100 % of the full
    network's cost, one table;
 5. ``speed``: the routed front members (or the most accurate routed candidates) at batch 1, each image timed
-   beside the static sub-network of the route it took (interleaved rounds, eager, one thread): measured /
-   static <= 1.1; at ``--batch`` (256), in the same interleaved rounds, the routed batch beside the widest
+   beside the static sub-network of the route it took (eager, one thread, each network in blocks of
+   ``--block`` consecutive forwards as a deployed network runs, the two alternating block by block): measured
+   / static <= 1.1; at ``--batch`` (256), in the same interleaved rounds, the routed batch beside the widest
    static network, its groups run alone and each route's static network on the whole batch: measured /
    (FLOPs-weighted expectation: the widest route's time x effective FLOPs / its FLOPs) <= 1.2, and the readings
    that say where the time goes (:func:`speed`);
@@ -22,6 +23,9 @@ On a supernet checkpoint that holds width routers (``python -m supernet.route``)
 
     python benchmarks/bench_routing.py --checkpoint /work/runs/c10_supernet/checkpoint.pt \\
         --test-root /work/data/cifar10/heldout --trials 80 --out /tmp/bench_routing --json routing.json
+
+``--speed-from routing.json`` re-times (step 5 alone) the routed candidates an earlier run judged, without
+searching or judging again: for a quiet machine, or after a change to how routed networks run.
 """
 
 from __future__ import annotations
@@ -102,18 +106,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--test-root", type=Path, required=True, help="the judging split (an ImageFolder tree)")
-    parser.add_argument("--out", type=Path, required=True, help="the search study and the figures go here")
+    parser.add_argument("--out", type=Path, default=None, help="the search study and the figures go here")
     parser.add_argument("--trials", type=int, default=80)
     parser.add_argument("--sampler", default="nsga2")
     parser.add_argument("--bank", type=int, default=10000, help="training images the judging kNN votes with")
     parser.add_argument("--batch", type=int, default=256, help="the larger batch of the speed check")
     parser.add_argument("--speed-configs", type=int, default=3)
     parser.add_argument("--speed-images", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per image at batch 1")
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds per image at batch 1 (one block each)")
+    parser.add_argument("--block", type=int, default=50, help="consecutive forwards of one network per round, batch 1")
     parser.add_argument("--batch-repeats", type=int, default=15, help="timed rounds at --batch")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-speed", action="store_true", help="leave the timed checks for a run on a quiet machine")
     parser.add_argument("--skip-routers", action="store_true", help="leave out what the routers learned (step 6)")
+    parser.add_argument("--speed-from", type=Path, default=None, metavar="JSON",
+                        help="only re-time the routed candidates of an earlier run's --json (step 5)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="search settings (configs/search.yaml)")
     return parser.parse_args(argv)
@@ -127,14 +134,19 @@ def run_search(args: argparse.Namespace) -> list[dict[str, Any]]:
     return search(request).records
 
 
-def judge(args: argparse.Namespace, records: list[dict[str, Any]]) -> tuple[Report, Any]:
+def judging_oracle(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
+    """The supernet, its checkpoint and the oracle that judges on the held-out images (the oracle's own default,
+    oracle.val_split=train, is what the search selects on)."""
     supernet, payload = load_supernet(args.checkpoint)
     supernet.eval()
-    # judged on the held-out images (the oracle's own default, oracle.val_split=train, is what the search selects on)
     settings = load_search_settings([f"data.test_root={args.test_root}", "data.holdout_size=0",
                                      f"oracle.bank_size={args.bank}", "oracle.val_split=heldout", "oracle.val_size=null",
                                      *args.overrides])
-    oracle = build_oracle(supernet, payload, settings.data, settings.oracle, "cpu")
+    return supernet, payload, build_oracle(supernet, payload, settings.data, settings.oracle, "cpu")
+
+
+def judge(args: argparse.Namespace, records: list[dict[str, Any]]) -> tuple[Report, Any]:
+    supernet, payload, oracle = judging_oracle(args)
     references = oracle.references()
     seed = int(payload["config"]["seed"])
     options = GateOptions(**payload.get("gate_options", {}))
@@ -225,6 +237,25 @@ class _OwnBatch(torch.nn.Module):
         return self.network(self.images)
 
 
+def _time_blocks(networks: list[torch.nn.Module], x: torch.Tensor, *, rounds: int, block: int) -> list[float]:
+    """Seconds per forward of each network on ``x``: every round runs each network ``block`` times in a row (warm, as
+    a deployed network serving one input after another; the first forward of a block untimed), the order rotating
+    from round to round; per network the median over rounds of each block's median. Alternating single forwards
+    instead (:func:`measure_latencies`) times every network with its weights evicted by the other's."""
+    medians: list[list[float]] = [[] for _ in networks]
+    for i in range(rounds + 1):  # round 0 warms up
+        for k in [*range(i % len(networks), len(networks)), *range(i % len(networks))]:
+            networks[k](x)
+            times = []
+            for _ in range(block):
+                started = time.perf_counter()
+                networks[k](x)
+                times.append(time.perf_counter() - started)
+            if i:
+                medians[k].append(statistics.median(times))
+    return [statistics.median(values) for values in medians]
+
+
 def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
     """Batch 1: each image's routed time / its route's static time. Batch N, every network timed in the same
     interleaved rounds: the routed batch, the widest static network, each group's route run alone on the group's
@@ -242,15 +273,16 @@ def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
     for j in chosen:
         cfg = SubnetConfig.from_dict(j.config)
         network = oracle.routed_network(cfg).eval()
-        ratios = []
+        ratios, shared_ratios = [], []
         with torch.inference_mode():
             for image in images.split(1):
                 network(image)
                 route = tuple(network.last_levels[0].tolist())  # type: ignore[union-attr]
                 static = oracle.subnet(network.route_config(route)).eval()
-                routed_time, static_time = measure_latencies([network, static], image, repeats=args.repeats, warmup=5,
-                                                             warmup_seconds=0.1, threads=args.threads)
-                ratios.append(routed_time.seconds / static_time.seconds)
+                routed_time, static_time, shared_time = _time_blocks(
+                    [network, static, network.route_network(route)], image, rounds=args.repeats, block=args.block)
+                ratios.append(routed_time / static_time)
+                shared_ratios.append(routed_time / shared_time)
             batch = oracle.data.val[: args.batch]
             network(batch)
             levels = network.last_levels
@@ -276,6 +308,8 @@ def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
         efficiency = {route: at_batch[route] / (widest_time * route_flops[route] / j.flops) for route in present}
         row = {"trial": j.trial, "images": len(ratios), "batch1_ratio_median": statistics.median(ratios),
                "batch1_ratio_mean": statistics.fmean(ratios), "batch1_ratio_max": max(ratios),
+               "batch1_block": args.block, "batch1_rounds": args.repeats,
+               "batch1_ratio_to_shared_median": statistics.median(shared_ratios),
                "batch": args.batch, "batch_repeats": args.batch_repeats, "batch_seconds": measured,
                "widest_batch_seconds": widest_time,
                "groups": {",".join(map(str, k)): int(rows[k].sum()) for k in present},
@@ -287,7 +321,8 @@ def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
         report.speed.append(row)
         print(f"{'PASS' if row['passed'] else 'FAIL'}: routed trial {j.trial}: batch 1, {len(ratios)} images, routed / static "
               f"of its route median {row['batch1_ratio_median']:.3f} (max {row['batch1_ratio_max']:.3f}, target <= "
-              f"{SPEED_TARGET_BATCH1}); batch {args.batch}: / FLOPs-weighted expectation "
+              f"{SPEED_TARGET_BATCH1}; / the route assembled from the routed network's own modules "
+              f"{row['batch1_ratio_to_shared_median']:.3f}); batch {args.batch}: / FLOPs-weighted expectation "
               f"{row['batch_over_flops_weighted']:.3f} (target <= {SPEED_TARGET_BATCH}), / its groups alone "
               f"{row['batch_over_groups']:.3f}, / share-weighted statics at {args.batch} "
               f"{row['batch_over_share_weighted']:.3f}; routes' static time / FLOPs-proportional: "
@@ -392,9 +427,37 @@ def plot(report: Report, path: Path) -> None:
     plt.close(figure)
 
 
+def speed_only(args: argparse.Namespace) -> int:
+    """Step 5 alone, on the candidates an earlier run judged (its ``--json``)."""
+    earlier = json.loads(args.speed_from.read_text())
+    kept = {name: earlier[name] for name in ("checkpoint", "judge_images", "bank_images", "raw_pixels", "untrained_full",
+                                             "full_accuracy", "full_flops", "full_latency_batch1_s", "fronts")}
+    report = Report(**kept, machine=machine_record(args.threads))
+    report.judged = [Judged(**row) for row in earlier["judged"]]
+    if not any(row.kind == "routed" for row in report.judged):
+        print(f"bench_routing: {args.speed_from} judged no routed candidate; nothing to re-time", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    speed(args, report, judging_oracle(args)[2])
+    report.seconds = {"speed": time.perf_counter() - started}
+    passed = all(row["passed"] for row in report.speed)
+    print(f"{'PASS' if passed else 'FAIL'}: speed of {len(report.speed)} routed candidates of {args.speed_from}, "
+          f"{report.seconds['speed']:.0f} s")
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps({"speed_from": str(args.speed_from), "speed": report.speed,
+                                                 "machine": report.machine, "seconds": report.seconds,
+                                                 "passed": passed}, indent=2, default=str) + "\n")
+    return 0 if passed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.speed_from is not None:
+        return speed_only(args)
+    if args.out is None:
+        print("bench_routing: --out is required (the search study and the figures go there)", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     records = run_search(args)
     searched = time.perf_counter()

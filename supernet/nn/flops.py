@@ -42,6 +42,27 @@ def attention_flop_jit(inputs: list, outputs: list) -> int:
     return math.prod(q) * k[-2] + math.prod(q[:-1]) * k[-2] * v[-1]
 
 
+def matmul_flop_jit(inputs: list, outputs: list) -> int:
+    """fvcore handle for ``aten::matmul`` that also takes a vector operand, which fvcore's own rejects.
+
+    (..., n, k) @ (..., k, m): prod(a) * m multiply-adds, as fvcore counts; (..., k) @ (k,) (a router's spatial
+    mean, :class:`supernet.nn.routing.RouterHead`): prod(a); (k,) @ (..., k, m): prod(b).
+    """
+    a, b = (value.type().sizes() for value in inputs[:2])
+    if len(b) == 1:
+        return math.prod(a)
+    if len(a) == 1:
+        return math.prod(b)
+    return math.prod(a) * b[-1]
+
+
+def matrix_vector_flop_jit(inputs: list, outputs: list) -> int:
+    """fvcore handle for ``aten::mv`` (matrix, vector) and ``aten::addmv`` (bias, matrix, vector): one multiply-add
+    per matrix element; the bias is free, as fvcore's ``addmm`` counts it."""
+    matrix = inputs[0 if len(inputs) == 2 else 1].type().sizes()
+    return math.prod(matrix)
+
+
 def count_flops(model: nn.Module, resolution: int | None = None, *, inputs: torch.Tensor | None = None) -> int:
     """fvcore FLOPs of one forward pass of ``model`` in eval mode (per image of a batch of 1 by default).
 
@@ -59,6 +80,9 @@ def count_flops(model: nn.Module, resolution: int | None = None, *, inputs: torc
         logging.getLogger("fvcore").setLevel(logging.ERROR)
         analysis = FlopCountAnalysis(model, inputs)
         analysis.set_op_handle("aten::scaled_dot_product_attention", attention_flop_jit)
+        analysis.set_op_handle("aten::matmul", matmul_flop_jit)
+        analysis.set_op_handle("aten::mv", matrix_vector_flop_jit)
+        analysis.set_op_handle("aten::addmv", matrix_vector_flop_jit)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         with torch.no_grad():
             total = int(analysis.total())

@@ -128,23 +128,45 @@ class WidthRouter(nn.Module):
 
 
 class RouterHead(nn.Module):
-    """A :class:`WidthRouter` fixed to one input width, as a routed network runs it: its first layer's weights
-    sliced to the first ``in_channels`` once (contiguous), no slicing per call, and its two layers called as
-    functions, not modules (at batch 1 a module call costs as much as the small matrix product it wraps)."""
+    """A :class:`WidthRouter` fixed to one input width and spatial size, as a routed network runs it: its first
+    layer's weights sliced to the first ``in_channels`` once (contiguous), no slicing per call, its two layers
+    called as functions, not modules, and the global average pool as a product with a constant vector of
+    ``1 / spatial`` (``mean_weights``; counted as the pool's multiply-adds). At batch 1 every op costs more than its
+    arithmetic, and more between convolutions than alone in a loop, so one input runs as three matrix-vector
+    products (pool, first layer with its bias, second layer with its bias) and an in-place ReLU: RESULTS §17.
+    Inputs of another spatial size are pooled with ``mean``."""
 
-    def __init__(self, router: WidthRouter, in_channels: int) -> None:
+    def __init__(self, router: WidthRouter, in_channels: int, spatial: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_channels, router.fc1.out_features)
         self.fc2 = nn.Linear(router.fc2.in_features, router.fc2.out_features)
+        self.register_buffer("mean_weights", torch.full((spatial,), 1.0 / spatial))
         with torch.no_grad():
             self.fc1.weight.copy_(router.fc1.weight[:, :in_channels])
             self.fc1.bias.copy_(router.fc1.bias)
             self.fc2.load_state_dict(router.fc2.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K - 1)
+        fc1, fc2, mean = self.fc1, self.fc2, self.mean_weights
+        if x.shape[2] * x.shape[3] != mean.shape[0]:
+            pooled = x.mean((2, 3))
+        elif x.shape[0] == 1:
+            return self._one(x).unsqueeze(0)
+        else:
+            pooled = torch.matmul(x.flatten(2), mean)
+        return F.linear(torch.relu(F.linear(pooled, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+
+    def decide_one(self, x: torch.Tensor) -> list[float]:
+        """The logits of one input (1, C, H, W) on the host: ``forward(x)[0].tolist()`` without the batch axis."""
+        if x.shape[2] * x.shape[3] != self.mean_weights.shape[0]:
+            return self(x)[0].tolist()
+        return self._one(x).tolist()
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, C, H, W) -> (K - 1,): three matrix-vector products (pool, each layer with its bias), the fewest ops."""
         fc1, fc2 = self.fc1, self.fc2
-        hidden = torch.relu(F.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), fc1.weight, fc1.bias))
-        return F.linear(hidden, fc2.weight, fc2.bias)
+        flat = x.view(x.shape[1], -1) if x.is_contiguous() else x.reshape(x.shape[1], -1)
+        return torch.addmv(fc2.bias, fc2.weight, torch.addmv(fc1.bias, fc1.weight, torch.mv(flat, self.mean_weights)).relu_())
 
 
 class RouterSet(nn.Module):
@@ -230,9 +252,10 @@ class RoutedNetwork(nn.Module):
 
     def __init__(self, space: SearchSpace, cfg: SubnetConfig, routers: RouterSet, prefix: nn.Module,
                  branches: Mapping[str, nn.Module], branch_of: Mapping[tuple[int, ...], str],
-                 widths_of: Mapping[tuple[int, ...], int], prefix_width: int) -> None:
+                 widths_of: Mapping[tuple[int, ...], int], prefix_width: int, spatial: Sequence[int]) -> None:
         """``routers``: the trained routers; each is run as a :class:`RouterHead` per input width it can receive
-        (``heads``, keyed ``<router>_in<channels>``)."""
+        (``heads``, keyed ``<router>_in<channels>``). ``spatial``: H x W of the features entering each router at the
+        config's resolution."""
         super().__init__()
         if not cfg.routed:
             raise RoutingError("RoutedNetwork: the config has no route_thresholds")
@@ -249,7 +272,7 @@ class RoutedNetwork(nn.Module):
         self.feature_dim = max(width for route, width in self.widths_of.items() if len(route) == len(self.router_blocks))
         widths = {(): prefix_width, **self.widths_of}
         self.heads = nn.ModuleDict({
-            head_key(name, width): RouterHead(routers.router(name), width)
+            head_key(name, width): RouterHead(routers.router(name), width, spatial[depth])
             for depth, name in enumerate(self.router_blocks)
             for width in sorted({w for route, w in widths.items() if len(route) == depth})
         })
@@ -311,12 +334,21 @@ class RoutedNetwork(nn.Module):
             branches[key] = by_weights[weights_key] = _share_parameters(pieces[segment], segment, shared)
         assert prefix is not None
         prefix_width = cfg.channels[out_layers[0]]
-        return cls(space, cfg, copy.deepcopy(routers), prefix, branches, branch_of, widths_of, prefix_width).eval()
+        with torch.no_grad():  # H x W entering each router (the same on every route: widths keep the resolution)
+            hidden = prefix(torch.zeros(1, 3, cfg.resolution, cfg.resolution, device=next(prefix.parameters()).device))
+            spatial = [hidden.shape[2] * hidden.shape[3]]
+            for depth in range(1, count):
+                hidden = branches[branch_of[(len(levels) - 1,) * depth]](hidden)
+                spatial.append(hidden.shape[2] * hidden.shape[3])
+        return cls(space, cfg, copy.deepcopy(routers), prefix, branches, branch_of, widths_of, prefix_width,
+                   spatial).eval()
 
     # -- running ------------------------------------------------------------------------------------------
     input_dependent = True  # what an input costs depends on its route (latency is the mean over inputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            return self._run_one(x, None)
         return self.run_pieces(x, lambda key, module, inputs: module(inputs))
 
     def run_pieces(self, x: torch.Tensor, call: PieceCall) -> torch.Tensor:
@@ -336,16 +368,25 @@ class RoutedNetwork(nn.Module):
         self._taken.record_batch(levels)
         return features
 
-    def _run_one(self, x: torch.Tensor, call: PieceCall) -> torch.Tensor:
+    def _run_one(self, x: torch.Tensor, call: PieceCall | None) -> torch.Tensor:
         """:meth:`run_pieces` of one input: each decision read on the host as it is made (no grouping to do), as
-        route_levels makes it: the first logit at or above the threshold's logit."""
-        hidden, route = call("prefix", self.prefix, x), ()
+        route_levels makes it: the first logit at or above the threshold's logit. ``call=None`` (:meth:`forward`):
+        the pieces called directly, each router through :meth:`RouterHead.decide_one`; at 1 ms a network notices
+        every op and module call a router adds (RESULTS §17)."""
+        plain = call is None
+        hidden, route = self.prefix(x) if plain else call("prefix", self.prefix, x), ()  # type: ignore[misc]
         for segment, threshold in enumerate(self.logit_thresholds):
             key = self._head_keys[segment, hidden.shape[1]]
-            logits = call(key, self.heads[key], hidden)[0].float().tolist()  # the router's one host sync
-            route = (*route, next((j for j, logit in enumerate(logits) if logit >= threshold), len(logits)))
+            head: RouterHead = self.heads[key]  # type: ignore[assignment]
+            logits = head.decide_one(hidden) if plain else call(key, head, hidden).tolist()[0]  # type: ignore[misc]
+            level = len(logits)  # the router's one host sync is above
+            for j, logit in enumerate(logits):
+                if logit >= threshold:
+                    level = j
+                    break
+            route = (*route, level)
             key = self.branch_of[route]
-            hidden = call(key, self.branches[key], hidden)
+            hidden = self.branches[key](hidden) if plain else call(key, self.branches[key], hidden)  # type: ignore[misc]
         self._taken.record_one(route)
         pooled = torch.flatten(F.adaptive_avg_pool2d(hidden, 1), 1)
         return F.pad(pooled, (0, self.feature_dim - pooled.shape[1])) if pooled.shape[1] < self.feature_dim else pooled

@@ -114,6 +114,21 @@ def test_count_flops_of_given_inputs_scales_with_batch() -> None:
         count_flops(sub)
 
 
+def test_matrix_vector_products_count_one_flop_per_multiply_add() -> None:
+    """matmul with a vector operand (fvcore's own handle asserts on it), mv and addmv count one flop per
+    multiply-add: (B, C, N) @ (N,) is B * C * N; matrix products count as fvcore counts them."""
+
+    class Products(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pooled = torch.matmul(x.flatten(2), torch.full((16,), 1 / 16))  # (2, 3, 16) @ (16,): 96
+            row = torch.matmul(torch.ones(2), pooled)  # (2,) @ (2, 3): 6
+            column = torch.mv(pooled, row)  # (2, 3) x (3,): 6
+            hidden = torch.addmv(torch.ones(7), torch.ones(7, 2), column)  # (7, 2) x (2,): 14
+            return torch.matmul(pooled, torch.ones(3, 5)).sum() + hidden.sum()  # (2, 3) @ (3, 5): 30
+
+    assert count_flops(Products(), inputs=torch.randn(2, 3, 4, 4)) == 96 + 6 + 6 + 14 + 30
+
+
 def test_count_params() -> None:
     sub = build_supernet(TINY, num_classes=10, with_gates=False).extract(TINY.max_config())
     c = {"conv1": 32, "inner1": 32, "inner2": 64, "out2": 64}

@@ -198,6 +198,26 @@ def test_a_batch_runs_as_groups_and_equals_each_input_alone(family: str) -> None
     assert torch.equal(levels, alone_levels)
 
 
+@pytest.mark.parametrize("family", ["small", "inverted_residual"])
+def test_each_head_decides_as_its_router(family: str) -> None:
+    """A routed network's heads (the pool as a product with a 1/HW vector, the first layer pre-sliced) give the
+    logits of the router they copy, on what enters their block at the config's resolution, at batch 1 and 5;
+    another spatial size (pooled by ``mean``) too."""
+    space = _spaces()[family]
+    supernet, routers, cfg, _ = _routed(space, seed=4)
+    routed = RoutedNetwork.build(supernet, routers, cfg)  # not spread: the heads are the routers' copies
+    size = cfg.resolution
+    images = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for route in routed.routes():
+            for depth, (head, entering) in enumerate(zip(routed.router_heads(route), routed.router_inputs(images, route))):
+                router = routers.router(routed.router_blocks[depth])
+                assert head.mean_weights.shape == (entering.shape[2] * entering.shape[3],)
+                for x in (entering[:1], entering, entering[:, :, 1:, 1:]):
+                    torch.testing.assert_close(head(x), router(x), rtol=1e-5, atol=1e-6)
+                    assert head.decide_one(x[:1]) == head(x[:1])[0].tolist()  # the host path decides as forward
+
+
 def test_branches_with_equal_widths_share_weights_but_not_statistics() -> None:
     space = get_space("small")
     _, _, _, routed = _routed(space)
