@@ -46,7 +46,7 @@ from nas.settings import load_search_settings
 from nas.study.oracle import build_oracle
 from nas.study.pareto import kind_of, pareto_front
 from nas.study.run import SearchRequest, search
-from search_spaces import SubnetConfig
+from search_spaces import SubnetConfig, get_space
 from supernet.evaluation.baselines import untrained_network
 from supernet.evaluation.knn import knn_predict
 from supernet.io.checkpoint import load_supernet
@@ -256,6 +256,12 @@ def _time_blocks(networks: list[torch.nn.Module], x: torch.Tensor, *, rounds: in
     return [statistics.median(values) for values in medians]
 
 
+def _routers_of(judged: Any) -> str:
+    """``every`` router block decides, or the ``first`` alone (for the whole network)."""
+    thresholds = judged.config["route_thresholds"]
+    return "first" if len(thresholds) == 1 and len(get_space(judged.config["space"]).router_blocks) > 1 else "every"
+
+
 def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
     """Batch 1: each image's routed time / its route's static time. Batch N, every network timed in the same
     interleaved rounds: the routed batch, the widest static network, each group's route run alone on the group's
@@ -267,7 +273,10 @@ def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
     run from FLOPs-proportional time on this machine, which no router can change)."""
     routed = sorted((j for j in report.judged if j.kind == "routed"), key=lambda j: -j.accuracy)
     on_front = [j for j in routed if j.trial in set(report.fronts.get("latency_batch1", []))]
-    chosen = (on_front + [j for j in routed if j not in on_front])[: args.speed_configs]
+    ranked = on_front + [j for j in routed if j not in on_front]
+    # up to --speed-configs of each way of routing: every router deciding, or the first alone
+    chosen = [j for mode in ("every", "first") if (of_mode := [k for k in ranked if _routers_of(k) == mode])
+              for j in of_mode[: args.speed_configs]]
     images = oracle.data.val[: args.speed_images]
     counter = ShapeFlopCounter(oracle.supernet, oracle.data.resolution)
     for j in chosen:
@@ -306,7 +315,8 @@ def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
         route_flops = {route: float(counter(network.route_config(route))) for route in present}
         # each route's static time relative to FLOPs-proportional time (the widest network's time x its FLOPs share)
         efficiency = {route: at_batch[route] / (widest_time * route_flops[route] / j.flops) for route in present}
-        row = {"trial": j.trial, "images": len(ratios), "batch1_ratio_median": statistics.median(ratios),
+        row = {"trial": j.trial, "routers": _routers_of(j), "images": len(ratios),
+               "batch1_ratio_median": statistics.median(ratios),
                "batch1_ratio_mean": statistics.fmean(ratios), "batch1_ratio_max": max(ratios),
                "batch1_block": args.block, "batch1_rounds": args.repeats,
                "batch1_ratio_to_shared_median": statistics.median(shared_ratios),
@@ -319,7 +329,9 @@ def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
                "batch_over_flops_weighted": measured / flops_weighted}
         row["passed"] = row["batch1_ratio_median"] <= SPEED_TARGET_BATCH1 and row["batch_over_flops_weighted"] <= SPEED_TARGET_BATCH
         report.speed.append(row)
-        print(f"{'PASS' if row['passed'] else 'FAIL'}: routed trial {j.trial}: batch 1, {len(ratios)} images, routed / static "
+        print(f"{'PASS' if row['passed'] else 'FAIL'}: routed trial {j.trial} "
+              f"({'every router deciding' if row['routers'] == 'every' else 'the first router alone'}): batch 1, "
+              f"{len(ratios)} images, routed / static "
               f"of its route median {row['batch1_ratio_median']:.3f} (max {row['batch1_ratio_max']:.3f}, target <= "
               f"{SPEED_TARGET_BATCH1}; / the route assembled from the routed network's own modules "
               f"{row['batch1_ratio_to_shared_median']:.3f}); batch {args.batch}: / FLOPs-weighted expectation "

@@ -302,8 +302,12 @@ class SearchSpace:
         if cfg.route_thresholds is not None:
             if not self.router_blocks:
                 raise ConfigError(f"route_thresholds: the {self.family} space {self.name} has no width routers; use null")
+            first = self.router_blocks[0]
+            if first not in cfg.route_thresholds:
+                raise ConfigError(f"route_thresholds[{first!r}]: missing; the first router decides for the blocks "
+                                  "behind it; give it a threshold (later routers may be left out) or use null")
             _check_thresholds("route_thresholds", cfg.route_thresholds, list(self.router_blocks),
-                              self.route_threshold_range, what="router block", missing_hint="every router")
+                              self.route_threshold_range, what="router block", missing_hint=None)
 
     def narrow(self, channels: Mapping[str, int]) -> SearchSpace:
         """A space whose maximum is ``channels`` (any positive counts): the shape of an extracted network."""
@@ -314,13 +318,14 @@ class SearchSpace:
 
 
 def _check_thresholds(key: str, thresholds: Mapping[str, float], blocks: list[str], bounds: tuple[float, float], *,
-                      what: str, missing_hint: str) -> None:
-    """One threshold per block of ``blocks``, each within ``bounds``; else a :class:`ConfigError` naming it."""
+                      what: str, missing_hint: str | None) -> None:
+    """Thresholds only for blocks of ``blocks`` (one for every block unless ``missing_hint`` is None), each within
+    ``bounds``; else a :class:`ConfigError` naming it."""
     unknown = sorted(set(thresholds) - set(blocks))
     if unknown:
         raise ConfigError(f"{key}[{unknown[0]!r}]: not a {what}; {what}s: {blocks}")
     missing = [name for name in blocks if name not in thresholds]
-    if missing:
+    if missing and missing_hint is not None:
         raise ConfigError(f"{key}[{missing[0]!r}]: missing; give {missing_hint} a threshold or use null")
     low, high = bounds
     for name, threshold in thresholds.items():

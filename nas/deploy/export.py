@@ -225,7 +225,7 @@ def routed_readme(record: dict[str, Any]) -> str:
     return (
         f"{cfg['space']} routed sub-network exported by python -m nas.export (slimnas {record['provenance']['version']}).\n\n"
         "A width router in front of each of these blocks picks, per image, one width level for its group of blocks:\n"
-        f"{', '.join(table['router_blocks'])} (levels {table['levels']}, thresholds {[round(t, 4) for t in table['thresholds']]}).\n"
+        f"{', '.join(table['router_blocks'])} (levels {table['levels']}, thresholds {[None if t is None else round(t, 4) for t in table['thresholds']]}).\n"
         "Each piece (prefix, routers, branches) is a torch.export program in pieces/; routing.json chains them.\n\n"
         "Run it with plain PyTorch (this project need not be installed):\n\n"
         "    from routed_model import RoutedModel\n"

@@ -42,8 +42,9 @@ def routing_table(network: RoutedNetwork) -> dict[str, Any]:
     widths = {(): network.prefix_width, **network.widths_of}
     routers = {}
     for depth, block in enumerate(network.router_blocks):
-        upstream = {route for route in widths if len(route) == depth}
-        routers[block] = sorted({widths[route] for route in upstream})
+        if network.decides(depth):
+            upstream = {route for route in widths if len(route) == depth}
+            routers[block] = sorted({widths[route] for route in upstream})
     return {
         "format": "slimnas-routed/1",
         "router_blocks": list(network.router_blocks),
@@ -54,7 +55,8 @@ def routing_table(network: RoutedNetwork) -> dict[str, Any]:
         "branch_of": {",".join(map(str, route)): key for route, key in sorted(network.branch_of.items())},
         "feature_dim": network.feature_dim,
         "rule": "per router: the narrowest level whose logit >= logit_threshold (= log(t / (1 - t)) of its "
-                "threshold t, in float32), else the widest",
+                "threshold t, in float32), else the widest; a router block whose threshold is null runs no router "
+                "and keeps the level before it",
     }
 
 
@@ -65,8 +67,9 @@ def _pieces(network: RoutedNetwork, images: torch.Tensor) -> dict[str, tuple[nn.
         for route in network.routes():
             hidden = network.prefix(images[:2])
             for depth, level in enumerate(route):
-                key = head_key(network.router_blocks[depth], hidden.shape[1])
-                pieces.setdefault(key, (network.heads[key], hidden))
+                if network.decides(depth):
+                    key = head_key(network.router_blocks[depth], hidden.shape[1])
+                    pieces.setdefault(key, (network.heads[key], hidden))
                 key = network.branch_of[route[: depth + 1]]
                 pieces.setdefault(key, (network.branches[key], hidden))
                 hidden = network.branches[key](hidden)
@@ -151,8 +154,9 @@ RUNNER_SOURCE = '''"""A routed sub-network exported by slimnas's python -m nas.e
     features, levels = model(images)                    # images: float32 (B, 3, R, R), normalised
 
 routing.json says how the pieces in pieces/ chain; per router the narrowest width level whose probability of
-sufficing reaches the router's threshold (its logit reaches the threshold's logit), else the widest; inputs of
-one route run as one batch.
+sufficing reaches the router's threshold (its logit reaches the threshold's logit), else the widest (a router
+block whose threshold is null runs no router: its blocks keep the level before); inputs of one route run as
+one batch.
 """
 
 import json
@@ -195,9 +199,14 @@ class RoutedModel:
                 features[rows, : pooled.shape[1]] = pooled
                 levels[rows] = torch.tensor(route)
                 continue
+            threshold = self.table["logit_thresholds"][len(route)]
+            if threshold is None:
+                route = (*route, route[-1])
+                groups.append((rows, route, self.pieces[self.branch_of[route]](hidden)))
+                continue
             block = blocks[len(route)]
             key = "router_%s_in%d" % (block.replace(".", "_"), hidden.shape[1])
-            suffices = self.pieces[key](hidden).float() >= self.table["logit_thresholds"][len(route)]
+            suffices = self.pieces[key](hidden).float() >= threshold
             chosen = torch.where(suffices.any(dim=1), suffices.to(torch.int8).argmax(dim=1),
                                  torch.full((hidden.shape[0],), suffices.shape[1]))
             for level in chosen.unique().tolist():

@@ -238,6 +238,7 @@ class CandidateEvaluator:
 
 
 # -- Optuna <-> SubnetConfig ----------------------------------------------------------------------
+ROUTERS = ("every", "first")  # which routers of a routed candidate decide: each for its group, or one for all
 def candidate_kinds(space: SearchSpace, *, gates_available: bool, routing_available: bool = False) -> tuple[str, ...]:
     """The kinds of candidate a search proposes: static always, gated with gates, routed with routers."""
     return ("static", *(("gated",) if gates_available and space.gated_blocks else ()),
@@ -253,8 +254,10 @@ def suggest_config(
     Widths are suggested as an ordinal index into the layer's ``width_choices`` (``width.<layer>``)
     so samplers see their order. Static or gated only: ``gates`` switches gates on, then
     ``threshold.<block>`` per block. With routers: ``kind`` (static, gated, routed), then the gates'
-    thresholds or ``route.<router block>`` per router (how sure a router must be before an input takes a
-    narrower slice); the widths are then the widest route.
+    thresholds, or for a routed config ``routers`` (:data:`ROUTERS`: ``every`` router block decides for its
+    group, or the ``first`` alone decides for the whole network, one router's cost) and ``route.<router block>``
+    per router that decides (how sure it must be before an input takes a narrower slice); the widths are then
+    the widest route.
     """
     widths = {}
     for key in space.decisions:
@@ -271,7 +274,10 @@ def suggest_config(
         thresholds = {block.name: trial.suggest_float(f"threshold.{block.name}", low, high) for block in space.gated_blocks}
     elif kind == "routed":
         low, high = space.route_threshold_range
-        routes = {name: trial.suggest_float(f"route.{name}", low, high) for name in space.router_blocks}
+        deciding = space.router_blocks
+        if len(deciding) > 1 and trial.suggest_categorical("routers", list(ROUTERS)) == "first":
+            deciding = deciding[:1]
+        routes = {name: trial.suggest_float(f"route.{name}", low, high) for name in deciding}
     return space.from_decisions(widths, thresholds, resolution, routes)
 
 
@@ -289,5 +295,7 @@ def config_params(cfg: SubnetConfig, space: SearchSpace, *, gates_available: boo
     if cfg.gate_thresholds is not None:
         params.update({f"threshold.{name}": value for name, value in cfg.gate_thresholds.items()})
     if cfg.route_thresholds is not None:
+        if len(space.router_blocks) > 1:
+            params["routers"] = "every" if len(cfg.route_thresholds) == len(space.router_blocks) else "first"
         params.update({f"route.{name}": value for name, value in cfg.route_thresholds.items()})
     return params

@@ -16,7 +16,10 @@ features entering its block and picks a width *level* for its group of blocks (u
   :mod:`supernet.training.routing`). Decision at threshold ``t``: the narrowest level whose probability reaches
   ``t``, else the widest (:func:`route_levels`), read as logit >= log(t / (1 - t)) (:func:`logit_threshold`)
   so that no sigmoid runs at inference. The threshold is the searched knob: one trained router serves every
-  cost.
+  cost. A router block given no threshold runs no router: its group keeps the level chosen before it. With the
+  first router alone, one decision per input sets the whole network's width (DS-Net's released models gate one
+  stage and carry its choice on); every router trains on the same uniform-route targets, so either use is
+  what it learned.
 * :class:`RoutedNetwork` is the deployed form of one routed config: the blocks before the first router, and
   for every router a branch per (incoming width, level) holding its own sliced weights and BatchNorm, so an
   input routed to levels ``(a, b, ...)`` runs exactly the static sub-network of that route
@@ -261,8 +264,10 @@ class RoutedNetwork(nn.Module):
             raise RoutingError("RoutedNetwork: the config has no route_thresholds")
         self.space, self.config, self.levels = space, cfg, routers.levels
         self.router_blocks = space.router_blocks
-        self.thresholds = tuple(float(cfg.route_thresholds[name]) for name in self.router_blocks)  # type: ignore[index]
-        self.logit_thresholds = tuple(logit_threshold(t) for t in self.thresholds)  # what route_levels compares with
+        given = cfg.route_thresholds or {}
+        # None: that router does not run, its group keeps the level before it (route_decides)
+        self.thresholds = tuple(float(given[name]) if name in given else None for name in self.router_blocks)
+        self.logit_thresholds = tuple(None if t is None else logit_threshold(t) for t in self.thresholds)
         self.prefix = prefix
         self.routers = routers
         self.branches = nn.ModuleDict(dict(branches))
@@ -273,7 +278,7 @@ class RoutedNetwork(nn.Module):
         widths = {(): prefix_width, **self.widths_of}
         self.heads = nn.ModuleDict({
             head_key(name, width): RouterHead(routers.router(name), width, spatial[depth])
-            for depth, name in enumerate(self.router_blocks)
+            for depth, name in enumerate(self.router_blocks) if self.thresholds[depth] is not None
             for width in sorted({w for route, w in widths.items() if len(route) == depth})
         })
         # (router depth, input channels) -> key of its head, so that one input's forward formats no strings
@@ -285,6 +290,10 @@ class RoutedNetwork(nn.Module):
     def last_levels(self) -> torch.Tensor | None:
         """Level indices (B, number of routers) of each input of the last forward (None before any)."""
         return self._taken.levels()
+
+    def decides(self, depth: int) -> bool:
+        """Whether router ``depth`` runs (has a threshold); if not, its group keeps the level before it."""
+        return self.thresholds[depth] is not None
 
     def head(self, depth: int, in_channels: int) -> RouterHead:
         """The router in front of group ``depth``, for inputs of ``in_channels`` channels."""
@@ -311,7 +320,8 @@ class RoutedNetwork(nn.Module):
         branch_of: dict[tuple[int, ...], str] = {}
         widths_of: dict[tuple[int, ...], int] = {}
         prefix: nn.Module | None = None
-        for route in _route_prefixes(count, len(levels)):
+        deciding = [name in cfg.route_thresholds for name in space.router_blocks]
+        for route in _route_prefixes(count, len(levels), deciding):
             segment = len(route)  # the branch of router ``segment - 1``'s group at level route[-1]
             route_cfg = space.route_widths(cfg, {space.router_blocks[i]: levels[level] for i, level in enumerate(route)})
             widths = route_cfg.channels
@@ -376,15 +386,18 @@ class RoutedNetwork(nn.Module):
         plain = call is None
         hidden, route = self.prefix(x) if plain else call("prefix", self.prefix, x), ()  # type: ignore[misc]
         for segment, threshold in enumerate(self.logit_thresholds):
-            key = self._head_keys[segment, hidden.shape[1]]
-            head: RouterHead = self.heads[key]  # type: ignore[assignment]
-            logits = head.decide_one(hidden) if plain else call(key, head, hidden).tolist()[0]  # type: ignore[misc]
-            level = len(logits)  # the router's one host sync is above
-            for j, logit in enumerate(logits):
-                if logit >= threshold:
-                    level = j
-                    break
-            route = (*route, level)
+            if threshold is None:  # no router here: the level before holds
+                route = (*route, route[-1])
+            else:
+                key = self._head_keys[segment, hidden.shape[1]]
+                head: RouterHead = self.heads[key]  # type: ignore[assignment]
+                logits = head.decide_one(hidden) if plain else call(key, head, hidden).tolist()[0]  # type: ignore[misc]
+                level = len(logits)  # the router's one host sync is above
+                for j, logit in enumerate(logits):
+                    if logit >= threshold:
+                        level = j
+                        break
+                route = (*route, level)
             key = self.branch_of[route]
             hidden = self.branches[key](hidden) if plain else call(key, self.branches[key], hidden)  # type: ignore[misc]
         self._taken.record_one(route)
@@ -397,6 +410,10 @@ class RoutedNetwork(nn.Module):
         segment = len(route)
         if segment == len(self.router_blocks):
             yield rows, route, hidden
+            return
+        if not self.decides(segment):  # no router here: the whole group keeps its level
+            key = self.branch_of[(*route, route[-1])]
+            yield from self._groups(call(key, self.branches[key], hidden), rows, (*route, route[-1]), call)
             return
         key = head_key(self.router_blocks[segment], hidden.shape[1])
         logits = call(key, self.heads[key], hidden)
@@ -434,15 +451,17 @@ class RoutedNetwork(nn.Module):
         return network
 
     def router_heads(self, route: Sequence[int]) -> list[RouterHead]:
-        """The router heads an input taking ``route`` runs, in order."""
+        """The router heads an input taking ``route`` runs, in order (the routers that decide)."""
         widths = [self.prefix_width, *(self.widths_of[tuple(route[:depth])] for depth in range(1, len(route)))]
-        return [self.head(depth, width) for depth, width in enumerate(widths)]
+        return [self.head(depth, width) for depth, width in enumerate(widths) if self.decides(depth)]
 
     def router_inputs(self, x: torch.Tensor, route: Sequence[int]) -> list[torch.Tensor]:
-        """What each router reads along ``route`` for inputs ``x`` (eval): one tensor per router."""
+        """What each router that decides reads along ``route`` for inputs ``x`` (eval): one tensor per head of
+        :meth:`router_heads`."""
         hidden, seen = self.prefix(x), []
         for depth, level in enumerate(route):
-            seen.append(hidden)
+            if self.decides(depth):
+                seen.append(hidden)
             hidden = self.branches[self.branch_of[tuple(route[: depth + 1])]](hidden)
         return seen
 
@@ -453,8 +472,8 @@ class RoutedNetwork(nn.Module):
                                                       for name, level in zip(self.router_blocks, levels)})
 
     def routes(self) -> list[tuple[int, ...]]:
-        """Every route (level index per router), narrowest first."""
-        return list(_all_routes(len(self.router_blocks), len(self.levels)))
+        """Every route an input can take (level index per router group), narrowest first."""
+        return [route for route in _all_routes(len(self.router_blocks), len(self.levels)) if route in self.branch_of]
 
     # -- BatchNorm ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -492,7 +511,7 @@ class RoutedNetwork(nn.Module):
     def _calibrate_below(self, hidden: torch.Tensor, route: tuple[int, ...], seen: set[str]) -> None:
         if len(route) == len(self.router_blocks):
             return
-        for level in range(len(self.levels)):
+        for level in range(len(self.levels)) if self.decides(len(route)) else (route[-1],):
             key = self.branch_of[(*route, level)]
             if key in seen:  # the same widths behind the same upstream widths: already run for this batch
                 continue
@@ -563,8 +582,11 @@ def _all_routes(count: int, num_levels: int) -> Iterator[tuple[int, ...]]:
             yield (*head, level)
 
 
-def _route_prefixes(count: int, num_levels: int) -> Iterator[tuple[int, ...]]:
-    """Route prefixes of length 1..count: one per branch (its upstream levels and its own)."""
+def _route_prefixes(count: int, num_levels: int, deciding: Sequence[bool]) -> Iterator[tuple[int, ...]]:
+    """Route prefixes of length 1..count an input can take: one per branch (its upstream levels and its own). A
+    router that does not decide (``deciding[depth]`` False) repeats the level before it."""
     for length in range(1, count + 1):
-        yield from _all_routes(length, num_levels)
+        for route in _all_routes(length, num_levels):
+            if all(route[depth] == route[depth - 1] for depth in range(1, length) if not deciding[depth]):
+                yield route
 

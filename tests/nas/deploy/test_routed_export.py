@@ -84,3 +84,45 @@ def test_nas_evaluate_says_in_one_line_that_it_does_not_evaluate_routed_exports(
     run = subprocess.run([sys.executable, "-m", "nas.evaluate", "--export", str(directory)], capture_output=True, text=True)
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --export: ") and "routed" in lines[0]
+
+
+def test_the_runner_follows_a_network_whose_first_router_decides_for_every_group(tmp_path: Path) -> None:
+    """Only the first of ``small``'s two routers runs: the table says so (null threshold, no second router's
+    pieces) and the exported runner keeps its level for the second group, at batch 1 and on a mixed batch."""
+    from nas.deploy.routed import TABLE, export_routed_pieces, routing_table, write_runner
+    from search_spaces import get_space
+    from supernet import build_supernet
+    from supernet.nn.routing import RoutedNetwork, RouterSet
+    from tests.conftest import randomize_batchnorm, small_resolution
+
+    torch.manual_seed(0)
+    space = get_space("small")
+    supernet = randomize_batchnorm(build_supernet(space, with_gates=False)).eval()
+    routers = RouterSet(space, hidden_channels=8)
+    with torch.no_grad():
+        for router in routers.routers.values():
+            router.fc2.weight.normal_()
+    size = small_resolution(space)
+    images = torch.randn(32, 3, size, size, generator=torch.Generator().manual_seed(1))
+    cfg = space.uniform_config(1.0).with_routes({"layer2.0": 0.5})
+    network = RoutedNetwork.build(supernet, routers, cfg).recalibrate(images, batch_size=16)
+    head = network.head(0, network.prefix_width)
+    with torch.no_grad():  # logits centred on their medians over these images: at 0.5 the routes split
+        head.fc2.bias.sub_(head(network.prefix(images)).median(dim=0).values)
+    export_routed_pieces(network, images, tmp_path)
+    table = routing_table(network)
+    (tmp_path / TABLE).write_text(json.dumps(table))
+    write_runner(tmp_path)
+    assert table["thresholds"][1] is None and table["logit_thresholds"][1] is None
+    assert list(table["router_inputs"]) == ["layer2.0"]
+    assert not any(path.name.startswith("router_layer3_0") for path in (tmp_path / "pieces").iterdir())
+    with torch.no_grad():
+        expected, levels = network(images), network.last_levels
+    assert len({tuple(row) for row in levels.tolist()}) > 1 and bool((levels[:, 0] == levels[:, 1]).all())
+    model = load_runner(tmp_path).RoutedModel(tmp_path)
+    features, taken = model(images)
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(taken, levels)
+    one, one_levels = model(images[:1])
+    torch.testing.assert_close(one, expected[:1], rtol=1e-4, atol=1e-4)
+    assert torch.equal(one_levels, levels[:1])

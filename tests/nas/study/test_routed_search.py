@@ -83,3 +83,51 @@ def test_routed_costs_and_score_follow_the_routes(routed_checkpoint: Path, searc
     assert result.latency["anchor"] == "tiny at uniform width 0.5"
     torch.testing.assert_close(torch.tensor(result.latency["seconds"]),
                                torch.tensor(result.latency["ratio"] * result.latency["anchor_seconds"]))
+
+
+@pytest.mark.parametrize("routers", ["every", "first"])
+def test_a_routed_input_costs_its_route_and_the_routers_that_ran(routers: str) -> None:
+    """Effective FLOPs per input: the route's static network plus one head per router that decides (both of
+    ``small``'s, or the first alone), each counted by fvcore on what enters it."""
+    from nas.cost import routed_input_flops
+    from supernet import build_supernet
+    from supernet.nn.flops import count_flops
+    from supernet.nn.routing import RoutedNetwork, RouterSet
+
+    torch.manual_seed(0)
+    space = get_space("small")
+    deciding = space.router_blocks if routers == "every" else space.router_blocks[:1]
+    network = RoutedNetwork.build(build_supernet(space, with_gates=False).eval(), RouterSet(space, hidden_channels=8),
+                                  space.uniform_config(1.0).with_routes(dict.fromkeys(deciding, 0.5)))
+    images = torch.randn(4, 3, 16, 16)
+    per_input = routed_input_flops(network, images)
+    route = tuple(network.last_levels[0].tolist())
+    assert (network.last_levels == torch.tensor(route)).all()  # untrained routers (zero logits): one route
+    heads = network.router_heads(route)
+    assert len(heads) == len(deciding)
+    expected = count_flops(network.route_network(route), inputs=images[:1]) + sum(
+        count_flops(head, inputs=x) for head, x in zip(heads, network.router_inputs(images[:1], route)))
+    assert per_input.tolist() == [float(expected)] * 4
+    assert sum(count_flops(head, inputs=x) for head, x in zip(heads, network.router_inputs(images[:1], route))) > 0
+
+
+def test_the_search_proposes_routed_candidates_with_every_router_or_the_first_alone() -> None:
+    import optuna
+
+    space = get_space("small")
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        cfg = suggest_config(trial, space, gates_available=False, routing_available=True)
+        study.tell(trial, (0.0, 1.0))
+        if cfg.routed:
+            space.validate(cfg)
+            seen.add(tuple(cfg.route_thresholds))
+            assert trial.params["routers"] == ("every" if len(cfg.route_thresholds) == 2 else "first")
+    assert seen == {("layer2.0", "layer3.0"), ("layer2.0",)}
+    for cfg in (space.max_config().with_routes({"layer2.0": 0.3}), space.max_config().with_routes({"layer2.0": 0.3, "layer3.0": 0.6})):
+        study.enqueue_trial(config_params(cfg, space, gates_available=False, routing_available=True))
+        trial = study.ask()
+        assert suggest_config(trial, space, gates_available=False, routing_available=True) == cfg
+        study.tell(trial, (0.0, 1.0))

@@ -49,6 +49,8 @@ def _spread(routed: RoutedNetwork, images: torch.Tensor) -> RoutedNetwork:
     widest = len(routed.levels) - 1
     with torch.no_grad():
         for depth, name in enumerate(routed.router_blocks):
+            if not routed.decides(depth):
+                continue
             entering = routed.entering(images, (widest,) * depth)
             shift = routed.head(depth, entering.shape[1])(entering).median(dim=0).values
             for key, head in routed.heads.items():
@@ -57,13 +59,15 @@ def _spread(routed: RoutedNetwork, images: torch.Tensor) -> RoutedNetwork:
     return routed
 
 
-def _routed(space: SearchSpace, *, threshold: float = 0.5, seed: int = 0, widest: float = 1.0
+def _routed(space: SearchSpace, *, threshold: float = 0.5, seed: int = 0, widest: float = 1.0, routers: str = "every"
             ) -> tuple[nn.Module, RouterSet, SubnetConfig, RoutedNetwork]:
     """A supernet with random BatchNorm, random routers, and its routed network at ``widest``, recalibrated on
-    64 random images and with its routers spread over the levels."""
+    64 random images and with its routers spread over the levels. ``routers="first"``: only the first router
+    decides (for the whole network)."""
     supernet = randomize_batchnorm(build_supernet(space, with_gates=False), seed=seed).eval()
+    deciding = space.router_blocks if routers == "every" else space.router_blocks[:1]
+    cfg = space.uniform_config(widest).with_routes({name: threshold for name in deciding})
     routers = _routers(space, seed=seed)
-    cfg = space.uniform_config(widest).with_routes({name: threshold for name in space.router_blocks})
     routed = RoutedNetwork.build(supernet, routers, cfg)
     size = small_resolution(space)
     calibration = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(seed))
@@ -120,8 +124,9 @@ def test_route_thresholds_are_validated_against_the_space() -> None:
     cfg = space.max_config()
     with pytest.raises(ConfigError, match=r"route_thresholds\['layer2.0'\]: 1.5 is out of range"):
         space.validate(cfg.with_routes({"layer2.0": 1.5, "layer3.0": 0.5}))
-    with pytest.raises(ConfigError, match=r"route_thresholds\['layer3.0'\]: missing"):
-        space.validate(cfg.with_routes({"layer2.0": 0.5}))
+    with pytest.raises(ConfigError, match=r"^route_thresholds\['layer2.0'\]: missing; the first router decides"):
+        space.validate(cfg.with_routes({"layer3.0": 0.5}))
+    space.validate(cfg.with_routes({"layer2.0": 0.5}))  # later routers may be left out: the first decides for them
     with pytest.raises(ConfigError, match=r"route_thresholds\['layer1.0'\]: not a router block"):
         space.validate(cfg.with_routes({"layer1.0": 0.5, "layer2.0": 0.5, "layer3.0": 0.5}))
     with pytest.raises(ConfigError, match="route_thresholds: a routed config runs whole slices"):
@@ -162,10 +167,12 @@ def test_segments_compose_to_the_network(family: str) -> None:
     torch.testing.assert_close(torch.flatten(nn.functional.adaptive_avg_pool2d(hidden, 1), 1), sub(x))
 
 
-@pytest.mark.parametrize("family", ["basic", "small", "bottleneck", "inverted_residual"])
-def test_a_routed_input_runs_exactly_the_static_subnetwork_of_its_route(family: str) -> None:
+@pytest.mark.parametrize("family,deciding", [("basic", "every"), ("small", "every"), ("bottleneck", "every"),
+                                             ("inverted_residual", "every"), ("small", "first"),
+                                             ("inverted_residual", "first")])
+def test_a_routed_input_runs_exactly_the_static_subnetwork_of_its_route(family: str, deciding: str) -> None:
     space = _spaces()[family]
-    supernet, routers, cfg, routed = _routed(space)
+    supernet, routers, cfg, routed = _routed(space, routers=deciding)
     size = small_resolution(space)
     images = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(0))  # the calibration images
     seen = set()
@@ -180,12 +187,15 @@ def test_a_routed_input_runs_exactly_the_static_subnetwork_of_its_route(family: 
             torch.testing.assert_close(features[:, : expected.shape[1]], expected, rtol=1e-5, atol=1e-5)
             assert (features[:, expected.shape[1]:] == 0).all()
     assert len(seen) > 1, "the test routers should send these inputs down more than one route"
+    if deciding == "first":  # one decision: every group at the level the first router chose
+        assert all(len(set(route)) == 1 for route in seen)
 
 
-@pytest.mark.parametrize("family", ["small", "inverted_residual"])
-def test_a_batch_runs_as_groups_and_equals_each_input_alone(family: str) -> None:
+@pytest.mark.parametrize("family,deciding", [("small", "every"), ("inverted_residual", "every"),
+                                             ("small", "first")])
+def test_a_batch_runs_as_groups_and_equals_each_input_alone(family: str, deciding: str) -> None:
     space = _spaces()[family]
-    _, _, _, routed = _routed(space, seed=2)
+    _, _, _, routed = _routed(space, seed=2, routers=deciding)
     size = small_resolution(space)
     images = torch.randn(24, 3, size, size)
     with torch.no_grad():
@@ -239,6 +249,27 @@ def test_a_capped_config_builds_one_branch_per_distinct_width() -> None:
     routed = RoutedNetwork.build(supernet, _routers(space), cfg)
     assert len(routed.branches) == 2  # every level is the narrowest width: one branch per router group
     assert len(routed.branch_of) == 3 + 9
+
+
+def test_with_the_first_router_alone_one_decision_sets_every_group() -> None:
+    """Only the first router runs (one head per input width it receives); only uniform routes are built and
+    recalibrated, and each is a route of the network where every router decides."""
+    space = get_space("small")
+    supernet, routers, cfg, first = _routed(space, seed=5, routers="first")
+    every = RoutedNetwork.build(supernet, routers, cfg.with_routes(dict.fromkeys(space.router_blocks, 0.5)))
+    size = small_resolution(space)
+    calibration = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(5))
+    every.recalibrate(calibration, batch_size=16)  # as _routed recalibrated ``first``
+    assert [first.decides(depth) for depth in range(2)] == [True, False]
+    assert first.thresholds == (0.5, None) and first.logit_thresholds == (0.0, None)
+    assert first.routes() == [(0, 0), (1, 1), (2, 2)] and set(first.branch_of) == {(0,), (1,), (2,), (0, 0), (1, 1), (2, 2)}
+    assert all(key.startswith("router_layer2_0_in") for key in first.heads) and len(first.heads) == 1
+    assert all(len(first.router_heads(route)) == 1 for route in first.routes())
+    images = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        for route in first.routes():  # the same weights and statistics as the fully routed network's route
+            torch.testing.assert_close(first.route_features(images, route), every.route_features(images, route),
+                                       rtol=1e-5, atol=1e-5)
 
 
 def test_routers_of_another_space_are_refused() -> None:
