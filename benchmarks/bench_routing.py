@@ -12,7 +12,9 @@ On a supernet checkpoint that holds width routers (``python -m supernet.route``)
    cost by >= 1 point, or matches the full network's accuracy within 0.3 point at <= 75 % of its cost, on both;
 4. ``equal_cost``: the most accurate network of each kind at or below 25 / 50 / 75 / 100 % of the full
    network's cost, one table;
-5. ``speed``: the routed front members (or the most accurate routed candidates) at batch 1, each image timed
+5. ``speed``: up to ``--speed-configs`` routed candidates of each way of routing (every router deciding, the
+   first alone), front members first, then the most accurate (or the ``--speed-trials`` given), at batch 1, each
+   image timed
    beside the static sub-network of the route it took (eager, one thread, each network in blocks of
    ``--block`` consecutive forwards as a deployed network runs, the two alternating block by block): measured
    / static <= 1.1; at ``--batch`` (256), in the same interleaved rounds, the routed batch beside the widest
@@ -111,7 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sampler", default="nsga2")
     parser.add_argument("--bank", type=int, default=10000, help="training images the judging kNN votes with")
     parser.add_argument("--batch", type=int, default=256, help="the larger batch of the speed check")
-    parser.add_argument("--speed-configs", type=int, default=3)
+    parser.add_argument("--speed-configs", type=int, default=3, help="routed candidates timed per way of routing")
+    parser.add_argument("--speed-trials", type=int, nargs="+", default=None, metavar="TRIAL",
+                        help="time these routed trials instead (e.g. with --speed-from, one that splits its images)")
     parser.add_argument("--speed-images", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds per image at batch 1 (one block each)")
     parser.add_argument("--block", type=int, default=50, help="consecutive forwards of one network per round, batch 1")
@@ -277,6 +281,8 @@ def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
     # up to --speed-configs of each way of routing: every router deciding, or the first alone
     chosen = [j for mode in ("every", "first") if (of_mode := [k for k in ranked if _routers_of(k) == mode])
               for j in of_mode[: args.speed_configs]]
+    if args.speed_trials is not None:
+        chosen = [j for trial in args.speed_trials for j in routed if j.trial == trial]
     images = oracle.data.val[: args.speed_images]
     counter = ShapeFlopCounter(oracle.supernet, oracle.data.resolution)
     for j in chosen:
@@ -448,6 +454,12 @@ def speed_only(args: argparse.Namespace) -> int:
     report.judged = [Judged(**row) for row in earlier["judged"]]
     if not any(row.kind == "routed" for row in report.judged):
         print(f"bench_routing: {args.speed_from} judged no routed candidate; nothing to re-time", file=sys.stderr)
+        return 2
+    routed = {row.trial for row in report.judged if row.kind == "routed"}
+    unknown = sorted(set(args.speed_trials or ()) - routed)
+    if unknown:
+        print(f"bench_routing: --speed-trials: trial {unknown[0]} is not a routed candidate of {args.speed_from}; "
+              f"routed trials: {sorted(routed)}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     speed(args, report, judging_oracle(args)[2])
