@@ -31,8 +31,8 @@ class SubnetConfig:
     config's ``channels`` are the widest route, every route a narrower slice of them (DS-Net's dynamic
     width, :mod:`supernet.nn.routing`). A router block left out of ``route_thresholds`` runs no router: its
     group keeps the level the router before it chose (the first router block is never left out; with only
-    it, one decision per input sets the whole network's width, as in DS-Net). Construction checks types; :meth:`search_spaces.SearchSpace.validate`
-    checks membership of the space.
+    it, one decision per input sets the whole network's width, as in DS-Net). Construction checks types;
+    :meth:`search_spaces.SearchSpace.validate` checks membership of the space.
 
     >>> cfg = SubnetConfig("tiny", {"conv1": 16}, None, 32)
     >>> SubnetConfig.from_json(cfg.to_json()) == cfg

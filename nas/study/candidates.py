@@ -25,7 +25,7 @@ from nas.latency.plan import LatencyPlan, space_anchor
 from nas.latency.table import LatencyPredictor
 from nas.settings import LatencySettings
 from nas.study.oracle import Oracle
-from search_spaces import SearchSpace, SubnetConfig
+from search_spaces import ConfigError, SearchSpace, SubnetConfig
 from supernet.nn.models import SuperNet
 from supernet.nn.routing import RoutedNetwork
 
@@ -239,6 +239,8 @@ class CandidateEvaluator:
 
 # -- Optuna <-> SubnetConfig ----------------------------------------------------------------------
 ROUTERS = ("every", "first")  # which routers of a routed candidate decide: each for its group, or one for all
+
+
 def candidate_kinds(space: SearchSpace, *, gates_available: bool, routing_available: bool = False) -> tuple[str, ...]:
     """The kinds of candidate a search proposes: static always, gated with gates, routed with routers."""
     return ("static", *(("gated",) if gates_available and space.gated_blocks else ()),
@@ -296,6 +298,10 @@ def config_params(cfg: SubnetConfig, space: SearchSpace, *, gates_available: boo
         params.update({f"threshold.{name}": value for name, value in cfg.gate_thresholds.items()})
     if cfg.route_thresholds is not None:
         if len(space.router_blocks) > 1:
-            params["routers"] = "every" if len(cfg.route_thresholds) == len(space.router_blocks) else "first"
+            deciding = tuple(name for name in space.router_blocks if name in cfg.route_thresholds)
+            if deciding not in (space.router_blocks, space.router_blocks[:1]):
+                raise ConfigError(f"route_thresholds: routers {list(deciding)} decide; a search proposes every router "
+                                  f"({list(space.router_blocks)}) or the first alone")
+            params["routers"] = "every" if deciding == space.router_blocks else "first"
         params.update({f"route.{name}": value for name, value in cfg.route_thresholds.items()})
     return params

@@ -13,6 +13,7 @@ from nas.study.candidates import CandidateEvaluator, candidate_kinds, config_par
 from nas.study.oracle import RoutingUnavailable, build_oracle
 from nas.study.run import search
 from search_spaces import SubnetConfig, get_space
+from search_spaces.config import ConfigError
 from supernet.io.checkpoint import load_supernet
 from tests.nas.conftest import TINY_RESOLUTION, oracle_settings, routed_config_that_splits
 
@@ -131,3 +132,8 @@ def test_the_search_proposes_routed_candidates_with_every_router_or_the_first_al
         trial = study.ask()
         assert suggest_config(trial, space, gates_available=False, routing_available=True) == cfg
         study.tell(trial, (0.0, 1.0))
+    three = get_space("resnet18_cifar")  # routers layer2.0, layer3.0, layer4.0: the first and the last is neither form
+    with pytest.raises(ConfigError, match=r"^route_thresholds: routers \['layer2.0', 'layer4.0'\] decide; a search "
+                                          r"proposes every router"):
+        config_params(three.max_config().with_routes({"layer2.0": 0.5, "layer4.0": 0.5}), three, gates_available=False,
+                      routing_available=True)
