@@ -59,14 +59,14 @@ def _spread(routed: RoutedNetwork, images: torch.Tensor) -> RoutedNetwork:
     return routed
 
 
-def _routed(space: SearchSpace, *, threshold: float = 0.5, seed: int = 0, widest: float = 1.0, routers: str = "every"
+def _routed(space: SearchSpace, *, threshold: float = 0.5, seed: int = 0, widest: float = 1.0, deciding: str = "every"
             ) -> tuple[nn.Module, RouterSet, SubnetConfig, RoutedNetwork]:
     """A supernet with random BatchNorm, random routers, and its routed network at ``widest``, recalibrated on
-    64 random images and with its routers spread over the levels. ``routers="first"``: only the first router
+    64 random images and with its routers spread over the levels. ``deciding="first"``: only the first router
     decides (for the whole network)."""
     supernet = randomize_batchnorm(build_supernet(space, with_gates=False), seed=seed).eval()
-    deciding = space.router_blocks if routers == "every" else space.router_blocks[:1]
-    cfg = space.uniform_config(widest).with_routes({name: threshold for name in deciding})
+    blocks = space.router_blocks if deciding == "every" else space.router_blocks[:1]
+    cfg = space.uniform_config(widest).with_routes({name: threshold for name in blocks})
     routers = _routers(space, seed=seed)
     routed = RoutedNetwork.build(supernet, routers, cfg)
     size = small_resolution(space)
@@ -172,7 +172,7 @@ def test_segments_compose_to_the_network(family: str) -> None:
                                              ("inverted_residual", "first")])
 def test_a_routed_input_runs_exactly_the_static_subnetwork_of_its_route(family: str, deciding: str) -> None:
     space = _spaces()[family]
-    supernet, routers, cfg, routed = _routed(space, routers=deciding)
+    supernet, routers, cfg, routed = _routed(space, deciding=deciding)
     size = small_resolution(space)
     images = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(0))  # the calibration images
     seen = set()
@@ -195,7 +195,7 @@ def test_a_routed_input_runs_exactly_the_static_subnetwork_of_its_route(family: 
                                              ("small", "first")])
 def test_a_batch_runs_as_groups_and_equals_each_input_alone(family: str, deciding: str) -> None:
     space = _spaces()[family]
-    _, _, _, routed = _routed(space, seed=2, routers=deciding)
+    _, _, _, routed = _routed(space, seed=2, deciding=deciding)
     size = small_resolution(space)
     images = torch.randn(24, 3, size, size)
     with torch.no_grad():
@@ -255,7 +255,7 @@ def test_with_the_first_router_alone_one_decision_sets_every_group() -> None:
     """Only the first router runs (one head per input width it receives); only uniform routes are built and
     recalibrated, and each is a route of the network where every router decides."""
     space = get_space("small")
-    supernet, routers, cfg, first = _routed(space, seed=5, routers="first")
+    supernet, routers, cfg, first = _routed(space, seed=5, deciding="first")
     every = RoutedNetwork.build(supernet, routers, cfg.with_routes(dict.fromkeys(space.router_blocks, 0.5)))
     size = small_resolution(space)
     calibration = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(5))
