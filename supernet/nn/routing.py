@@ -265,7 +265,7 @@ class RoutedNetwork(nn.Module):
         self.space, self.config, self.levels = space, cfg, routers.levels
         self.router_blocks = space.router_blocks
         given = cfg.route_thresholds or {}
-        # None: that router does not run, its group keeps the level before it (decides)
+        # None: that router does not run, its group keeps the level before it (see decides)
         self.thresholds = tuple(float(given[name]) if name in given else None for name in self.router_blocks)
         self.logit_thresholds = tuple(None if t is None else logit_threshold(t) for t in self.thresholds)
         self.prefix = prefix
@@ -278,12 +278,12 @@ class RoutedNetwork(nn.Module):
         widths = {(): prefix_width, **self.widths_of}
         self.heads = nn.ModuleDict({
             head_key(name, width): RouterHead(routers.router(name), width, spatial[depth])
-            for depth, name in enumerate(self.router_blocks) if self.thresholds[depth] is not None
+            for depth, name in enumerate(self.router_blocks) if self.decides(depth)
             for width in sorted({w for route, w in widths.items() if len(route) == depth})
         })
         # (router depth, input channels) -> key of its head, so that one input's forward formats no strings
         self._head_keys = {(depth, width): head_key(name, width) for depth, name in enumerate(self.router_blocks)
-                           if self.thresholds[depth] is not None for width in set(widths.values())}
+                           if self.decides(depth) for width in set(widths.values())}
         self._taken = _Taken()
 
     @property
