@@ -74,6 +74,10 @@ class RepeatRow:
     passed: bool
     plain_tau_pass1_pass2: float = 0.0  # the median of the repeats, unanchored
     plain_median_relative_difference: float = 0.0
+    # per network, in config order (pass 1 timed them in this order, pass 2 in reverse): what the verdicts read
+    anchored_seconds: list[list[float]] = field(default_factory=list)  # [pass 1, pass 2]
+    plain_seconds: list[list[float]] = field(default_factory=list)
+    flops: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -147,8 +151,10 @@ def bench_repeatability(space_name: str, runtime: str, *, configs: int, threads:
     tau, difference = agreement(anchored)
     plain_tau, plain_difference = agreement(plain)
     mean = [(anchored[0][i] + anchored[1][i]) / 2 for i in range(configs)]
+    in_order = lambda passes: [[figures[i] for i in range(configs)] for figures in passes]  # noqa: E731
     return RepeatRow(space.name, runtime, configs, tau, difference, kendall_tau_b(mean, [flops[i] for i in range(configs)]),
-                     tau >= TARGET_REPEAT_TAU, plain_tau, plain_difference)
+                     tau >= TARGET_REPEAT_TAU, plain_tau, plain_difference, in_order(anchored), in_order(plain),
+                     [flops[i] for i in range(configs)])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
