@@ -347,6 +347,12 @@ def speed(args: argparse.Namespace, report: Report, oracle: Any) -> None:
               + ", ".join(f"{k} {v:.2f}" for k, v in row["route_time_over_flops_proportional"].items()), flush=True)
 
 
+def route_embeddings(network: Any, route: tuple[int, ...], images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Features (N, C_route) of ``images`` sent down ``route`` of a routed network (no routers run), in batches."""
+    return torch.cat([network.route_features(images[s : s + batch_size], route).float()
+                      for s in range(0, len(images), batch_size)])
+
+
 def routers(report: Report, oracle: Any) -> None:
     """What the routers of the most accurate routed candidates learned: the share of each route; which classes
     go down the narrowest route; and whether the images they send narrow are those the narrow route gets right
@@ -366,8 +372,7 @@ def routers(report: Report, oracle: Any) -> None:
         correct = {}
         for name, level in (("narrowest", 0), ("widest", len(network.levels) - 1)):
             route = (level,) * count
-            embed = lambda images, route=route: torch.cat([network.route_features(images[s : s + 256], route).float()
-                                                          for s in range(0, len(images), 256)])
+            embed = lambda images, route=route: route_embeddings(network, route, images)  # noqa: E731
             bank = oracle.bank_features(network.route_config(route), embed)
             predicted = knn_predict(bank, oracle.data.bank_labels, embed(oracle.data.val), num_classes=oracle.data.num_classes,
                                     k=oracle.k, temperature=oracle.temperature)
